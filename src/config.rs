@@ -1,0 +1,396 @@
+//! Typed, strict configuration: TOML in, validated [`Config`] out.
+//!
+//! Unknown keys are rejected, durations are written as durations (`"15s"`),
+//! and cross-field rules are checked at load, so a bad file fails at start
+//! with a message naming the key instead of misbehaving later. Every key and
+//! its default is documented in `config/herald.example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::router::{Router, RouterError};
+
+/// Why a configuration could not be loaded. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: `{key}` = {value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub sse: SseConfig,
+    #[serde(default)]
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Routing rules, `[[route]]` in the file.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Where the ingest starts reading a partition it has no other position for.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The live end (high watermark) at start-up: only new records.
+    #[default]
+    Latest,
+    /// The oldest record Kafka still holds.
+    Earliest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// `client.id` shown in broker logs and quotas.
+    #[serde(default = "defaults::client_id")]
+    pub client_id: String,
+    /// Where partitions known at start-up are read from. Partitions and
+    /// topics that appear later are always read from their beginning, so
+    /// nothing produced to them is missed.
+    #[serde(default)]
+    pub start: StartAt,
+    /// How often topic metadata is re-read to find new topics (for
+    /// `topic_regex` routes) and new partitions. Each refresh is one metadata
+    /// request.
+    #[serde(default = "defaults::metadata_refresh", with = "humantime_serde")]
+    pub metadata_refresh: Duration,
+    /// How often librdkafka reports watermarks, which feed
+    /// `herald_partition_lag`.
+    #[serde(default = "defaults::stats_interval", with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// `fetch.wait.max.ms`, …), passed through unchanged.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Value of `Access-Control-Allow-Origin` on streaming responses; empty
+    /// disables CORS headers.
+    #[serde(default = "defaults::cors")]
+    pub cors_allow_origin: String,
+    /// Serve the demo page at `/`.
+    #[serde(default = "defaults::yes")]
+    pub demo_page: bool,
+    /// On SIGTERM, how long open connections get to finish after they have
+    /// been told to reconnect elsewhere. Past it they are dropped and a
+    /// warning is logged.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    /// Interval of the `: heartbeat` comment that keeps proxies from closing
+    /// an idle stream and lets Herald notice dead clients.
+    #[serde(default = "defaults::heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// The `retry:` value sent to EventSource: how long a browser waits
+    /// before reconnecting.
+    #[serde(default = "defaults::retry", with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Number of independently locked shards of the channel registry. More
+    /// shards, less contention between the ingest and subscribers.
+    #[serde(default = "defaults::shards")]
+    pub shards: usize,
+    /// Most messages kept per channel for resume from memory.
+    #[serde(default = "defaults::history_messages")]
+    pub history_messages: usize,
+    /// Most bytes kept per channel.
+    #[serde(default = "defaults::history_bytes")]
+    pub history_bytes: usize,
+    /// Oldest message kept, by arrival time.
+    #[serde(default = "defaults::history_age", with = "humantime_serde")]
+    pub history_age: Duration,
+    /// Bytes of history across all channels. Above it the oldest history
+    /// goes first, whatever its channel.
+    #[serde(default = "defaults::memory_budget")]
+    pub memory_budget: usize,
+    /// Messages queued for one subscriber before it counts as slow and is
+    /// disconnected (it resumes from its cursor with nothing lost).
+    #[serde(default = "defaults::subscriber_queue")]
+    pub subscriber_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open client connections at once; above it new connections get `503`.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Channels one stream may subscribe to; above it `400`.
+    #[serde(default = "defaults::max_channels")]
+    pub max_channels_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A topic name …
+    pub topic: Option<String>,
+    /// … or a regular expression over topic names (exactly one of the two).
+    pub topic_regex: Option<String>,
+    /// Channel template: literal text with `{topic}`, `{key}`, `{partition}`,
+    /// `{header.NAME}` or `{json./pointer}`.
+    pub channel: String,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    pub fn client_id() -> String {
+        "herald".into()
+    }
+    pub fn metadata_refresh() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn stats_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn cors() -> String {
+        "*".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn heartbeat() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn retry() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn shards() -> usize {
+        64
+    }
+    pub fn history_messages() -> usize {
+        1000
+    }
+    pub fn history_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn history_age() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn memory_budget() -> usize {
+        256 * 1024 * 1024
+    }
+    pub fn subscriber_queue() -> usize {
+        4096
+    }
+    pub fn max_connections() -> usize {
+        19_000
+    }
+    pub fn max_channels() -> usize {
+        64
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            cors_allow_origin: defaults::cors(),
+            demo_page: true,
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: defaults::heartbeat(),
+            retry: defaults::retry(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            shards: defaults::shards(),
+            history_messages: defaults::history_messages(),
+            history_bytes: defaults::history_bytes(),
+            history_age: defaults::history_age(),
+            memory_budget: defaults::memory_budget(),
+            subscriber_queue: defaults::subscriber_queue(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: defaults::max_connections(),
+            max_channels_per_connection: defaults::max_channels(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &str, value: impl std::fmt::Debug, reason: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_owned(),
+                value: format!("{value:?}"),
+                reason: reason.to_owned(),
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", &self.kafka.brokers, "must name at least one broker"));
+        }
+        if self.kafka.metadata_refresh < Duration::from_millis(100) {
+            return Err(invalid(
+                "kafka.metadata_refresh",
+                self.kafka.metadata_refresh,
+                "must be at least 100ms",
+            ));
+        }
+        if self.kafka.stats_interval < Duration::from_millis(100) {
+            return Err(invalid("kafka.stats_interval", self.kafka.stats_interval, "must be at least 100ms"));
+        }
+        let positive = [
+            ("hub.shards", self.hub.shards),
+            ("hub.history_messages", self.hub.history_messages),
+            ("hub.history_bytes", self.hub.history_bytes),
+            ("hub.memory_budget", self.hub.memory_budget),
+            ("hub.subscriber_queue", self.hub.subscriber_queue),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_channels_per_connection", self.limits.max_channels_per_connection),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, value, "must be greater than 0"));
+            }
+        }
+        if self.hub.history_age.is_zero() {
+            return Err(invalid("hub.history_age", self.hub.history_age, "must be greater than 0"));
+        }
+        if self.sse.heartbeat < Duration::from_secs(1) {
+            return Err(invalid("sse.heartbeat", self.sse.heartbeat, "must be at least 1s"));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("route", "[]", "at least one [[route]] is needed"));
+        }
+        Router::new(&self.routes).map_err(|e| match e {
+            RouterError::Route { index, key, value, reason } => ConfigError::Invalid {
+                key: format!("route[{index}].{key}"),
+                value: format!("{value:?}"),
+                reason,
+            },
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+        [[route]]
+        topic = "news"
+        channel = "news"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, "test").unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.hub.history_messages, 1000);
+        assert_eq!(c.kafka.start, StartAt::Latest);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let text = MINIMAL.replace("channel = \"news\"", "channel = \"user.{nope}\"");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("route[0].channel"), "{err}");
+        assert!(err.contains("user.{nope}"), "{err}");
+
+        let text = format!("{MINIMAL}\n[hub]\nshards = 0\n");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("hub.shards") && err.contains('0'), "{err}");
+
+        let text = format!("{MINIMAL}\n[sse]\nheartbeat = \"soon\"\n");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/herald.example.toml");
+        Config::parse(text, "herald.example.toml").unwrap();
+    }
+}

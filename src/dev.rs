@@ -1,0 +1,103 @@
+//! `herald dev`: Herald with an embedded Kafka (librdkafka's mock cluster),
+//! sample routes, the demo page and a ticker producing sample records — the
+//! zero-install way to try it. The mock cluster listens on a real TCP port,
+//! so kcat or any Kafka client can produce to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::server::{Herald, StartError};
+
+/// Topics created in the embedded Kafka, with their partition counts.
+pub const DEV_TOPICS: &[(&str, i32)] = &[("news", 3), ("users", 3), ("events.clicks", 1)];
+
+/// The routes `herald dev` runs with.
+const DEV_ROUTES: &str = r#"
+[[route]]
+topic = "news"
+channel = "news"
+
+[[route]]
+topic = "users"
+channel = "user.{key}"
+
+[[route]]
+topic_regex = "^events\\."
+channel = "{topic}"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("cannot start the embedded Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(listen: SocketAddr, ticker: Duration, shutdown: CancellationToken) -> Result<(), DevError> {
+    let cluster = MockCluster::new(1)?;
+    for (topic, partitions) in DEV_TOPICS {
+        cluster.create_topic(topic, *partitions, 1)?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    let text = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\nmetadata_refresh = \"1s\"\nstats_interval = \"1s\"\n\n[http]\nlisten = \"{listen}\"\n{DEV_ROUTES}"
+    );
+    let config = Config::parse(&text, "herald dev")?;
+    let info = serde_json::json!({
+        "brokers": brokers,
+        "topics": DEV_TOPICS.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+    });
+    let herald = Herald::start_with(config, Some(info)).await?;
+    let addr = herald.local_addr();
+    println!(
+        "\nHerald dev is running.\n\
+         \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n\
+         \nProduce a record:\n  echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t news\n  echo 'k7:{{\"n\":1}}' | kcat -P -b {brokers} -t users -K:    # channel user.k7\n"
+    );
+    if !ticker.is_zero() {
+        tokio::spawn(tick(brokers.clone(), ticker, shutdown.clone()));
+    }
+    shutdown.cancelled().await;
+    herald.stop().await;
+    drop(cluster);
+    Ok(())
+}
+
+/// Produces a small JSON record to `news` every `interval`, so the demo page
+/// shows traffic without any producer.
+async fn tick(brokers: String, interval: Duration, shutdown: CancellationToken) {
+    let producer: FutureProducer = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("dev ticker disabled: {e}");
+            return;
+        }
+    };
+    let mut n: u64 = 0;
+    let mut every = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        n += 1;
+        let payload = serde_json::json!({"headline": format!("Tick {n}"), "source": "herald dev"}).to_string();
+        let key = format!("tick-{}", n % 3);
+        let record = FutureRecord::to("news").key(&key).payload(&payload);
+        if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+            tracing::warn!("dev ticker: {e}");
+        }
+    }
+}

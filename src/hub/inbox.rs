@@ -1,0 +1,106 @@
+//! A subscriber's bounded queue. The ingest pushes without ever waiting; a
+//! subscriber that lets its queue fill is closed as slow instead of slowing
+//! anyone else down.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::publication::Publication;
+
+/// Why a subscription stopped receiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue overflowed: the client reads slower than messages arrive.
+    Slow,
+    /// The subscriber went away.
+    Gone,
+}
+
+pub struct Inbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+struct State {
+    queue: VecDeque<Arc<Publication>>,
+    closed: Option<CloseReason>,
+}
+
+/// The publication was not queued; the subscriber must be forgotten.
+pub struct Rejected;
+
+impl Inbox {
+    pub fn new(capacity: usize) -> Self {
+        Inbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: None,
+            }),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Queues a publication. On overflow the inbox closes as [`CloseReason::Slow`]:
+    /// what is queued is still delivered, then the subscriber ends.
+    pub fn push(&self, publication: Arc<Publication>) -> Result<(), Rejected> {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(Rejected);
+        }
+        if state.queue.len() >= self.capacity {
+            state.closed = Some(CloseReason::Slow);
+            drop(state);
+            self.notify.notify_one();
+            return Err(Rejected);
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(publication);
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.state.lock();
+        state.closed.get_or_insert(reason);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Waits for publications and moves all of them into `out`. Returns the
+    /// close reason once the inbox is closed and empty.
+    pub async fn recv(&self, out: &mut VecDeque<Arc<Publication>>) -> Result<(), CloseReason> {
+        loop {
+            {
+                let mut state = self.state.lock();
+                if !state.queue.is_empty() {
+                    if out.is_empty() {
+                        std::mem::swap(out, &mut state.queue);
+                    } else {
+                        out.extend(state.queue.drain(..));
+                    }
+                    return Ok(());
+                }
+                if let Some(reason) = state.closed {
+                    return Err(reason);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,531 @@
+//! The hub: the channel registry, per-channel history, live fan-out and all
+//! resume logic. Transports only turn a [`Subscription`] into bytes.
+//!
+//! The registry is split into shards, each behind its own lock, keyed by
+//! channel name. A channel exists only while it has history or subscribers,
+//! so millions of per-user channels with nothing in them cost nothing.
+//!
+//! **Exactness.** The ingest publishes records one at a time, in a single
+//! node-wide order (`seq`). A subscriber registers in its channels and copies
+//! their history while holding all of their shard locks, so every
+//! publication is either in the copied history or arrives later in its
+//! inbox — never both, never neither (a record sent to two of its channels
+//! may appear in both, and is then filtered by offset). Positions only move
+//! forward, so each record is delivered at most once, in partition order.
+//!
+//! **History coverage.** For a channel `C` and partition `q`, `floor(C, q)`
+//! is the offset from which *every* record of `q` routed to `C` is still in
+//! memory. It starts at the node-wide *horizon* when the channel is created
+//! and rises as history is evicted; when a channel is dropped its floors
+//! fold into the horizon, which therefore bounds every channel that does not
+//! exist. A cursor at or above the floors is served from memory, exactly.
+
+pub mod cursor;
+pub mod inbox;
+pub mod positions;
+pub mod publication;
+pub mod subscription;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HubConfig;
+use crate::kafka::record::Record;
+use crate::metrics::Metrics;
+use crate::router::{Router, is_valid_channel};
+use cursor::Cursor;
+pub use inbox::CloseReason;
+use inbox::Inbox;
+use positions::Positions;
+use publication::Publication;
+pub use subscription::{Delivery, Subscription};
+
+/// How often the sweeper drops aged history and empty channels.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// The live end: only records that arrive from now on.
+    Live,
+    /// Right after a cursor.
+    Cursor(Cursor),
+}
+
+/// Why a subscription was refused. Each names the offending value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    #[error("no channel given")]
+    NoChannels,
+    #[error("{given} channels requested; the limit is {max}")]
+    TooManyChannels { given: usize, max: usize },
+    #[error("invalid channel name {0:?} (1 to 255 bytes, no control characters)")]
+    InvalidChannel(String),
+    #[error("no route produces channel {0:?}")]
+    UnknownChannel(String),
+    #[error("cursor names topic {topic:?}, which does not feed channel(s) {channels}")]
+    CursorTopic { topic: String, channels: String },
+    #[error("cursor names partition {partition} of topic {topic:?}, which has {count} partition(s)")]
+    CursorPartition { topic: String, partition: i32, count: usize },
+    #[error(
+        "cursor position {topic}/{partition}@{offset} is older than the history this node holds for channel {channel:?} (it starts at offset {floor})"
+    )]
+    CursorTooOld {
+        channel: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        floor: i64,
+    },
+    #[error("Herald is not ready: Kafka positions are not known yet")]
+    NotReady,
+}
+
+/// The hub handle; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    config: HubConfig,
+    /// Channels one subscription may hold (`limits.max_channels_per_connection`).
+    max_channels: usize,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    /// The ingest's positions as of its latest batch.
+    positions: RwLock<Arc<Positions>>,
+    /// Offsets from which every record routed to a channel that does not
+    /// exist is in memory (that is: none was routed to it).
+    horizon: Mutex<Arc<Positions>>,
+    ready: AtomicBool,
+    seq: AtomicU64,
+    history_bytes: AtomicUsize,
+    /// Wakes the sweeper when history goes over the memory budget.
+    pressure: Notify,
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<Arc<str>, Channel>,
+}
+
+struct Channel {
+    history: VecDeque<Arc<Publication>>,
+    history_bytes: usize,
+    subscribers: Vec<Arc<Inbox>>,
+    /// The horizon when the channel was created.
+    base: Arc<Positions>,
+    /// Floors raised by eviction: offset after the newest evicted record.
+    evicted: Positions,
+}
+
+impl Channel {
+    fn new(base: Arc<Positions>) -> Self {
+        Channel {
+            history: VecDeque::new(),
+            history_bytes: 0,
+            subscribers: Vec::new(),
+            base,
+            evicted: Positions::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.history.is_empty() && self.subscribers.is_empty()
+    }
+
+    /// The offset from which every record of `topic/partition` routed here
+    /// is in history. `horizon` answers for partitions newer than the channel.
+    fn floor(&self, topic: &str, partition: i32, horizon: &Positions) -> i64 {
+        let base = self
+            .base
+            .get(topic, partition)
+            .or_else(|| horizon.get(topic, partition))
+            .unwrap_or(0);
+        base.max(self.evicted.get(topic, partition).unwrap_or(0))
+    }
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, max_channels: usize, router: Arc<Router>, metrics: Arc<Metrics>) -> Hub {
+        let shards = (0..config.shards).map(|_| Mutex::new(Shard::default())).collect();
+        Hub {
+            inner: Arc::new(Inner {
+                shards,
+                config,
+                max_channels,
+                router,
+                metrics,
+                positions: RwLock::new(Arc::new(Positions::new())),
+                horizon: Mutex::new(Arc::new(Positions::new())),
+                ready: AtomicBool::new(false),
+                seq: AtomicU64::new(0),
+                history_bytes: AtomicUsize::new(0),
+                pressure: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.inner.router
+    }
+
+    /// Records the ingest's latest positions.
+    pub fn set_positions(&self, positions: Arc<Positions>) {
+        *self.inner.positions.write() = positions;
+    }
+
+    /// The ingest's latest positions.
+    pub fn positions(&self) -> Arc<Positions> {
+        self.inner.positions.read().clone()
+    }
+
+    /// The ingest starts reading a partition at `start`: nothing below it
+    /// will ever be in memory.
+    pub fn partition_assigned(&self, topic: &Arc<str>, partition: i32, start: i64) {
+        let mut horizon = self.inner.horizon.lock();
+        Arc::make_mut(&mut horizon).set(topic, partition, start);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Number of channels held.
+    pub fn channel_count(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().channels.len()).sum()
+    }
+
+    /// Publishes one record to its channels. Called by the ingest, in offset
+    /// order per partition; never blocks on a subscriber.
+    pub fn publish(&self, record: Arc<Record>, channels: &[String], positions: &Arc<Positions>) {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        for name in channels {
+            let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+            let mut shard = inner.shard(name).lock();
+            let key = match shard.channels.get_key_value(name.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => {
+                    let key: Arc<str> = Arc::from(name.as_str());
+                    let base = inner.horizon.lock().clone();
+                    shard.channels.insert(key.clone(), Channel::new(base));
+                    key
+                }
+            };
+            let channel = shard.channels.get_mut(&key).expect("just ensured");
+            let publication = Arc::new(Publication::new(seq, key, record.clone(), positions.clone(), now));
+            let size = publication.size();
+            channel.subscribers.retain(|inbox| inbox.push(publication.clone()).is_ok());
+            channel.history.push_back(publication);
+            channel.history_bytes += size;
+            let total = inner.history_bytes.fetch_add(size, Ordering::Relaxed) + size;
+            while channel.history.len() > inner.config.history_messages {
+                inner.evict_front(channel, "count");
+            }
+            while channel.history_bytes > inner.config.history_bytes && channel.history.len() > 1 {
+                inner.evict_front(channel, "bytes");
+            }
+            if total > inner.config.memory_budget {
+                // Hard stop above the budget: this channel gives up its
+                // oldest history now; the sweeper trims everyone else.
+                if total > inner.config.memory_budget + inner.config.memory_budget / 8 {
+                    while !channel.history.is_empty()
+                        && inner.history_bytes.load(Ordering::Relaxed) > inner.config.memory_budget
+                    {
+                        inner.evict_front(channel, "budget");
+                    }
+                }
+                inner.pressure.notify_one();
+            }
+        }
+    }
+
+    /// Subscribes to `channels` from `start`. All checks happen before
+    /// anything is registered: an error leaves no trace.
+    pub fn subscribe(&self, channels: &[String], start: Start) -> Result<Subscription, SubscribeError> {
+        let inner = &self.inner;
+        if !self.is_ready() {
+            return Err(SubscribeError::NotReady);
+        }
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(channels.len());
+        for c in channels {
+            if !is_valid_channel(c) {
+                return Err(SubscribeError::InvalidChannel(c.clone()));
+            }
+            if !names.iter().any(|n| **n == **c) {
+                names.push(Arc::from(c.as_str()));
+            }
+        }
+        if names.is_empty() {
+            return Err(SubscribeError::NoChannels);
+        }
+        let max = inner.max_channels;
+        if names.len() > max {
+            return Err(SubscribeError::TooManyChannels { given: names.len(), max });
+        }
+
+        let positions = self.positions();
+        // Topics feeding each channel.
+        let mut feeds: Vec<BTreeSet<String>> = Vec::with_capacity(names.len());
+        for name in &names {
+            let topics = inner
+                .router
+                .topics_for_channel(name, positions.topics())
+                .ok_or_else(|| SubscribeError::UnknownChannel(name.to_string()))?;
+            feeds.push(topics);
+        }
+        let all_topics: BTreeSet<&String> = feeds.iter().flatten().collect();
+
+        // Starting positions for every partition feeding the subscription.
+        let mut start_at = Positions::new();
+        for topic in &all_topics {
+            let Some(offsets) = positions.topic(topic) else { continue };
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            for (p, live) in offsets.iter().enumerate() {
+                if *live == positions::UNKNOWN {
+                    continue;
+                }
+                let at = match &start {
+                    Start::Live => *live,
+                    Start::Cursor(c) => c.get(&topic, p as i32).unwrap_or(0),
+                };
+                start_at.set(&topic, p as i32, at);
+            }
+        }
+        if let Start::Cursor(c) = &start {
+            for (topic, partition, _) in c.iter() {
+                if !all_topics.iter().any(|t| t.as_str() == topic) {
+                    return Err(SubscribeError::CursorTopic {
+                        topic: topic.to_owned(),
+                        channels: names.iter().map(|n| n.as_ref()).collect::<Vec<_>>().join(", "),
+                    });
+                }
+                let count = positions.topic(topic).map_or(0, <[i64]>::len);
+                if partition < 0 || partition as usize >= count {
+                    return Err(SubscribeError::CursorPartition {
+                        topic: topic.to_owned(),
+                        partition,
+                        count,
+                    });
+                }
+            }
+        }
+
+        // Lock every shard involved, in index order (no deadlock with other
+        // subscribers; the ingest holds one shard at a time).
+        let mut shard_ids: Vec<usize> = names.iter().map(|n| inner.shard_index(n)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+            shard_ids.iter().map(|&i| (i, inner.shards[i].lock())).collect();
+        let horizon = inner.horizon.lock().clone();
+
+        // Check coverage (or, at the live end, step over evicted history).
+        for (name, topics) in names.iter().zip(&feeds) {
+            let shard = guard_for(&mut guards, inner.shard_index(name));
+            let channel = shard
+                .channels
+                .entry(name.clone())
+                .or_insert_with(|| Channel::new(horizon.clone()));
+            for topic in topics {
+                let Some(offsets) = start_at.topic(topic).map(<[i64]>::to_vec) else { continue };
+                let topic_arc: Arc<str> = Arc::from(topic.as_str());
+                for (p, at) in offsets.into_iter().enumerate() {
+                    let floor = channel.floor(topic, p as i32, &horizon);
+                    if at >= floor {
+                        continue;
+                    }
+                    match &start {
+                        Start::Live => start_at.set(&topic_arc, p as i32, floor),
+                        Start::Cursor(_) => {
+                            let err = SubscribeError::CursorTooOld {
+                                channel: name.to_string(),
+                                topic: topic.clone(),
+                                partition: p as i32,
+                                offset: at,
+                                floor,
+                            };
+                            drop(guards);
+                            self.drop_if_empty(&names);
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Register and copy history under the same locks.
+        let inbox = Arc::new(Inbox::new(inner.config.subscriber_queue));
+        let mut backlog: Vec<Arc<Publication>> = Vec::new();
+        for name in &names {
+            let shard = guard_for(&mut guards, inner.shard_index(name));
+            let channel = shard.channels.get_mut(name).expect("created above");
+            backlog.extend(
+                channel
+                    .history
+                    .iter()
+                    .filter(|p| {
+                        let r = &p.record;
+                        r.offset >= start_at.get(&r.topic, r.partition).unwrap_or(0)
+                    })
+                    .cloned(),
+            );
+            channel.subscribers.push(inbox.clone());
+        }
+        drop(guards);
+        backlog.sort_by_key(|p| p.seq);
+
+        Ok(Subscription {
+            hub: self.inner.clone(),
+            channels: names,
+            inbox,
+            backlog: backlog.into(),
+            positions: start_at,
+        })
+    }
+
+    fn drop_if_empty(&self, names: &[Arc<str>]) {
+        for name in names {
+            let mut shard = self.inner.shard(name).lock();
+            if shard.channels.get(name).is_some_and(Channel::is_empty) {
+                let channel = shard.channels.remove(name).expect("present");
+                self.inner.fold_into_horizon(&channel);
+            }
+        }
+    }
+
+    /// Drops aged history and empty channels every second, and trims history
+    /// to the memory budget when woken by pressure. Ends on `shutdown`.
+    pub async fn run_sweeper(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.inner.pressure.notified() => {}
+            }
+            self.sweep(Instant::now());
+        }
+    }
+
+    /// One sweep: age limit, then the memory budget, oldest history first.
+    pub fn sweep(&self, now: Instant) {
+        let inner = &*self.inner;
+        let age = inner.config.history_age;
+        inner.sweep_older_than(now.checked_sub(age), "age");
+        // Over budget: halve the age limit until history fits.
+        let mut limit = age;
+        while inner.history_bytes.load(Ordering::Relaxed) > inner.config.memory_budget
+            && limit > Duration::from_millis(1)
+        {
+            limit /= 2;
+            inner.sweep_older_than(now.checked_sub(limit), "budget");
+        }
+        if inner.history_bytes.load(Ordering::Relaxed) > inner.config.memory_budget {
+            inner.sweep_older_than(Some(now), "budget");
+        }
+        inner.metrics.hub_channels.set(self.channel_count() as i64);
+        inner
+            .metrics
+            .hub_history_bytes
+            .set(inner.history_bytes.load(Ordering::Relaxed) as i64);
+    }
+}
+
+fn guard_for<'a, 'g>(guards: &'a mut [(usize, MutexGuard<'g, Shard>)], index: usize) -> &'a mut Shard {
+    let i = guards
+        .binary_search_by_key(&index, |(i, _)| *i)
+        .expect("shard locked");
+    &mut guards[i].1
+}
+
+impl Inner {
+    fn shard_index(&self, channel: &str) -> usize {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        (h.finish() % self.shards.len() as u64) as usize
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<Shard> {
+        &self.shards[self.shard_index(channel)]
+    }
+
+    fn evict_front(&self, channel: &mut Channel, reason: &'static str) {
+        let Some(p) = channel.history.pop_front() else { return };
+        let size = p.size();
+        channel.history_bytes -= size;
+        self.history_bytes.fetch_sub(size, Ordering::Relaxed);
+        channel
+            .evicted
+            .raise(&p.record.topic, p.record.partition, p.record.offset + 1);
+        self.metrics.hub_evictions.with_label_values(&[reason]).inc();
+    }
+
+    /// Evicts history received before `cutoff` (everything when `None`…
+    /// never: `None` means the clock cannot go back that far) and drops
+    /// channels left empty.
+    fn sweep_older_than(&self, cutoff: Option<Instant>, reason: &'static str) {
+        let Some(cutoff) = cutoff else { return };
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let mut dropped = Vec::new();
+            for (name, channel) in shard.channels.iter_mut() {
+                while channel.history.front().is_some_and(|p| p.received <= cutoff) {
+                    self.evict_front(channel, reason);
+                }
+                if channel.is_empty() {
+                    dropped.push(name.clone());
+                }
+            }
+            for name in dropped {
+                if let Some(channel) = shard.channels.remove(&name) {
+                    self.fold_into_horizon(&channel);
+                }
+            }
+        }
+    }
+
+    /// A dropped channel's raised floors become the horizon for channels
+    /// that do not exist.
+    fn fold_into_horizon(&self, channel: &Channel) {
+        if channel.evicted.iter().next().is_none() {
+            return;
+        }
+        let mut horizon = self.horizon.lock();
+        let h = Arc::make_mut(&mut horizon);
+        for (topic, partition, offset) in channel.evicted.iter() {
+            h.raise(topic, partition, offset);
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, channels: &[Arc<str>], inbox: &Arc<Inbox>) {
+        for name in channels {
+            let mut shard = self.shard(name).lock();
+            let Some(channel) = shard.channels.get_mut(name) else { continue };
+            channel.subscribers.retain(|i| !Arc::ptr_eq(i, inbox));
+            if channel.is_empty() {
+                let channel = shard.channels.remove(name).expect("present");
+                self.fold_into_horizon(&channel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

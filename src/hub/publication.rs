@@ -1,0 +1,210 @@
+//! A record published to one channel, and its wire envelope, encoded once
+//! and shared by every subscriber.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::positions::Positions;
+use crate::kafka::record::Record;
+
+pub struct Publication {
+    /// Node-wide publication order. Subscribers see publications in this
+    /// order, which keeps every partition in offset order.
+    pub seq: u64,
+    pub channel: Arc<str>,
+    pub record: Arc<Record>,
+    /// Ingest positions when this record's batch began: every record below
+    /// them was published before this one. Lets a subscriber's cursor move
+    /// past partitions that had nothing for it.
+    pub positions: Arc<Positions>,
+    /// When the hub received it; history age is measured from here.
+    pub received: Instant,
+    envelope: OnceLock<Envelope>,
+}
+
+/// The JSON envelope split around its `cursor` value, which differs per
+/// subscriber: `head` + cursor + `tail` is one complete message. Both halves
+/// are built once, on first use, and shared.
+pub struct Envelope {
+    /// `{"channel":"…","cursor":"`
+    pub head: Bytes,
+    /// `","topic":…,"data":…}`
+    pub tail: Bytes,
+}
+
+impl Publication {
+    pub fn new(
+        seq: u64,
+        channel: Arc<str>,
+        record: Arc<Record>,
+        positions: Arc<Positions>,
+        received: Instant,
+    ) -> Self {
+        Publication {
+            seq,
+            channel,
+            record,
+            positions,
+            received,
+            envelope: OnceLock::new(),
+        }
+    }
+
+    /// Approximate memory held by this publication in history.
+    pub fn size(&self) -> usize {
+        // The record and its encoded envelope (about the same size again).
+        2 * self.record.size() + self.channel.len()
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        self.envelope.get_or_init(|| Envelope::encode(&self.channel, &self.record))
+    }
+}
+
+impl Envelope {
+    fn encode(channel: &str, record: &Record) -> Envelope {
+        let mut head = Vec::with_capacity(channel.len() + 32);
+        head.extend_from_slice(b"{\"channel\":");
+        write_json_string(&mut head, channel);
+        head.extend_from_slice(b",\"cursor\":\"");
+
+        let payload_len = record.payload.as_ref().map_or(4, Bytes::len);
+        let mut tail = BytesMut::with_capacity(payload_len + record.topic.len() + 128);
+        tail.put_slice(b"\",\"topic\":");
+        let mut scratch = Vec::new();
+        write_json_string(&mut scratch, &record.topic);
+        tail.put_slice(&scratch);
+        tail.put_slice(format!(",\"partition\":{},\"offset\":{},\"ts\":", record.partition, record.offset).as_bytes());
+        match record.timestamp {
+            Some(ts) => tail.put_slice(ts.to_string().as_bytes()),
+            None => tail.put_slice(b"null"),
+        }
+        tail.put_slice(b",\"key\":");
+        let mut key_b64 = false;
+        match record.key.as_deref() {
+            None => tail.put_slice(b"null"),
+            Some(k) => match std::str::from_utf8(k) {
+                Ok(s) => {
+                    scratch.clear();
+                    write_json_string(&mut scratch, s);
+                    tail.put_slice(&scratch);
+                }
+                Err(_) => {
+                    key_b64 = true;
+                    tail.put_u8(b'"');
+                    tail.put_slice(STANDARD.encode(k).as_bytes());
+                    tail.put_u8(b'"');
+                }
+            },
+        }
+        tail.put_slice(b",\"data\":");
+        let mut data_b64 = false;
+        match record.payload.as_deref() {
+            None => tail.put_slice(b"null"),
+            Some(p) if is_json(p) => {
+                // Raw CR/LF in valid JSON can only be insignificant
+                // whitespace (inside strings they must be escaped); a space
+                // keeps the envelope on one line, as SSE requires.
+                tail.extend(p.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+            }
+            Some(p) => match std::str::from_utf8(p) {
+                Ok(s) => {
+                    scratch.clear();
+                    write_json_string(&mut scratch, s);
+                    tail.put_slice(&scratch);
+                }
+                Err(_) => {
+                    data_b64 = true;
+                    tail.put_u8(b'"');
+                    tail.put_slice(STANDARD.encode(p).as_bytes());
+                    tail.put_u8(b'"');
+                }
+            },
+        }
+        if data_b64 {
+            tail.put_slice(b",\"encoding\":\"base64\"");
+        }
+        if key_b64 {
+            tail.put_slice(b",\"key_encoding\":\"base64\"");
+        }
+        tail.put_u8(b'}');
+        Envelope {
+            head: Bytes::from(head),
+            tail: tail.freeze(),
+        }
+    }
+
+    /// The complete envelope with a given cursor, as one JSON text.
+    pub fn with_cursor(&self, cursor: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + cursor.len() + self.tail.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(cursor.as_bytes());
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
+fn is_json(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing a string into memory cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(key: Option<&[u8]>, payload: Option<&[u8]>) -> serde_json::Value {
+        let record = Record {
+            topic: Arc::from("t"),
+            partition: 1,
+            offset: 7,
+            timestamp: Some(1_700_000_000_000),
+            key: key.map(Bytes::copy_from_slice),
+            headers: vec![],
+            payload: payload.map(Bytes::copy_from_slice),
+        };
+        let bytes = Envelope::encode("news", &record).with_cursor("hCUR");
+        assert!(!bytes.contains(&b'\n'));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn json_payload_is_embedded() {
+        let v = envelope(Some(b"k1"), Some(b"{\"a\": [1,\n 2],\r\n \"s\": \"x\\ny\"}"));
+        assert_eq!(
+            v,
+            serde_json::json!({"channel":"news","cursor":"hCUR","topic":"t","partition":1,
+                "offset":7,"ts":1_700_000_000_000i64,"key":"k1","data":{"a":[1,2],"s":"x\ny"}})
+        );
+    }
+
+    #[test]
+    fn text_payload_is_a_string() {
+        let v = envelope(None, Some("héllo \"world\"\nbye".as_bytes()));
+        assert_eq!(v["data"], "héllo \"world\"\nbye");
+        assert_eq!(v["key"], serde_json::Value::Null);
+        assert!(v.get("encoding").is_none());
+    }
+
+    #[test]
+    fn binary_payload_is_base64() {
+        let v = envelope(Some(&[0xff, 0x00]), Some(&[0xff, 0xfe, 0x00, 0x01]));
+        assert_eq!(v["data"], "//4AAQ==");
+        assert_eq!(v["encoding"], "base64");
+        assert_eq!(v["key"], "/wA=");
+        assert_eq!(v["key_encoding"], "base64");
+    }
+
+    #[test]
+    fn tombstone_is_null() {
+        let v = envelope(Some(b"k"), None);
+        assert_eq!(v["data"], serde_json::Value::Null);
+    }
+}

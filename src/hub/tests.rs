@@ -1,0 +1,294 @@
+//! Hub behaviour with synthetic records: the history/live seam, dedup across
+//! channels, slow subscribers, coverage and errors. No Kafka involved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::RouteConfig;
+
+struct Fixture {
+    hub: Hub,
+    positions: Positions,
+    topic: Arc<str>,
+}
+
+fn route(topic: &str, channel: &str) -> RouteConfig {
+    RouteConfig {
+        topic: Some(topic.into()),
+        topic_regex: None,
+        channel: channel.into(),
+    }
+}
+
+impl Fixture {
+    fn new(config: HubConfig) -> Fixture {
+        let router = Router::new(&[route("t", "all"), route("t", "user.{key}")]).unwrap();
+        let hub = Hub::new(config, 8, Arc::new(router), Arc::new(Metrics::new()));
+        let topic: Arc<str> = Arc::from("t");
+        let mut positions = Positions::new();
+        for p in 0..2 {
+            positions.set(&topic, p, 0);
+            hub.partition_assigned(&topic, p, 0);
+        }
+        hub.set_positions(Arc::new(positions.clone()));
+        hub.set_ready(true);
+        Fixture { hub, positions, topic }
+    }
+
+    /// Publishes the next record of `partition` with `key`, as the ingest
+    /// would: to `all` and to `user.{key}`.
+    fn produce(&mut self, partition: i32, key: &str) -> i64 {
+        let offset = self.positions.get(&self.topic, partition).unwrap();
+        let record = Arc::new(Record {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            timestamp: Some(0),
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            headers: vec![],
+            payload: Some(Bytes::from(format!("{partition}:{offset}"))),
+        });
+        let snapshot = Arc::new(self.positions.clone());
+        let mut channels = Vec::new();
+        self.hub.router().route(&record, &mut channels);
+        self.hub.publish(record, &channels, &snapshot);
+        self.positions.set(&self.topic, partition, offset + 1);
+        self.hub.set_positions(Arc::new(self.positions.clone()));
+        offset
+    }
+}
+
+fn channels(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Drains what is deliverable now, as `partition:offset` strings, and the
+/// last cursor.
+fn drain(sub: &mut Subscription) -> (Vec<String>, String) {
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut cursor = sub.cursor();
+    loop {
+        out.clear();
+        let ready = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(20), sub.next_batch(&mut out, 100)).await
+        });
+        match ready {
+            Ok(Ok(())) => {
+                for d in &out {
+                    let r = &d.publication.record;
+                    got.push(format!("{}:{}", r.partition, r.offset));
+                    cursor = d.cursor.clone();
+                }
+            }
+            _ => break,
+        }
+    }
+    (got, cursor)
+}
+
+#[test]
+fn live_subscriber_gets_only_new_records() {
+    let mut f = Fixture::new(HubConfig::default());
+    f.produce(0, "a");
+    let mut sub = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    f.produce(1, "b");
+    f.produce(0, "c");
+    assert_eq!(drain(&mut sub).0, ["1:0", "0:1"]);
+}
+
+#[test]
+fn resume_from_cursor_crosses_history_into_live_exactly() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut first = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    for i in 0..6 {
+        f.produce(i % 2, "k");
+    }
+    let (got, _) = drain(&mut first);
+    assert_eq!(got, ["0:0", "1:0", "0:1", "1:1", "0:2", "1:2"]);
+
+    // Resume from the last cursor while more arrive.
+    let mut again = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    drop(again);
+    let mut replay = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(Cursor::decode(&first.cursor()).unwrap()))
+        .unwrap();
+    drop(first);
+    f.produce(0, "k");
+    assert_eq!(drain(&mut replay).0, ["0:3"]);
+
+    // From a mid-stream cursor: everything after it, once.
+    let mut mid = Cursor::new();
+    mid.set("t", 0, 1);
+    mid.set("t", 1, 2);
+    again = f.hub.subscribe(&channels(&["all"]), Start::Cursor(mid)).unwrap();
+    f.produce(1, "k");
+    let (got, cursor) = drain(&mut again);
+    assert_eq!(got, ["0:1", "0:2", "1:2", "0:3", "1:3"]);
+    assert_eq!(Cursor::decode(&cursor).unwrap().to_string(), "t/0@4,t/1@4");
+}
+
+#[test]
+fn a_record_in_two_subscribed_channels_arrives_once() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut sub = f.hub.subscribe(&channels(&["all", "user.k"]), Start::Live).unwrap();
+    f.produce(0, "k");
+    f.produce(0, "other");
+    f.produce(1, "k");
+    assert_eq!(drain(&mut sub).0, ["0:0", "0:1", "1:0"]);
+}
+
+#[test]
+fn quiet_partitions_advance_in_the_cursor() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut sub = f.hub.subscribe(&channels(&["user.k"]), Start::Live).unwrap();
+    for _ in 0..3 {
+        f.produce(1, "other");
+    }
+    f.produce(0, "other");
+    f.produce(0, "k");
+    let (got, cursor) = drain(&mut sub);
+    assert_eq!(got, ["0:1"]);
+    // Partition 1 moved to 3 although nothing on it was for `user.k`.
+    assert_eq!(Cursor::decode(&cursor).unwrap().to_string(), "t/0@2,t/1@3");
+}
+
+#[test]
+fn slow_subscriber_is_closed_after_what_it_has_queued() {
+    let mut f = Fixture::new(HubConfig {
+        subscriber_queue: 2,
+        ..HubConfig::default()
+    });
+    let mut slow = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let mut fast = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    f.produce(0, "k");
+    assert_eq!(drain(&mut fast).0, ["0:0"]);
+    f.produce(0, "k");
+    assert_eq!(drain(&mut fast).0, ["0:1"]);
+    f.produce(0, "k");
+    assert_eq!(drain(&mut fast).0, ["0:2"]);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut out = Vec::new();
+    rt.block_on(slow.next_batch(&mut out, 100)).unwrap();
+    assert_eq!(out.len(), 2);
+    let cursor = out.last().unwrap().cursor.clone();
+    assert_eq!(rt.block_on(slow.next_batch(&mut out, 100)), Err(CloseReason::Slow));
+    drop(slow);
+    // It resumes from its last cursor with nothing lost.
+    let mut back = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(Cursor::decode(&cursor).unwrap()))
+        .unwrap();
+    assert_eq!(drain(&mut back).0, ["0:2"]);
+}
+
+#[test]
+fn evicted_history_is_reported_not_skipped() {
+    let mut f = Fixture::new(HubConfig {
+        history_messages: 2,
+        ..HubConfig::default()
+    });
+    let _keep = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    for _ in 0..4 {
+        f.produce(0, "k");
+    }
+    let mut old = Cursor::new();
+    old.set("t", 0, 1);
+    old.set("t", 1, 0);
+    let err = f.hub.subscribe(&channels(&["all"]), Start::Cursor(old)).err().unwrap();
+    assert_eq!(
+        err,
+        SubscribeError::CursorTooOld {
+            channel: "all".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            floor: 2
+        }
+    );
+    let mut ok = Cursor::new();
+    ok.set("t", 0, 2);
+    ok.set("t", 1, 0);
+    let mut sub = f.hub.subscribe(&channels(&["all"]), Start::Cursor(ok)).unwrap();
+    assert_eq!(drain(&mut sub).0, ["0:2", "0:3"]);
+}
+
+#[test]
+fn dropped_channels_raise_the_horizon() {
+    let mut f = Fixture::new(HubConfig {
+        history_messages: 1,
+        ..HubConfig::default()
+    });
+    f.produce(0, "x");
+    f.produce(0, "x");
+    // `user.x` evicted offset 0; once dropped, a cursor at 0 is too old, at 1 fine.
+    f.hub.sweep(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(f.hub.channel_count(), 0);
+    let mut at0 = Cursor::new();
+    at0.set("t", 0, 0);
+    assert!(matches!(
+        f.hub.subscribe(&channels(&["user.x"]), Start::Cursor(at0)),
+        Err(SubscribeError::CursorTooOld { floor: 2, .. })
+    ));
+    let mut at2 = Cursor::new();
+    at2.set("t", 0, 2);
+    at2.set("t", 1, 0);
+    assert!(f.hub.subscribe(&channels(&["user.x"]), Start::Cursor(at2)).is_ok());
+}
+
+#[test]
+fn unsubscribing_frees_empty_channels() {
+    let f = Fixture::new(HubConfig::default());
+    let sub = f.hub.subscribe(&channels(&["user.a", "user.b"]), Start::Live).unwrap();
+    assert_eq!(f.hub.channel_count(), 2);
+    drop(sub);
+    assert_eq!(f.hub.channel_count(), 0);
+}
+
+#[test]
+fn bad_requests_are_named() {
+    let f = Fixture::new(HubConfig::default());
+    let sub = |names: &[&str], start: Start| f.hub.subscribe(&channels(names), start).err();
+    assert_eq!(sub(&[], Start::Live), Some(SubscribeError::NoChannels));
+    assert_eq!(sub(&["nope"], Start::Live), Some(SubscribeError::UnknownChannel("nope".into())));
+    assert_eq!(sub(&["a\nb"], Start::Live), Some(SubscribeError::InvalidChannel("a\nb".into())));
+    let many: Vec<String> = (0..9).map(|i| format!("user.{i}")).collect();
+    assert_eq!(
+        f.hub.subscribe(&many, Start::Live).err(),
+        Some(SubscribeError::TooManyChannels { given: 9, max: 8 })
+    );
+    let mut other = Cursor::new();
+    other.set("u", 0, 0);
+    assert!(matches!(sub(&["all"], Start::Cursor(other)), Some(SubscribeError::CursorTopic { .. })));
+    let mut p9 = Cursor::new();
+    p9.set("t", 9, 0);
+    assert_eq!(
+        sub(&["all"], Start::Cursor(p9)),
+        Some(SubscribeError::CursorPartition {
+            topic: "t".into(),
+            partition: 9,
+            count: 2
+        })
+    );
+    // Nothing was left behind by the refusals.
+    assert_eq!(f.hub.channel_count(), 0);
+}
+
+#[test]
+fn memory_budget_bounds_history() {
+    let mut f = Fixture::new(HubConfig {
+        memory_budget: 4096,
+        ..HubConfig::default()
+    });
+    for i in 0..200 {
+        f.produce(i % 2, &format!("user{i}"));
+    }
+    f.hub.sweep(Instant::now());
+    assert!(f.hub.inner.history_bytes.load(Ordering::Relaxed) <= 4096);
+}

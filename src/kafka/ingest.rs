@@ -1,0 +1,293 @@
+//! The ingest: one Kafka consumer per node, `assign()`ed to every partition
+//! of every routed topic (no consumer group: every node sees every record).
+//!
+//! It runs on its own OS thread with rdkafka's `BaseConsumer`: polling is a
+//! blocking call, and a plain loop hands each record to the router and the
+//! hub with no channel hop in between. Each record is copied into an owned
+//! [`Record`] at once; nothing borrowed from librdkafka outlives the poll.
+//!
+//! Topic metadata is re-read every `kafka.metadata_refresh` to pick up new
+//! topics (for `topic_regex` routes) and new partitions. Partitions known at
+//! start-up begin at `kafka.start`; partitions found later begin at their
+//! low watermark, so nothing produced to them is missed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::record::Record;
+use crate::config::{KafkaConfig, StartAt};
+use crate::hub::Hub;
+use crate::hub::positions::Positions;
+use crate::metrics::Metrics;
+
+/// Longest a poll waits for a record; bounds how fast the loop notices
+/// shutdown and a due metadata refresh.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Records taken per batch before the hub's positions are updated. Larger
+/// batches cost less, smaller ones keep live-start cursors fresher.
+const MAX_BATCH: usize = 1024;
+/// Timeout of metadata and watermark requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same Kafka error is logged at most this often (it is always counted).
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Low and high watermarks per partition, from librdkafka's statistics.
+#[derive(Default)]
+pub struct Watermarks {
+    inner: Mutex<HashMap<(String, i32), (i64, i64)>>,
+}
+
+impl Watermarks {
+    pub fn get(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        self.inner.lock().get(&(topic.to_owned(), partition)).copied()
+    }
+}
+
+/// librdkafka callbacks: statistics (watermarks) and client errors.
+struct IngestContext {
+    watermarks: Arc<Watermarks>,
+    metrics: Arc<Metrics>,
+    last_logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl IngestContext {
+    fn report(&self, kind: &str, message: &str) {
+        self.metrics.kafka_errors.with_label_values(&[kind]).inc();
+        let mut last = self.last_logged.lock();
+        let now = Instant::now();
+        let due = last
+            .get(kind)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL);
+        if due {
+            last.insert(kind.to_owned(), now);
+            tracing::warn!(kind, "kafka: {message}");
+        }
+    }
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, stats: Statistics) {
+        let mut marks = self.watermarks.inner.lock();
+        for (topic, t) in stats.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    marks.insert((topic.clone(), partition), (p.lo_offset, p.hi_offset));
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = error
+            .rdkafka_error_code()
+            .map_or_else(|| "client".to_owned(), |c| format!("{c:?}"));
+        self.report(&kind, &format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for IngestContext {}
+
+/// Starts the ingest thread. Fails at once if the consumer cannot be
+/// created (bad `[kafka.options]`).
+pub fn spawn(
+    config: &KafkaConfig,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    watermarks: Arc<Watermarks>,
+    shutdown: CancellationToken,
+) -> KafkaResult<JoinHandle<()>> {
+    let context = IngestContext {
+        watermarks,
+        metrics: metrics.clone(),
+        last_logged: Mutex::new(HashMap::new()),
+    };
+    let mut cc = super::client_config(config);
+    cc.set("group.id", format!("{}-ingest", config.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "20")
+        .set("statistics.interval.ms", config.stats_interval.as_millis().to_string());
+    for (k, v) in &config.options {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer<IngestContext> = cc.create_with_context(context)?;
+    let mut ingest = Ingest {
+        consumer,
+        needs_headers: hub.router().needs_headers(),
+        hub,
+        metrics,
+        start: config.start,
+        refresh_every: config.metadata_refresh,
+        positions: Positions::new(),
+        current: Arc::new(Positions::new()),
+        topics: HashMap::new(),
+        assigned: HashSet::new(),
+        consumed: HashMap::new(),
+        unrouted: HashMap::new(),
+        first_refresh_done: false,
+        channels: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("herald-ingest".into())
+        .spawn(move || ingest.run(shutdown))
+        .map_err(|e| KafkaError::Subscription(format!("cannot start the ingest thread: {e}")))
+}
+
+struct Ingest {
+    consumer: BaseConsumer<IngestContext>,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    needs_headers: bool,
+    start: StartAt,
+    refresh_every: Duration,
+    /// Next offset per assigned partition, updated per record.
+    positions: Positions,
+    /// The positions as of the last batch, shared with the hub and with
+    /// every publication of the current batch.
+    current: Arc<Positions>,
+    /// Interned topic names.
+    topics: HashMap<String, Arc<str>>,
+    assigned: HashSet<(Arc<str>, i32)>,
+    /// Counter handles, looked up once per partition rather than per record.
+    consumed: HashMap<(Arc<str>, i32), IntCounter>,
+    unrouted: HashMap<Arc<str>, IntCounter>,
+    first_refresh_done: bool,
+    /// Scratch buffer for the router.
+    channels: Vec<String>,
+}
+
+impl Ingest {
+    fn run(&mut self, shutdown: CancellationToken) {
+        let mut next_refresh = Instant::now();
+        while !shutdown.is_cancelled() {
+            if Instant::now() >= next_refresh {
+                match self.refresh_assignment() {
+                    Ok(()) => self.hub.set_ready(true),
+                    Err(e) => {
+                        self.hub.set_ready(false);
+                        self.consumer.context().report("metadata", &format!("metadata refresh failed: {e}"));
+                    }
+                }
+                next_refresh = Instant::now() + self.refresh_every;
+            }
+            if self.assigned.is_empty() {
+                // Nothing to poll yet; still serve callbacks (stats, errors).
+                let _ = self.consumer.poll(POLL_TIMEOUT);
+                continue;
+            }
+            let mut taken = 0;
+            while taken < MAX_BATCH {
+                let timeout = if taken == 0 { POLL_TIMEOUT } else { Duration::ZERO };
+                match self.consumer.poll(timeout) {
+                    None => break,
+                    Some(Ok(msg)) => {
+                        let topic = intern(&mut self.topics, rdkafka::Message::topic(&msg));
+                        let record = Record::from_message(&msg, topic, self.needs_headers);
+                        drop(msg);
+                        self.handle(record);
+                        taken += 1;
+                    }
+                    Some(Err(e)) => {
+                        let kind = e
+                            .rdkafka_error_code()
+                            .map_or_else(|| "consume".to_owned(), |c| format!("{c:?}"));
+                        self.consumer.context().report(&kind, &format!("consume error: {e}"));
+                        break;
+                    }
+                }
+            }
+            if taken > 0 {
+                self.publish_positions();
+            }
+        }
+        tracing::info!("ingest stopped");
+    }
+
+    fn handle(&mut self, record: Record) {
+        let key = (record.topic.clone(), record.partition);
+        let metrics = &self.metrics;
+        self.consumed
+            .entry(key)
+            .or_insert_with(|| {
+                metrics
+                    .consumed
+                    .with_label_values(&[&*record.topic, &record.partition.to_string()])
+            })
+            .inc();
+        self.positions.set(&record.topic, record.partition, record.offset + 1);
+        self.channels.clear();
+        if self.hub.router().route(&record, &mut self.channels) == 0 {
+            self.unrouted
+                .entry(record.topic.clone())
+                .or_insert_with(|| metrics.unrouted.with_label_values(&[&*record.topic]))
+                .inc();
+            return;
+        }
+        self.hub.publish(Arc::new(record), &self.channels, &self.current);
+    }
+
+    fn publish_positions(&mut self) {
+        self.current = Arc::new(self.positions.clone());
+        self.hub.set_positions(self.current.clone());
+    }
+
+    /// Assigns partitions not assigned yet, each at an explicit offset.
+    fn refresh_assignment(&mut self) -> KafkaResult<()> {
+        let metadata = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;
+        let mut added = TopicPartitionList::new();
+        let mut starts = Vec::new();
+        for topic in metadata.topics() {
+            let name = topic.name();
+            if name.starts_with("__") || topic.error().is_some() || !self.hub.router().consumes(name) {
+                continue;
+            }
+            for partition in topic.partitions() {
+                let id = partition.id();
+                let key = (intern(&mut self.topics, name), id);
+                if self.assigned.contains(&key) {
+                    continue;
+                }
+                let (low, high) = self.consumer.fetch_watermarks(name, id, REQUEST_TIMEOUT)?;
+                let start = match (self.first_refresh_done, self.start) {
+                    (false, StartAt::Latest) => high,
+                    _ => low,
+                };
+                added.add_partition_offset(name, id, Offset::Offset(start))?;
+                starts.push((key, start));
+            }
+        }
+        if !starts.is_empty() {
+            self.consumer.incremental_assign(&added)?;
+            for ((topic, partition), start) in starts {
+                tracing::info!(topic = &*topic, partition, start, "assigned partition");
+                self.hub.partition_assigned(&topic, partition, start);
+                self.positions.set(&topic, partition, start);
+                self.assigned.insert((topic, partition));
+            }
+            self.publish_positions();
+        }
+        self.first_refresh_done = true;
+        Ok(())
+    }
+}
+
+/// The shared name of a topic, allocated once per topic.
+fn intern(topics: &mut HashMap<String, Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(t) = topics.get(topic) {
+        return t.clone();
+    }
+    let t: Arc<str> = Arc::from(topic);
+    topics.insert(topic.to_owned(), t.clone());
+    t
+}

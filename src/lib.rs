@@ -1,0 +1,33 @@
+//! Herald: a Kafka-backed fan-out bridge.
+//!
+//! Records flow one way, one module per step:
+//!
+//! ```text
+//! Kafka ─▶ kafka::ingest ─▶ router ─▶ hub ─▶ transport::{sse, …} ─▶ clients
+//! ```
+//!
+//! - [`kafka`] — one consumer per node, assigned every partition of the
+//!   routed topics; turns each record into an owned [`kafka::record::Record`].
+//! - [`router`] — maps a record to channel names through the configured
+//!   templates, and a channel name back to the topics that feed it.
+//! - [`hub`] — channel registry, bounded history, live fan-out, cursors and
+//!   every rule about resuming; transports get a [`hub::Subscription`].
+//! - [`transport`] — thin adapters from a subscription to a wire format.
+//! - [`server`] — HTTP routing, limits, errors, `/metrics`, health.
+//! - [`dev`] — `herald dev`: an embedded Kafka and a demo.
+//!
+//! [`run`] wires them together for `herald serve`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dev;
+pub mod hub;
+pub mod kafka;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod transport;
+
+pub use server::{Herald, run};

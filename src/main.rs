@@ -1,0 +1,120 @@
+//! The `herald` binary: parses the command line, loads config, and calls
+//! into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use herald::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// `EX_USAGE` from sysexits.h: the configuration is invalid.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Kafka-backed fan-out to browsers and services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Herald against a Kafka cluster.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `http.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Overrides `kafka.brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+    /// Validate a config file and exit (64 when invalid).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run with an embedded Kafka, sample routes and a demo page.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Interval of the sample records produced to `news` (0 disables).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        ticker: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("herald: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config, listen, brokers } => {
+            let mut config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if let Some(listen) = listen {
+                config.http.listen = listen;
+            }
+            if let Some(brokers) = brokers {
+                config.kafka.brokers = brokers;
+            }
+            if let Err(e) = config.validate() {
+                eprintln!("herald: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            runtime(|shutdown| async move { herald::run(config, shutdown).await.map_err(|e| e.to_string()) })
+        }
+        Command::Dev { listen, ticker } => runtime(|shutdown| async move {
+            herald::dev::run(listen, ticker, shutdown).await.map_err(|e| e.to_string())
+        }),
+    }
+}
+
+fn runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        herald::shutdown::on_signal(shutdown.clone());
+        f(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Routing: which channels a Kafka record belongs to, and the reverse
+//! question — which topics can feed a given channel.
+//!
+//! A route pairs a topic (or topic regex) with a channel *template*: literal
+//! text with `{topic}`, `{key}`, `{partition}`, `{header.NAME}` and
+//! `{json./pointer}` placeholders. A record may match several routes and so
+//! land in several channels. A placeholder with no value for a record (null
+//! key, absent header, missing or non-scalar JSON value, empty string) means
+//! that route does not apply to the record.
+
+use std::collections::BTreeSet;
+
+use regex::Regex;
+
+use crate::config::RouteConfig;
+use crate::kafka::record::Record;
+
+/// Longest channel name, in bytes. Longer names from record data are not
+/// routed (and counted as unrouted when no other route applies).
+pub const MAX_CHANNEL_LEN: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route[{index}].{key} = {value:?}: {reason}")]
+    Route {
+        index: usize,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Topic,
+    Key,
+    Partition,
+    Header(String),
+    Json(String),
+}
+
+#[derive(Debug)]
+enum TopicMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl TopicMatch {
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatch::Exact(t) => t == topic,
+            TopicMatch::Regex(r) => r.is_match(topic),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Route {
+    topics: TopicMatch,
+    template: Vec<Segment>,
+}
+
+/// The compiled routing table.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+    needs_headers: bool,
+}
+
+impl Router {
+    pub fn new(configs: &[RouteConfig]) -> Result<Router, RouterError> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for (index, rc) in configs.iter().enumerate() {
+            let err = |key: &'static str, value: &str, reason: String| RouterError::Route {
+                index,
+                key,
+                value: value.to_owned(),
+                reason,
+            };
+            let topics = match (&rc.topic, &rc.topic_regex) {
+                (Some(t), None) => {
+                    if !crate::hub::cursor::is_valid_topic(t) {
+                        return Err(err("topic", t, "not a valid Kafka topic name".into()));
+                    }
+                    TopicMatch::Exact(t.clone())
+                }
+                (None, Some(r)) => TopicMatch::Regex(
+                    Regex::new(r).map_err(|e| err("topic_regex", r, e.to_string()))?,
+                ),
+                (Some(t), Some(_)) => {
+                    return Err(err("topic", t, "set either `topic` or `topic_regex`, not both".into()));
+                }
+                (None, None) => return Err(err("topic", "", "set `topic` or `topic_regex`".into())),
+            };
+            let template =
+                parse_template(&rc.channel).map_err(|reason| err("channel", &rc.channel, reason))?;
+            routes.push(Route { topics, template });
+        }
+        let needs_headers = routes
+            .iter()
+            .any(|r| r.template.iter().any(|s| matches!(s, Segment::Header(_))));
+        Ok(Router { routes, needs_headers })
+    }
+
+    /// Whether any route reads record headers (so ingest must copy them).
+    pub fn needs_headers(&self) -> bool {
+        self.needs_headers
+    }
+
+    /// Whether some route consumes this topic.
+    pub fn consumes(&self, topic: &str) -> bool {
+        self.routes.iter().any(|r| r.topics.matches(topic))
+    }
+
+    /// Topics named literally by routes (consumed even before they exist).
+    pub fn fixed_topics(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().filter_map(|r| match &r.topics {
+            TopicMatch::Exact(t) => Some(t.as_str()),
+            TopicMatch::Regex(_) => None,
+        })
+    }
+
+    /// Channels a record belongs to, deduplicated, in route order. Appends to
+    /// `out`; returns how many were added.
+    pub fn route(&self, record: &Record, out: &mut Vec<String>) -> usize {
+        let before = out.len();
+        let mut json: Option<Option<serde_json::Value>> = None;
+        for route in &self.routes {
+            if !route.topics.matches(&record.topic) {
+                continue;
+            }
+            if let Some(name) = render(&route.template, record, &mut json)
+                && !out[before..].contains(&name)
+            {
+                out.push(name);
+            }
+        }
+        out.len() - before
+    }
+
+    /// The topics that can feed `channel`, among the fixed topics and the
+    /// `known` ones. `None` when no route can produce this channel name.
+    pub fn topics_for_channel<'a>(
+        &self,
+        channel: &str,
+        known: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<BTreeSet<String>> {
+        let mut found = false;
+        let mut topics = BTreeSet::new();
+        for route in &self.routes {
+            let has_topic = route.template.contains(&Segment::Topic);
+            let mut candidates: Vec<&str> = known.clone().filter(|t| route.topics.matches(t)).collect();
+            if let TopicMatch::Exact(t) = &route.topics
+                && !candidates.contains(&t.as_str())
+            {
+                candidates.push(t);
+            }
+            if has_topic {
+                for t in candidates {
+                    if template_matches(&route.template, channel, Some(t)) {
+                        found = true;
+                        topics.insert(t.to_owned());
+                    }
+                }
+            } else if template_matches(&route.template, channel, None) {
+                found = true;
+                topics.extend(candidates.into_iter().map(str::to_owned));
+            }
+        }
+        found.then_some(topics)
+    }
+}
+
+/// Whether a channel name is acceptable at all.
+pub fn is_valid_channel(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && !name.chars().any(char::is_control)
+}
+
+fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        match rest.find(['{', '}']) {
+            None => {
+                segments.push(Segment::Literal(rest.to_owned()));
+                break;
+            }
+            Some(i) if rest.as_bytes()[i] == b'}' => {
+                return Err(format!("unmatched `}}` at byte {}", text.len() - rest.len() + i));
+            }
+            Some(i) => {
+                if i > 0 {
+                    segments.push(Segment::Literal(rest[..i].to_owned()));
+                }
+                let close = rest[i..]
+                    .find('}')
+                    .ok_or_else(|| "unclosed `{`".to_owned())?;
+                let var = &rest[i + 1..i + close];
+                segments.push(match var {
+                    "topic" => Segment::Topic,
+                    "key" => Segment::Key,
+                    "partition" => Segment::Partition,
+                    _ if var.starts_with("header.") && var.len() > 7 => Segment::Header(var[7..].to_owned()),
+                    _ if var.starts_with("json.") => {
+                        let pointer = &var[5..];
+                        if !pointer.starts_with('/') {
+                            return Err(format!("`{{{var}}}`: a JSON pointer starts with `/`"));
+                        }
+                        Segment::Json(pointer.to_owned())
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown template variable `{{{var}}}` (known: {{topic}} {{key}} {{partition}} {{header.NAME}} {{json./pointer}})"
+                        ));
+                    }
+                });
+                rest = &rest[i + close + 1..];
+            }
+        }
+    }
+    if segments.is_empty() {
+        return Err("the channel template is empty".into());
+    }
+    Ok(segments)
+}
+
+fn render(
+    template: &[Segment],
+    record: &Record,
+    json: &mut Option<Option<serde_json::Value>>,
+) -> Option<String> {
+    let mut name = String::new();
+    for seg in template {
+        match seg {
+            Segment::Literal(s) => name.push_str(s),
+            Segment::Topic => name.push_str(&record.topic),
+            Segment::Partition => name.push_str(&record.partition.to_string()),
+            Segment::Key => push_value(&mut name, record.key.as_deref()?)?,
+            Segment::Header(h) => push_value(&mut name, record.header(h)?)?,
+            Segment::Json(pointer) => {
+                let doc = json.get_or_insert_with(|| {
+                    record
+                        .payload
+                        .as_deref()
+                        .and_then(|p| serde_json::from_slice(p).ok())
+                });
+                match doc.as_ref()?.pointer(pointer)? {
+                    serde_json::Value::String(s) if !s.is_empty() => name.push_str(s),
+                    serde_json::Value::Number(n) => name.push_str(&n.to_string()),
+                    serde_json::Value::Bool(b) => name.push_str(if *b { "true" } else { "false" }),
+                    _ => return None,
+                }
+            }
+        }
+    }
+    is_valid_channel(&name).then_some(name)
+}
+
+fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
+    let s = std::str::from_utf8(value).ok()?;
+    if s.is_empty() {
+        return None;
+    }
+    name.push_str(s);
+    Some(())
+}
+
+/// Whether `channel` can be produced by `template`. Variables match one or
+/// more characters (`{partition}` only digits); `{topic}` must equal `topic`
+/// when one is given. Backtracking over a handful of segments on names of at
+/// most 255 bytes.
+fn template_matches(template: &[Segment], channel: &str, topic: Option<&str>) -> bool {
+    let Some((seg, rest)) = template.split_first() else {
+        return channel.is_empty();
+    };
+    match seg {
+        Segment::Literal(lit) => channel
+            .strip_prefix(lit.as_str())
+            .is_some_and(|tail| template_matches(rest, tail, topic)),
+        Segment::Topic if topic.is_some() => channel
+            .strip_prefix(topic.unwrap_or_default())
+            .is_some_and(|tail| template_matches(rest, tail, topic)),
+        _ if channel.is_empty() => false,
+        _ => {
+            let digits_only = matches!(seg, Segment::Partition);
+            // Try every split point: the variable takes 1..=len characters.
+            let ends = channel
+                .char_indices()
+                .map(|(i, _)| i)
+                .skip(1)
+                .chain(std::iter::once(channel.len()));
+            for end in ends {
+                if digits_only && !channel[..end].bytes().all(|b| b.is_ascii_digit()) {
+                    break;
+                }
+                if template_matches(rest, &channel[end..], topic) {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn route(topic: &str, channel: &str) -> RouteConfig {
+        RouteConfig {
+            topic: Some(topic.into()),
+            topic_regex: None,
+            channel: channel.into(),
+        }
+    }
+
+    fn regex_route(re: &str, channel: &str) -> RouteConfig {
+        RouteConfig {
+            topic: None,
+            topic_regex: Some(re.into()),
+            channel: channel.into(),
+        }
+    }
+
+    fn record(topic: &str, key: Option<&str>, payload: &str) -> Record {
+        Record {
+            topic: Arc::from(topic),
+            partition: 2,
+            offset: 10,
+            timestamp: Some(1),
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            headers: vec![("tenant".into(), Some(Bytes::from_static(b"acme")))],
+            payload: Some(Bytes::copy_from_slice(payload.as_bytes())),
+        }
+    }
+
+    fn channels(router: &Router, r: &Record) -> Vec<String> {
+        let mut out = Vec::new();
+        router.route(r, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_template_variable_renders() {
+        let router = Router::new(&[
+            route("orders", "all"),
+            route("orders", "user.{key}"),
+            route("orders", "{topic}.p{partition}"),
+            route("orders", "tenant.{header.tenant}"),
+            route("orders", "u/{json./user/id}/{json./kind}"),
+        ])
+        .unwrap();
+        let r = record("orders", Some("k7"), r#"{"user":{"id":42},"kind":"paid"}"#);
+        assert_eq!(
+            channels(&router, &r),
+            ["all", "user.k7", "orders.p2", "tenant.acme", "u/42/paid"]
+        );
+        assert!(router.needs_headers());
+    }
+
+    #[test]
+    fn missing_values_skip_the_route() {
+        let router = Router::new(&[
+            route("t", "user.{key}"),
+            route("t", "x.{json./id}"),
+            route("t", "h.{header.nope}"),
+        ])
+        .unwrap();
+        assert!(channels(&router, &record("t", None, "not json")).is_empty());
+        assert!(channels(&router, &record("t", Some(""), r#"{"id":{}}"#)).is_empty());
+        assert!(channels(&router, &record("other", Some("k"), "{}")).is_empty());
+    }
+
+    #[test]
+    fn duplicate_channels_are_merged() {
+        let router = Router::new(&[route("t", "c"), regex_route("^t$", "c")]).unwrap();
+        assert_eq!(channels(&router, &record("t", None, "")), ["c"]);
+    }
+
+    #[test]
+    fn templates_are_validated() {
+        for bad in ["", "a{", "a}", "{nope}", "{json.id}", "{header.}"] {
+            assert!(Router::new(&[route("t", bad)]).is_err(), "{bad:?} accepted");
+        }
+        assert!(Router::new(&[regex_route("(", "c")]).is_err());
+        assert!(Router::new(&[route("bad topic", "c")]).is_err());
+    }
+
+    #[test]
+    fn channels_map_back_to_their_topics() {
+        let router = Router::new(&[
+            route("news", "news"),
+            route("users", "user.{key}"),
+            regex_route("^events\\.", "{topic}"),
+            regex_route("^shard-", "p{partition}.{topic}"),
+        ])
+        .unwrap();
+        let known = ["news", "users", "events.a", "events.b", "shard-1", "other"];
+        let topics = |c: &str| {
+            router
+                .topics_for_channel(c, known.iter().copied())
+                .map(|s| s.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(topics("news"), Some(vec!["news".into()]));
+        assert_eq!(topics("user.k7"), Some(vec!["users".into()]));
+        assert_eq!(topics("user."), None);
+        assert_eq!(topics("events.a"), Some(vec!["events.a".into()]));
+        assert_eq!(topics("events.zzz"), None);
+        assert_eq!(topics("p3.shard-1"), Some(vec!["shard-1".into()]));
+        assert_eq!(topics("px.shard-1"), None);
+        assert_eq!(topics("nothing"), None);
+    }
+
+    #[test]
+    fn fixed_topics_feed_channels_before_they_exist() {
+        let router = Router::new(&[route("later", "later")]).unwrap();
+        let known: [&str; 0] = [];
+        assert_eq!(
+            router.topics_for_channel("later", known.iter().copied()),
+            Some(["later".to_owned()].into())
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! HTTP: the accept loop, connection limits, request routing, JSON errors,
+//! `/metrics`, `/healthz`, `/readyz`, and phased shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::{Hub, SubscribeError};
+use crate::kafka::ingest::{self, Watermarks};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::transport;
+
+/// Response body type for every route: full bodies and event streams.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Shared state of one running Herald.
+pub struct App {
+    pub config: Config,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub watermarks: Arc<Watermarks>,
+    /// Cancelled when the server starts shutting down; every long-lived
+    /// stream selects on it.
+    pub shutdown: CancellationToken,
+    /// Extra JSON served at `/dev/info` by `herald dev`.
+    pub dev_info: Option<serde_json::Value>,
+}
+
+/// A request Herald refuses, rendered as `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn into_response(self, metrics: &Metrics) -> Response<Body> {
+        metrics
+            .http_errors
+            .with_label_values(&[self.status.as_str(), self.code])
+            .inc();
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = full(self.status, "application/json", body.to_string());
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<SubscribeError> for ApiError {
+    fn from(e: SubscribeError) -> Self {
+        let (status, code) = match &e {
+            SubscribeError::NoChannels => (StatusCode::BAD_REQUEST, "missing_channel"),
+            SubscribeError::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            SubscribeError::InvalidChannel(_) => (StatusCode::BAD_REQUEST, "invalid_channel"),
+            SubscribeError::UnknownChannel(_) => (StatusCode::BAD_REQUEST, "unknown_channel"),
+            SubscribeError::CursorTopic { .. } => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            SubscribeError::CursorPartition { .. } => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            SubscribeError::CursorTooOld { .. } => (StatusCode::CONFLICT, "cursor_expired"),
+            SubscribeError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Why Herald could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("invalid routes: {0}")]
+    Routes(#[from] crate::router::RouterError),
+}
+
+/// A running Herald: its address and the means to stop it.
+pub struct Herald {
+    local_addr: SocketAddr,
+    app: Arc<App>,
+    server: tokio::task::JoinHandle<()>,
+    ingest: std::thread::JoinHandle<()>,
+}
+
+impl Herald {
+    /// Binds the listener, starts the ingest, the hub sweeper and the HTTP
+    /// server, and returns at once. Call [`Herald::stop`] to shut down.
+    pub async fn start(config: Config) -> Result<Herald, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    pub(crate) async fn start_with(
+        config: Config,
+        dev_info: Option<serde_json::Value>,
+    ) -> Result<Herald, StartError> {
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(&config.routes)?);
+        let hub = Hub::new(
+            config.hub.clone(),
+            config.limits.max_channels_per_connection,
+            router,
+            metrics.clone(),
+        );
+        let shutdown = CancellationToken::new();
+        let watermarks = Arc::new(Watermarks::default());
+        let ingest = ingest::spawn(
+            &config.kafka,
+            hub.clone(),
+            metrics.clone(),
+            watermarks.clone(),
+            shutdown.clone(),
+        )?;
+        tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
+        let app = Arc::new(App {
+            config,
+            hub,
+            metrics,
+            watermarks,
+            shutdown,
+            dev_info,
+        });
+        let server = tokio::spawn(serve(app.clone(), listener));
+        tracing::info!(%local_addr, "listening");
+        Ok(Herald {
+            local_addr,
+            app,
+            server,
+            ingest,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.app.hub
+    }
+
+    /// Shuts down in phases: stop accepting, tell streaming clients to
+    /// reconnect elsewhere, let connections drain for `http.shutdown_grace`,
+    /// then stop the ingest.
+    pub async fn stop(self) {
+        self.app.shutdown.cancel();
+        let _ = self.server.await;
+        let ingest = self.ingest;
+        let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    }
+}
+
+/// Runs Herald until `shutdown` is cancelled (by a signal, in `main`).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let herald = Herald::start(config).await?;
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    herald.stop().await;
+    Ok(())
+}
+
+async fn serve(app: Arc<App>, listener: TcpListener) {
+    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream, app.clone()));
+            continue;
+        };
+        let app2 = app.clone();
+        let service = service_fn(move |req| {
+            let app = app2.clone();
+            async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = app.config.http.shutdown_grace;
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "shutdown grace period ran out; dropping remaining connections");
+        }
+    }
+}
+
+/// Over `limits.max_connections`: answer `503` and close.
+async fn refuse(mut stream: TcpStream, app: Arc<App>) {
+    app.metrics
+        .http_errors
+        .with_label_values(&["503", "too_many_connections"])
+        .inc();
+    let body = format!(
+        r#"{{"error":{{"code":"too_many_connections","message":"this Herald node holds its limit of {} connections; retry later or elsewhere"}}}}"#,
+        app.config.limits.max_connections
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let result = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/sse") => transport::sse::handle(app, &req),
+        (&Method::GET, "/metrics") => Ok(metrics(app)),
+        (&Method::GET, "/healthz") => Ok(full(StatusCode::OK, "application/json", r#"{"status":"ok"}"#)),
+        (&Method::GET, "/readyz") => Ok(readyz(app)),
+        (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            include_str!("../static/index.html"),
+        )),
+        (&Method::GET, "/dev/info") if app.dev_info.is_some() => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            app.dev_info.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        )),
+        (&Method::OPTIONS, _) => Ok(full(StatusCode::NO_CONTENT, "text/plain", "")),
+        (_, "/sse" | "/metrics" | "/healthz" | "/readyz") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        )),
+        (_, path) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint: {path}"),
+        )),
+    };
+    let mut response = result.unwrap_or_else(|e| e.into_response(&app.metrics));
+    let origin = &app.config.http.cors_allow_origin;
+    if !origin.is_empty()
+        && let Ok(value) = HeaderValue::from_str(origin)
+    {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("last-event-id, authorization, content-type"),
+        );
+    }
+    response
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    if app.hub.is_ready() {
+        full(StatusCode::OK, "application/json", r#"{"status":"ready"}"#)
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "Kafka partitions are not assigned or their positions are not known yet",
+        )
+        .into_response(&app.metrics)
+    }
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    // Lag: the high watermark from librdkafka's latest statistics minus the
+    // ingest's live position.
+    for (topic, partition, position) in app.hub.positions().iter() {
+        if let Some((_, high)) = app.watermarks.get(topic, partition) {
+            app.metrics
+                .partition_lag
+                .with_label_values(&[&**topic, &partition.to_string()])
+                .set((high - position).max(0));
+        }
+    }
+    full(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        app.metrics.render(),
+    )
+}

@@ -1,0 +1,161 @@
+//! Server-Sent Events: `GET /sse?channel=…[&cursor=…]`.
+//!
+//! The stream opens with `retry:` and an `id:`-only event carrying the
+//! starting cursor (so a browser that reconnects before any message still
+//! resumes where it was), then one event per message: `id:` is the cursor
+//! after it, `data:` the envelope on one line. A `: heartbeat` comment keeps
+//! idle streams alive. When Herald shuts down or the client falls too far
+//! behind, a final `event: reconnect` says why and the stream ends; the
+//! browser reconnects by itself with `Last-Event-ID`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::StreamParams;
+use crate::hub::{CloseReason, Delivery, Subscription};
+use crate::metrics::Metrics;
+use crate::server::{ApiError, App, Body};
+
+/// Messages encoded into one write. Coalescing a burst into one chunk
+/// saves a syscall per message; the cap bounds the chunk size.
+const MAX_BATCH: usize = 256;
+
+const TRANSPORT: &str = "sse";
+
+pub fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let params = StreamParams::parse(req.uri().query())?;
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not ASCII"))
+        })
+        .transpose()?;
+    let start = params.start(last_event_id)?;
+    let subscription = app.hub.subscribe(&params.channels, start)?;
+
+    let mut heartbeat = tokio::time::interval(app.config.sse.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.reset();
+    let stream = SseStream {
+        opening: Some(opening(app.config.sse.retry.as_millis(), &subscription.cursor())),
+        subscription,
+        heartbeat,
+        shutdown: app.shutdown.clone(),
+        batch: Vec::new(),
+        done: false,
+        metrics: app.metrics.clone(),
+        _connection: ConnectionGauge::new(&app.metrics),
+    };
+    let body = StreamBody::new(futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), s))
+    }))
+    .boxed_unsync();
+
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    // Tells nginx-style proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn opening(retry_ms: u128, cursor: &str) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\nid: {cursor}\n\n"))
+}
+
+struct SseStream {
+    subscription: Subscription,
+    opening: Option<Bytes>,
+    heartbeat: Interval,
+    shutdown: CancellationToken,
+    batch: Vec<Delivery>,
+    done: bool,
+    metrics: Arc<Metrics>,
+    _connection: ConnectionGauge,
+}
+
+impl SseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(opening) = self.opening.take() {
+            return Some(opening);
+        }
+        if self.done {
+            return None;
+        }
+        self.batch.clear();
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {
+                self.done = true;
+                Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"shutdown\"}\n\n"))
+            }
+            closed = self.subscription.next_batch(&mut self.batch, MAX_BATCH) => match closed {
+                Ok(()) => Some(self.encode_batch()),
+                Err(CloseReason::Slow) => {
+                    self.done = true;
+                    self.metrics.slow_disconnects.with_label_values(&[TRANSPORT]).inc();
+                    Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"slow_consumer\"}\n\n"))
+                }
+                Err(CloseReason::Gone) => None,
+            },
+            _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
+        }
+    }
+
+    fn encode_batch(&mut self) -> Bytes {
+        let mut buf = BytesMut::new();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for d in &self.batch {
+            let env = d.publication.envelope();
+            buf.reserve(2 * d.cursor.len() + env.head.len() + env.tail.len() + 16);
+            buf.put_slice(b"id: ");
+            buf.put_slice(d.cursor.as_bytes());
+            buf.put_slice(b"\ndata: ");
+            buf.put_slice(&env.head);
+            buf.put_slice(d.cursor.as_bytes());
+            buf.put_slice(&env.tail);
+            buf.put_slice(b"\n\n");
+            if let Some(ts) = d.publication.record.timestamp {
+                self.metrics
+                    .delivery_latency
+                    .observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        self.metrics
+            .delivered
+            .with_label_values(&[TRANSPORT])
+            .inc_by(self.batch.len() as u64);
+        buf.freeze()
+    }
+}
+
+/// Counts the stream in `herald_connections{transport="sse"}` while it lives.
+struct ConnectionGauge(prometheus::IntGauge);
+
+impl ConnectionGauge {
+    fn new(metrics: &Metrics) -> Self {
+        let g = metrics.connections.with_label_values(&[TRANSPORT]);
+        g.inc();
+        ConnectionGauge(g)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
