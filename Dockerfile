@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Herald container image.
 #   docker build -t herald .
 #   docker run --rm -p 8080:8080 herald            (uses config/herald.docker.toml)

@@ -298,7 +298,11 @@ impl Config {
             }
         }
         if self.kafka.brokers.trim().is_empty() {
-            return Err(invalid("kafka.brokers", &self.kafka.brokers, "must name at least one broker"));
+            return Err(invalid(
+                "kafka.brokers",
+                &self.kafka.brokers,
+                "must name at least one broker",
+            ));
         }
         if self.kafka.metadata_refresh < Duration::from_millis(100) {
             return Err(invalid(
@@ -308,7 +312,11 @@ impl Config {
             ));
         }
         if self.kafka.stats_interval < Duration::from_millis(100) {
-            return Err(invalid("kafka.stats_interval", self.kafka.stats_interval, "must be at least 100ms"));
+            return Err(invalid(
+                "kafka.stats_interval",
+                self.kafka.stats_interval,
+                "must be at least 100ms",
+            ));
         }
         let positive = [
             ("hub.shards", self.hub.shards),
@@ -317,7 +325,10 @@ impl Config {
             ("hub.memory_budget", self.hub.memory_budget),
             ("hub.subscriber_queue", self.hub.subscriber_queue),
             ("limits.max_connections", self.limits.max_connections),
-            ("limits.max_channels_per_connection", self.limits.max_channels_per_connection),
+            (
+                "limits.max_channels_per_connection",
+                self.limits.max_channels_per_connection,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -325,16 +336,29 @@ impl Config {
             }
         }
         if self.hub.history_age.is_zero() {
-            return Err(invalid("hub.history_age", self.hub.history_age, "must be greater than 0"));
+            return Err(invalid(
+                "hub.history_age",
+                self.hub.history_age,
+                "must be greater than 0",
+            ));
         }
         if self.sse.heartbeat < Duration::from_secs(1) {
-            return Err(invalid("sse.heartbeat", self.sse.heartbeat, "must be at least 1s"));
+            return Err(invalid(
+                "sse.heartbeat",
+                self.sse.heartbeat,
+                "must be at least 1s",
+            ));
         }
         if self.routes.is_empty() {
             return Err(invalid("route", "[]", "at least one [[route]] is needed"));
         }
         Router::new(&self.routes).map_err(|e| match e {
-            RouterError::Route { index, key, value, reason } => ConfigError::Invalid {
+            RouterError::Route {
+                index,
+                key,
+                value,
+                reason,
+            } => ConfigError::Invalid {
                 key: format!("route[{index}].{key}"),
                 value: format!("{value:?}"),
                 reason,

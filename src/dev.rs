@@ -42,7 +42,11 @@ pub enum DevError {
 }
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(listen: SocketAddr, ticker: Duration, shutdown: CancellationToken) -> Result<(), DevError> {
+pub async fn run(
+    listen: SocketAddr,
+    ticker: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), DevError> {
     let cluster = MockCluster::new(1)?;
     for (topic, partitions) in DEV_TOPICS {
         cluster.create_topic(topic, *partitions, 1)?;
@@ -93,7 +97,8 @@ async fn tick(brokers: String, interval: Duration, shutdown: CancellationToken) 
             _ = every.tick() => {}
         }
         n += 1;
-        let payload = serde_json::json!({"headline": format!("Tick {n}"), "source": "herald dev"}).to_string();
+        let payload = serde_json::json!({"headline": format!("Tick {n}"), "source": "herald dev"})
+            .to_string();
         let key = format!("tick-{}", n % 3);
         let record = FutureRecord::to("news").key(&key).payload(&payload);
         if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {

@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Kafka-backed fan-out to browsers and services")]
+#[command(
+    name = "herald",
+    version,
+    about = "Kafka-backed fan-out to browsers and services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Serve { config, listen, brokers } => {
+        Command::Serve {
+            config,
+            listen,
+            brokers,
+        } => {
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -85,10 +93,16 @@ fn main() -> ExitCode {
                 eprintln!("herald: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            runtime(|shutdown| async move { herald::run(config, shutdown).await.map_err(|e| e.to_string()) })
+            runtime(|shutdown| async move {
+                herald::run(config, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         }
         Command::Dev { listen, ticker } => runtime(|shutdown| async move {
-            herald::dev::run(listen, ticker, shutdown).await.map_err(|e| e.to_string())
+            herald::dev::run(listen, ticker, shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }),
     }
 }

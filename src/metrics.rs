@@ -8,6 +8,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The `transport` label values, created at start so their series read 0.
+pub const TRANSPORTS: &[&str] = &["sse"];
+
 pub struct Metrics {
     registry: Registry,
     /// Open streaming connections, by transport.
@@ -48,14 +51,21 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric names are unique");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
             c
         }
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let metrics = Metrics {
             connections: gauge_vec("herald_connections", "Open client connections by transport.", &["transport"]),
@@ -124,7 +134,7 @@ impl Metrics {
             registry,
         };
         // Series that exist from the start, so dashboards see zeros, not gaps.
-        for transport in ["sse"] {
+        for transport in TRANSPORTS {
             metrics.connections.with_label_values(&[transport]);
             metrics.delivered.with_label_values(&[transport]);
             metrics.slow_disconnects.with_label_values(&[transport]);

@@ -89,18 +89,27 @@ impl Router {
                     Regex::new(r).map_err(|e| err("topic_regex", r, e.to_string()))?,
                 ),
                 (Some(t), Some(_)) => {
-                    return Err(err("topic", t, "set either `topic` or `topic_regex`, not both".into()));
+                    return Err(err(
+                        "topic",
+                        t,
+                        "set either `topic` or `topic_regex`, not both".into(),
+                    ));
                 }
-                (None, None) => return Err(err("topic", "", "set `topic` or `topic_regex`".into())),
+                (None, None) => {
+                    return Err(err("topic", "", "set `topic` or `topic_regex`".into()));
+                }
             };
-            let template =
-                parse_template(&rc.channel).map_err(|reason| err("channel", &rc.channel, reason))?;
+            let template = parse_template(&rc.channel)
+                .map_err(|reason| err("channel", &rc.channel, reason))?;
             routes.push(Route { topics, template });
         }
         let needs_headers = routes
             .iter()
             .any(|r| r.template.iter().any(|s| matches!(s, Segment::Header(_))));
-        Ok(Router { routes, needs_headers })
+        Ok(Router {
+            routes,
+            needs_headers,
+        })
     }
 
     /// Whether any route reads record headers (so ingest must copy them).
@@ -141,6 +150,8 @@ impl Router {
 
     /// The topics that can feed `channel`, among the fixed topics and the
     /// `known` ones. `None` when no route can produce this channel name.
+    /// A `topic_regex` route with `{topic}` accepts a channel for a topic
+    /// that does not exist yet (the set is then empty until it appears).
     pub fn topics_for_channel<'a>(
         &self,
         channel: &str,
@@ -150,7 +161,8 @@ impl Router {
         let mut topics = BTreeSet::new();
         for route in &self.routes {
             let has_topic = route.template.contains(&Segment::Topic);
-            let mut candidates: Vec<&str> = known.clone().filter(|t| route.topics.matches(t)).collect();
+            let mut candidates: Vec<&str> =
+                known.clone().filter(|t| route.topics.matches(t)).collect();
             if let TopicMatch::Exact(t) = &route.topics
                 && !candidates.contains(&t.as_str())
             {
@@ -158,18 +170,31 @@ impl Router {
             }
             if has_topic {
                 for t in candidates {
-                    if template_matches(&route.template, channel, Some(t)) {
+                    if template_matches(&route.template, channel, &TopicRule::Exact(t)) {
                         found = true;
                         topics.insert(t.to_owned());
                     }
                 }
-            } else if template_matches(&route.template, channel, None) {
+                if let TopicMatch::Regex(re) = &route.topics {
+                    found |= template_matches(&route.template, channel, &TopicRule::Pattern(re));
+                }
+            } else if template_matches(&route.template, channel, &TopicRule::Any) {
                 found = true;
                 topics.extend(candidates.into_iter().map(str::to_owned));
             }
         }
         found.then_some(topics)
     }
+}
+
+/// What `{topic}` may stand for when matching a channel name.
+enum TopicRule<'a> {
+    /// Exactly this topic.
+    Exact(&'a str),
+    /// Any valid topic name this regex accepts.
+    Pattern(&'a Regex),
+    /// The template has no `{topic}`.
+    Any,
 }
 
 /// Whether a channel name is acceptable at all.
@@ -187,7 +212,10 @@ fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
                 break;
             }
             Some(i) if rest.as_bytes()[i] == b'}' => {
-                return Err(format!("unmatched `}}` at byte {}", text.len() - rest.len() + i));
+                return Err(format!(
+                    "unmatched `}}` at byte {}",
+                    text.len() - rest.len() + i
+                ));
             }
             Some(i) => {
                 if i > 0 {
@@ -267,23 +295,21 @@ fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
 }
 
 /// Whether `channel` can be produced by `template`. Variables match one or
-/// more characters (`{partition}` only digits); `{topic}` must equal `topic`
-/// when one is given. Backtracking over a handful of segments on names of at
-/// most 255 bytes.
-fn template_matches(template: &[Segment], channel: &str, topic: Option<&str>) -> bool {
+/// more characters (`{partition}` only digits, `{topic}` per `topic`).
+/// Backtracking over a handful of segments on names of at most 255 bytes.
+fn template_matches(template: &[Segment], channel: &str, topic: &TopicRule<'_>) -> bool {
     let Some((seg, rest)) = template.split_first() else {
         return channel.is_empty();
     };
-    match seg {
-        Segment::Literal(lit) => channel
+    match (seg, topic) {
+        (Segment::Literal(lit), _) => channel
             .strip_prefix(lit.as_str())
             .is_some_and(|tail| template_matches(rest, tail, topic)),
-        Segment::Topic if topic.is_some() => channel
-            .strip_prefix(topic.unwrap_or_default())
+        (Segment::Topic, TopicRule::Exact(t)) => channel
+            .strip_prefix(t)
             .is_some_and(|tail| template_matches(rest, tail, topic)),
         _ if channel.is_empty() => false,
         _ => {
-            let digits_only = matches!(seg, Segment::Partition);
             // Try every split point: the variable takes 1..=len characters.
             let ends = channel
                 .char_indices()
@@ -291,10 +317,18 @@ fn template_matches(template: &[Segment], channel: &str, topic: Option<&str>) ->
                 .skip(1)
                 .chain(std::iter::once(channel.len()));
             for end in ends {
-                if digits_only && !channel[..end].bytes().all(|b| b.is_ascii_digit()) {
+                let taken = &channel[..end];
+                let fits = match (seg, topic) {
+                    (Segment::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
+                    (Segment::Topic, TopicRule::Pattern(re)) => {
+                        crate::hub::cursor::is_valid_topic(taken) && re.is_match(taken)
+                    }
+                    _ => true,
+                };
+                if !fits && matches!(seg, Segment::Partition) {
                     break;
                 }
-                if template_matches(rest, &channel[end..], topic) {
+                if fits && template_matches(rest, &channel[end..], topic) {
                     return true;
                 }
             }
@@ -408,7 +442,10 @@ mod tests {
         assert_eq!(topics("user.k7"), Some(vec!["users".into()]));
         assert_eq!(topics("user."), None);
         assert_eq!(topics("events.a"), Some(vec!["events.a".into()]));
-        assert_eq!(topics("events.zzz"), None);
+        // A topic the regex admits but that does not exist yet: accepted,
+        // fed by nothing until it appears.
+        assert_eq!(topics("events.zzz"), Some(vec![]));
+        assert_eq!(topics("other"), None);
         assert_eq!(topics("p3.shard-1"), Some(vec!["shard-1".into()]));
         assert_eq!(topics("px.shard-1"), None);
         assert_eq!(topics("nothing"), None);

@@ -83,7 +83,9 @@ impl From<SubscribeError> for ApiError {
     fn from(e: SubscribeError) -> Self {
         let (status, code) = match &e {
             SubscribeError::NoChannels => (StatusCode::BAD_REQUEST, "missing_channel"),
-            SubscribeError::TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            SubscribeError::TooManyChannels { .. } => {
+                (StatusCode::BAD_REQUEST, "too_many_channels")
+            }
             SubscribeError::InvalidChannel(_) => (StatusCode::BAD_REQUEST, "invalid_channel"),
             SubscribeError::UnknownChannel(_) => (StatusCode::BAD_REQUEST, "unknown_channel"),
             SubscribeError::CursorTopic { .. } => (StatusCode::BAD_REQUEST, "invalid_cursor"),
@@ -95,7 +97,11 @@ impl From<SubscribeError> for ApiError {
     }
 }
 
-pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response
@@ -108,7 +114,10 @@ pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Byte
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the Kafka consumer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("invalid routes: {0}")]
@@ -268,7 +277,11 @@ async fn refuse(mut stream: TcpStream, app: Arc<App>) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
     let _ = stream.shutdown().await;
 }
 
@@ -276,7 +289,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Res
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/sse") => transport::sse::handle(app, &req),
         (&Method::GET, "/metrics") => Ok(metrics(app)),
-        (&Method::GET, "/healthz") => Ok(full(StatusCode::OK, "application/json", r#"{"status":"ok"}"#)),
+        (&Method::GET, "/healthz") => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            r#"{"status":"ok"}"#,
+        )),
         (&Method::GET, "/readyz") => Ok(readyz(app)),
         (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
             StatusCode::OK,
@@ -286,7 +303,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Res
         (&Method::GET, "/dev/info") if app.dev_info.is_some() => Ok(full(
             StatusCode::OK,
             "application/json",
-            app.dev_info.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            app.dev_info
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         )),
         (&Method::OPTIONS, _) => Ok(full(StatusCode::NO_CONTENT, "text/plain", "")),
         (_, "/sse" | "/metrics" | "/healthz" | "/readyz") => Err(ApiError::new(

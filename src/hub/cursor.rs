@@ -49,7 +49,9 @@ pub enum CursorError {
     Empty,
     #[error("cursor is {0} characters long; the limit is {MAX_CURSOR_LEN}")]
     TooLong(usize),
-    #[error("cursor does not start with the format marker `{VERSION_PREFIX}` (it starts with {0:?})")]
+    #[error(
+        "cursor does not start with the format marker `{VERSION_PREFIX}` (it starts with {0:?})"
+    )]
     UnknownFormat(char),
     #[error("cursor is not valid base64url after its format marker")]
     NotBase64,
@@ -273,7 +275,10 @@ mod tests {
         let s = c.encode();
         assert!(s.starts_with('h'));
         assert_eq!(Cursor::decode(&s).unwrap(), c);
-        assert_eq!(c.to_string(), "news/0@3,orders/0@12,orders/1@7000000000,orders/2@0");
+        assert_eq!(
+            c.to_string(),
+            "news/0@3,orders/0@12,orders/1@7000000000,orders/2@0"
+        );
     }
 
     #[test]

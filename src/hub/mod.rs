@@ -73,8 +73,14 @@ pub enum SubscribeError {
     UnknownChannel(String),
     #[error("cursor names topic {topic:?}, which does not feed channel(s) {channels}")]
     CursorTopic { topic: String, channels: String },
-    #[error("cursor names partition {partition} of topic {topic:?}, which has {count} partition(s)")]
-    CursorPartition { topic: String, partition: i32, count: usize },
+    #[error(
+        "cursor names partition {partition} of topic {topic:?}, which has {count} partition(s)"
+    )]
+    CursorPartition {
+        topic: String,
+        partition: i32,
+        count: usize,
+    },
     #[error(
         "cursor position {topic}/{partition}@{offset} is older than the history this node holds for channel {channel:?} (it starts at offset {floor})"
     )]
@@ -157,8 +163,15 @@ impl Channel {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig, max_channels: usize, router: Arc<Router>, metrics: Arc<Metrics>) -> Hub {
-        let shards = (0..config.shards).map(|_| Mutex::new(Shard::default())).collect();
+    pub fn new(
+        config: HubConfig,
+        max_channels: usize,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
+        let shards = (0..config.shards)
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
         Hub {
             inner: Arc::new(Inner {
                 shards,
@@ -207,7 +220,11 @@ impl Hub {
 
     /// Number of channels held.
     pub fn channel_count(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.lock().channels.len()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().channels.len())
+            .sum()
     }
 
     /// Publishes one record to its channels. Called by the ingest, in offset
@@ -228,9 +245,17 @@ impl Hub {
                 }
             };
             let channel = shard.channels.get_mut(&key).expect("just ensured");
-            let publication = Arc::new(Publication::new(seq, key, record.clone(), positions.clone(), now));
+            let publication = Arc::new(Publication::new(
+                seq,
+                key,
+                record.clone(),
+                positions.clone(),
+                now,
+            ));
             let size = publication.size();
-            channel.subscribers.retain(|inbox| inbox.push(publication.clone()).is_ok());
+            channel
+                .subscribers
+                .retain(|inbox| inbox.push(publication.clone()).is_ok());
             channel.history.push_back(publication);
             channel.history_bytes += size;
             let total = inner.history_bytes.fetch_add(size, Ordering::Relaxed) + size;
@@ -257,7 +282,11 @@ impl Hub {
 
     /// Subscribes to `channels` from `start`. All checks happen before
     /// anything is registered: an error leaves no trace.
-    pub fn subscribe(&self, channels: &[String], start: Start) -> Result<Subscription, SubscribeError> {
+    pub fn subscribe(
+        &self,
+        channels: &[String],
+        start: Start,
+    ) -> Result<Subscription, SubscribeError> {
         let inner = &self.inner;
         if !self.is_ready() {
             return Err(SubscribeError::NotReady);
@@ -276,7 +305,10 @@ impl Hub {
         }
         let max = inner.max_channels;
         if names.len() > max {
-            return Err(SubscribeError::TooManyChannels { given: names.len(), max });
+            return Err(SubscribeError::TooManyChannels {
+                given: names.len(),
+                max,
+            });
         }
 
         let positions = self.positions();
@@ -294,7 +326,9 @@ impl Hub {
         // Starting positions for every partition feeding the subscription.
         let mut start_at = Positions::new();
         for topic in &all_topics {
-            let Some(offsets) = positions.topic(topic) else { continue };
+            let Some(offsets) = positions.topic(topic) else {
+                continue;
+            };
             let topic: Arc<str> = Arc::from(topic.as_str());
             for (p, live) in offsets.iter().enumerate() {
                 if *live == positions::UNKNOWN {
@@ -312,7 +346,11 @@ impl Hub {
                 if !all_topics.iter().any(|t| t.as_str() == topic) {
                     return Err(SubscribeError::CursorTopic {
                         topic: topic.to_owned(),
-                        channels: names.iter().map(|n| n.as_ref()).collect::<Vec<_>>().join(", "),
+                        channels: names
+                            .iter()
+                            .map(|n| n.as_ref())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
                 let count = positions.topic(topic).map_or(0, <[i64]>::len);
@@ -331,8 +369,10 @@ impl Hub {
         let mut shard_ids: Vec<usize> = names.iter().map(|n| inner.shard_index(n)).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
-            shard_ids.iter().map(|&i| (i, inner.shards[i].lock())).collect();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = shard_ids
+            .iter()
+            .map(|&i| (i, inner.shards[i].lock()))
+            .collect();
         let horizon = inner.horizon.lock().clone();
 
         // Check coverage (or, at the live end, step over evicted history).
@@ -343,7 +383,9 @@ impl Hub {
                 .entry(name.clone())
                 .or_insert_with(|| Channel::new(horizon.clone()));
             for topic in topics {
-                let Some(offsets) = start_at.topic(topic).map(<[i64]>::to_vec) else { continue };
+                let Some(offsets) = start_at.topic(topic).map(<[i64]>::to_vec) else {
+                    continue;
+                };
                 let topic_arc: Arc<str> = Arc::from(topic.as_str());
                 for (p, at) in offsets.into_iter().enumerate() {
                     let floor = channel.floor(topic, p as i32, &horizon);
@@ -448,7 +490,10 @@ impl Hub {
     }
 }
 
-fn guard_for<'a, 'g>(guards: &'a mut [(usize, MutexGuard<'g, Shard>)], index: usize) -> &'a mut Shard {
+fn guard_for<'a, 'g>(
+    guards: &'a mut [(usize, MutexGuard<'g, Shard>)],
+    index: usize,
+) -> &'a mut Shard {
     let i = guards
         .binary_search_by_key(&index, |(i, _)| *i)
         .expect("shard locked");
@@ -467,14 +512,19 @@ impl Inner {
     }
 
     fn evict_front(&self, channel: &mut Channel, reason: &'static str) {
-        let Some(p) = channel.history.pop_front() else { return };
+        let Some(p) = channel.history.pop_front() else {
+            return;
+        };
         let size = p.size();
         channel.history_bytes -= size;
         self.history_bytes.fetch_sub(size, Ordering::Relaxed);
         channel
             .evicted
             .raise(&p.record.topic, p.record.partition, p.record.offset + 1);
-        self.metrics.hub_evictions.with_label_values(&[reason]).inc();
+        self.metrics
+            .hub_evictions
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Evicts history received before `cutoff` (everything when `None`…
@@ -486,7 +536,11 @@ impl Inner {
             let mut shard = shard.lock();
             let mut dropped = Vec::new();
             for (name, channel) in shard.channels.iter_mut() {
-                while channel.history.front().is_some_and(|p| p.received <= cutoff) {
+                while channel
+                    .history
+                    .front()
+                    .is_some_and(|p| p.received <= cutoff)
+                {
                     self.evict_front(channel, reason);
                 }
                 if channel.is_empty() {
@@ -517,7 +571,9 @@ impl Inner {
     pub(crate) fn unsubscribe(&self, channels: &[Arc<str>], inbox: &Arc<Inbox>) {
         for name in channels {
             let mut shard = self.shard(name).lock();
-            let Some(channel) = shard.channels.get_mut(name) else { continue };
+            let Some(channel) = shard.channels.get_mut(name) else {
+                continue;
+            };
             channel.subscribers.retain(|i| !Arc::ptr_eq(i, inbox));
             if channel.is_empty() {
                 let channel = shard.channels.remove(name).expect("present");

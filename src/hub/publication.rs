@@ -61,7 +61,8 @@ impl Publication {
     }
 
     pub fn envelope(&self) -> &Envelope {
-        self.envelope.get_or_init(|| Envelope::encode(&self.channel, &self.record))
+        self.envelope
+            .get_or_init(|| Envelope::encode(&self.channel, &self.record))
     }
 }
 
@@ -78,7 +79,13 @@ impl Envelope {
         let mut scratch = Vec::new();
         write_json_string(&mut scratch, &record.topic);
         tail.put_slice(&scratch);
-        tail.put_slice(format!(",\"partition\":{},\"offset\":{},\"ts\":", record.partition, record.offset).as_bytes());
+        tail.put_slice(
+            format!(
+                ",\"partition\":{},\"offset\":{},\"ts\":",
+                record.partition, record.offset
+            )
+            .as_bytes(),
+        );
         match record.timestamp {
             Some(ts) => tail.put_slice(ts.to_string().as_bytes()),
             None => tail.put_slice(b"null"),
@@ -109,7 +116,10 @@ impl Envelope {
                 // Raw CR/LF in valid JSON can only be insignificant
                 // whitespace (inside strings they must be escaped); a space
                 // keeps the envelope on one line, as SSE requires.
-                tail.extend(p.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+                tail.extend(
+                    p.iter()
+                        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                );
             }
             Some(p) => match std::str::from_utf8(p) {
                 Ok(s) => {
@@ -177,7 +187,10 @@ mod tests {
 
     #[test]
     fn json_payload_is_embedded() {
-        let v = envelope(Some(b"k1"), Some(b"{\"a\": [1,\n 2],\r\n \"s\": \"x\\ny\"}"));
+        let v = envelope(
+            Some(b"k1"),
+            Some(b"{\"a\": [1,\n 2],\r\n \"s\": \"x\\ny\"}"),
+        );
         assert_eq!(
             v,
             serde_json::json!({"channel":"news","cursor":"hCUR","topic":"t","partition":1,

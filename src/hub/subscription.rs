@@ -41,13 +41,22 @@ impl Subscription {
     /// Waits for at least one message and appends up to `max` to `out`.
     /// Returns the reason once the subscription can deliver nothing more;
     /// everything accepted before that was delivered.
-    pub async fn next_batch(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), CloseReason> {
+    pub async fn next_batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Result<(), CloseReason> {
         let start = out.len();
         loop {
             while out.len() - start < max {
-                let Some(publication) = self.backlog.pop_front() else { break };
+                let Some(publication) = self.backlog.pop_front() else {
+                    break;
+                };
                 if let Some(cursor) = self.accept(&publication) {
-                    out.push(Delivery { publication, cursor });
+                    out.push(Delivery {
+                        publication,
+                        cursor,
+                    });
                 }
             }
             if out.len() > start {
@@ -61,13 +70,17 @@ impl Subscription {
     /// positions and returns the cursor after it.
     fn accept(&mut self, publication: &Publication) -> Option<String> {
         let record = &publication.record;
-        let next = self.positions.get(&record.topic, record.partition).unwrap_or(0);
+        let next = self
+            .positions
+            .get(&record.topic, record.partition)
+            .unwrap_or(0);
         if record.offset < next {
             // Before its starting point, or already delivered through
             // another of its channels.
             return None;
         }
-        self.positions.set(&record.topic, record.partition, record.offset + 1);
+        self.positions
+            .set(&record.topic, record.partition, record.offset + 1);
         self.positions.raise_from(&publication.positions);
         Some(self.positions.encode_cursor())
     }

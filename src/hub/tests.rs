@@ -35,7 +35,11 @@ impl Fixture {
         }
         hub.set_positions(Arc::new(positions.clone()));
         hub.set_ready(true);
-        Fixture { hub, positions, topic }
+        Fixture {
+            hub,
+            positions,
+            topic,
+        }
     }
 
     /// Publishes the next record of `partition` with `key`, as the ingest
@@ -70,7 +74,10 @@ fn channels(names: &[&str]) -> Vec<String> {
 fn drain(sub: &mut Subscription) -> (Vec<String>, String) {
     let mut got = Vec::new();
     let mut out = Vec::new();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut cursor = sub.cursor();
     loop {
         out.clear();
@@ -116,7 +123,10 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     drop(again);
     let mut replay = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(Cursor::decode(&first.cursor()).unwrap()))
+        .subscribe(
+            &channels(&["all"]),
+            Start::Cursor(Cursor::decode(&first.cursor()).unwrap()),
+        )
         .unwrap();
     drop(first);
     f.produce(0, "k");
@@ -126,7 +136,10 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     let mut mid = Cursor::new();
     mid.set("t", 0, 1);
     mid.set("t", 1, 2);
-    again = f.hub.subscribe(&channels(&["all"]), Start::Cursor(mid)).unwrap();
+    again = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(mid))
+        .unwrap();
     f.produce(1, "k");
     let (got, cursor) = drain(&mut again);
     assert_eq!(got, ["0:1", "0:2", "1:2", "0:3", "1:3"]);
@@ -136,7 +149,10 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
 #[test]
 fn a_record_in_two_subscribed_channels_arrives_once() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f.hub.subscribe(&channels(&["all", "user.k"]), Start::Live).unwrap();
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all", "user.k"]), Start::Live)
+        .unwrap();
     f.produce(0, "k");
     f.produce(0, "other");
     f.produce(1, "k");
@@ -146,7 +162,10 @@ fn a_record_in_two_subscribed_channels_arrives_once() {
 #[test]
 fn quiet_partitions_advance_in_the_cursor() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f.hub.subscribe(&channels(&["user.k"]), Start::Live).unwrap();
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["user.k"]), Start::Live)
+        .unwrap();
     for _ in 0..3 {
         f.produce(1, "other");
     }
@@ -173,17 +192,26 @@ fn slow_subscriber_is_closed_after_what_it_has_queued() {
     f.produce(0, "k");
     assert_eq!(drain(&mut fast).0, ["0:2"]);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut out = Vec::new();
     rt.block_on(slow.next_batch(&mut out, 100)).unwrap();
     assert_eq!(out.len(), 2);
     let cursor = out.last().unwrap().cursor.clone();
-    assert_eq!(rt.block_on(slow.next_batch(&mut out, 100)), Err(CloseReason::Slow));
+    assert_eq!(
+        rt.block_on(slow.next_batch(&mut out, 100)),
+        Err(CloseReason::Slow)
+    );
     drop(slow);
     // It resumes from its last cursor with nothing lost.
     let mut back = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(Cursor::decode(&cursor).unwrap()))
+        .subscribe(
+            &channels(&["all"]),
+            Start::Cursor(Cursor::decode(&cursor).unwrap()),
+        )
         .unwrap();
     assert_eq!(drain(&mut back).0, ["0:2"]);
 }
@@ -201,7 +229,11 @@ fn evicted_history_is_reported_not_skipped() {
     let mut old = Cursor::new();
     old.set("t", 0, 1);
     old.set("t", 1, 0);
-    let err = f.hub.subscribe(&channels(&["all"]), Start::Cursor(old)).err().unwrap();
+    let err = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(old))
+        .err()
+        .unwrap();
     assert_eq!(
         err,
         SubscribeError::CursorTooOld {
@@ -215,7 +247,10 @@ fn evicted_history_is_reported_not_skipped() {
     let mut ok = Cursor::new();
     ok.set("t", 0, 2);
     ok.set("t", 1, 0);
-    let mut sub = f.hub.subscribe(&channels(&["all"]), Start::Cursor(ok)).unwrap();
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(ok))
+        .unwrap();
     assert_eq!(drain(&mut sub).0, ["0:2", "0:3"]);
 }
 
@@ -239,13 +274,20 @@ fn dropped_channels_raise_the_horizon() {
     let mut at2 = Cursor::new();
     at2.set("t", 0, 2);
     at2.set("t", 1, 0);
-    assert!(f.hub.subscribe(&channels(&["user.x"]), Start::Cursor(at2)).is_ok());
+    assert!(
+        f.hub
+            .subscribe(&channels(&["user.x"]), Start::Cursor(at2))
+            .is_ok()
+    );
 }
 
 #[test]
 fn unsubscribing_frees_empty_channels() {
     let f = Fixture::new(HubConfig::default());
-    let sub = f.hub.subscribe(&channels(&["user.a", "user.b"]), Start::Live).unwrap();
+    let sub = f
+        .hub
+        .subscribe(&channels(&["user.a", "user.b"]), Start::Live)
+        .unwrap();
     assert_eq!(f.hub.channel_count(), 2);
     drop(sub);
     assert_eq!(f.hub.channel_count(), 0);
@@ -256,8 +298,14 @@ fn bad_requests_are_named() {
     let f = Fixture::new(HubConfig::default());
     let sub = |names: &[&str], start: Start| f.hub.subscribe(&channels(names), start).err();
     assert_eq!(sub(&[], Start::Live), Some(SubscribeError::NoChannels));
-    assert_eq!(sub(&["nope"], Start::Live), Some(SubscribeError::UnknownChannel("nope".into())));
-    assert_eq!(sub(&["a\nb"], Start::Live), Some(SubscribeError::InvalidChannel("a\nb".into())));
+    assert_eq!(
+        sub(&["nope"], Start::Live),
+        Some(SubscribeError::UnknownChannel("nope".into()))
+    );
+    assert_eq!(
+        sub(&["a\nb"], Start::Live),
+        Some(SubscribeError::InvalidChannel("a\nb".into()))
+    );
     let many: Vec<String> = (0..9).map(|i| format!("user.{i}")).collect();
     assert_eq!(
         f.hub.subscribe(&many, Start::Live).err(),
@@ -265,7 +313,10 @@ fn bad_requests_are_named() {
     );
     let mut other = Cursor::new();
     other.set("u", 0, 0);
-    assert!(matches!(sub(&["all"], Start::Cursor(other)), Some(SubscribeError::CursorTopic { .. })));
+    assert!(matches!(
+        sub(&["all"], Start::Cursor(other)),
+        Some(SubscribeError::CursorTopic { .. })
+    ));
     let mut p9 = Cursor::new();
     p9.set("t", 9, 0);
     assert_eq!(

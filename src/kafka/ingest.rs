@@ -49,7 +49,10 @@ pub struct Watermarks {
 
 impl Watermarks {
     pub fn get(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
-        self.inner.lock().get(&(topic.to_owned(), partition)).copied()
+        self.inner
+            .lock()
+            .get(&(topic.to_owned(), partition))
+            .copied()
     }
 }
 
@@ -117,7 +120,10 @@ pub fn spawn(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "20")
-        .set("statistics.interval.ms", config.stats_interval.as_millis().to_string());
+        .set(
+            "statistics.interval.ms",
+            config.stats_interval.as_millis().to_string(),
+        );
     for (k, v) in &config.options {
         cc.set(k, v);
     }
@@ -176,7 +182,9 @@ impl Ingest {
                     Ok(()) => self.hub.set_ready(true),
                     Err(e) => {
                         self.hub.set_ready(false);
-                        self.consumer.context().report("metadata", &format!("metadata refresh failed: {e}"));
+                        self.consumer
+                            .context()
+                            .report("metadata", &format!("metadata refresh failed: {e}"));
                     }
                 }
                 next_refresh = Instant::now() + self.refresh_every;
@@ -188,7 +196,11 @@ impl Ingest {
             }
             let mut taken = 0;
             while taken < MAX_BATCH {
-                let timeout = if taken == 0 { POLL_TIMEOUT } else { Duration::ZERO };
+                let timeout = if taken == 0 {
+                    POLL_TIMEOUT
+                } else {
+                    Duration::ZERO
+                };
                 match self.consumer.poll(timeout) {
                     None => break,
                     Some(Ok(msg)) => {
@@ -202,7 +214,9 @@ impl Ingest {
                         let kind = e
                             .rdkafka_error_code()
                             .map_or_else(|| "consume".to_owned(), |c| format!("{c:?}"));
-                        self.consumer.context().report(&kind, &format!("consume error: {e}"));
+                        self.consumer
+                            .context()
+                            .report(&kind, &format!("consume error: {e}"));
                         break;
                     }
                 }
@@ -225,7 +239,8 @@ impl Ingest {
                     .with_label_values(&[&*record.topic, &record.partition.to_string()])
             })
             .inc();
-        self.positions.set(&record.topic, record.partition, record.offset + 1);
+        self.positions
+            .set(&record.topic, record.partition, record.offset + 1);
         self.channels.clear();
         if self.hub.router().route(&record, &mut self.channels) == 0 {
             self.unrouted
@@ -234,7 +249,8 @@ impl Ingest {
                 .inc();
             return;
         }
-        self.hub.publish(Arc::new(record), &self.channels, &self.current);
+        self.hub
+            .publish(Arc::new(record), &self.channels, &self.current);
     }
 
     fn publish_positions(&mut self) {
@@ -249,7 +265,10 @@ impl Ingest {
         let mut starts = Vec::new();
         for topic in metadata.topics() {
             let name = topic.name();
-            if name.starts_with("__") || topic.error().is_some() || !self.hub.router().consumes(name) {
+            if name.starts_with("__")
+                || topic.error().is_some()
+                || !self.hub.router().consumes(name)
+            {
                 continue;
             }
             for partition in topic.partitions() {

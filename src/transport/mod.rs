@@ -33,7 +33,9 @@ impl StreamParams {
                 n => {
                     return Err(ApiError::bad_request(
                         "unknown_parameter",
-                        format!("unknown query parameter {n:?} (expected channel, cursor, since, token)"),
+                        format!(
+                            "unknown query parameter {n:?} (expected channel, cursor, since, token)"
+                        ),
                     ));
                 }
             }
@@ -58,14 +60,17 @@ impl StreamParams {
             ));
         }
         if let Some(c) = cursor {
-            let cursor = Cursor::decode(c)
-                .map_err(|e| ApiError::bad_request("invalid_cursor", format!("invalid cursor: {e}")))?;
+            let cursor = Cursor::decode(c).map_err(|e| {
+                ApiError::bad_request("invalid_cursor", format!("invalid cursor: {e}"))
+            })?;
             return Ok(Start::Cursor(cursor));
         }
         if let Some(since) = &self.since {
             return Err(ApiError::bad_request(
                 "since_unsupported",
-                format!("since={since:?}: resuming from a timestamp is not supported by this version yet; use cursor="),
+                format!(
+                    "since={since:?}: resuming from a timestamp is not supported by this version yet; use cursor="
+                ),
             ));
         }
         Ok(Start::Live)

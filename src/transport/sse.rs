@@ -47,7 +47,10 @@ pub fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, Api
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.reset();
     let stream = SseStream {
-        opening: Some(opening(app.config.sse.retry.as_millis(), &subscription.cursor())),
+        opening: Some(opening(
+            app.config.sse.retry.as_millis(),
+            &subscription.cursor(),
+        )),
         subscription,
         heartbeat,
         shutdown: app.shutdown.clone(),
@@ -64,8 +67,14 @@ pub fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, Api
 
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     // Tells nginx-style proxies not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

@@ -1,0 +1,107 @@
+//! The `herald` binary's config handling: `check` and `serve` exit 64 with a
+//! message naming the key on an invalid config.
+
+use std::io::Write;
+use std::process::Command;
+
+fn herald(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run herald");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config_file(text: &str) -> tempfile_lite::File {
+    tempfile_lite::File::with(text)
+}
+
+const GOOD: &str =
+    "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[[route]]\ntopic = \"news\"\nchannel = \"news\"\n";
+
+#[test]
+fn check_accepts_the_example_config() {
+    let (code, out, err) = herald(&[
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.example.toml"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"));
+    let f = config_file(GOOD);
+    assert_eq!(herald(&["check", "--config", f.path()]).0, 0);
+}
+
+#[test]
+fn invalid_configs_exit_64_naming_the_key_and_value() {
+    let cases = [
+        (GOOD.replace("brokers", "brokrs"), "brokrs"),
+        (
+            GOOD.replace("channel = \"news\"", "channel = \"user.{nope}\""),
+            "route[0].channel",
+        ),
+        (
+            format!("{GOOD}[hub]\nhistory_age = \"forever\"\n"),
+            "history_age",
+        ),
+        (format!("{GOOD}[hub]\nshards = 0\n"), "hub.shards"),
+        (
+            format!("{GOOD}[[route]]\ntopic_regex = \"(\"\nchannel = \"x\"\n"),
+            "route[1].topic_regex",
+        ),
+        (
+            GOOD.replace("[[route]]\ntopic = \"news\"\nchannel = \"news\"\n", ""),
+            "route",
+        ),
+        ("not toml at all [".to_owned(), "invalid config"),
+    ];
+    for (text, key) in cases {
+        let f = config_file(&text);
+        for cmd in ["check", "serve"] {
+            let (code, _, err) = herald(&[cmd, "--config", f.path()]);
+            assert_eq!(code, 64, "{cmd} with {text:?}: {err}");
+            assert!(err.contains(key), "{cmd}: {err:?} should name {key}");
+        }
+    }
+    let (code, _, err) = herald(&["check", "--config", "/nonexistent/herald.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/herald.toml"), "{err}");
+}
+
+/// A temporary file removed on drop (no extra crate for one helper).
+mod tempfile_lite {
+    use super::*;
+
+    pub struct File(std::path::PathBuf);
+
+    impl File {
+        pub fn with(text: &str) -> File {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "herald-test-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::File::create(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .expect("write temp config");
+            File(path)
+        }
+
+        pub fn path(&self) -> &str {
+            self.0.to_str().expect("UTF-8 temp path")
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Shared test harness: a real Kafka broker (from `KAFKA_BOOTSTRAP`, which
+//! `scripts/test.sh` sets), one fresh topic per test, Herald started
+//! in-process on port 0, and a small SSE client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use herald::config::Config;
+use herald::server::Herald;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// How long any single awaited event may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").expect(
+        "KAFKA_BOOTSTRAP is not set: these tests need a real Kafka broker; run them with scripts/test.sh",
+    )
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    )
+}
+
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .expect("create_topics request");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    pub fn new() -> Producer {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        Producer { inner }
+    }
+
+    /// Produces one record and returns its `(partition, offset)`.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp: Option<i64>,
+    ) -> (i32, i64) {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = payload {
+            record = record.payload(v);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        let delivery = self
+            .inner
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
+    }
+
+    /// Produces a JSON record `{"n": n}` with the given key.
+    pub async fn send_n(&self, topic: &str, key: &str, n: u64) -> (i32, i64) {
+        let payload = format!("{{\"n\":{n}}}");
+        self.send(
+            topic,
+            None,
+            Some(key.as_bytes()),
+            Some(payload.as_bytes()),
+            None,
+        )
+        .await
+    }
+}
+
+/// Herald config for tests: port 0, fast metadata and stats, given routes
+/// (`(topic, channel)` pairs).
+pub fn config(routes: &[(&str, &str)]) -> Config {
+    let mut text = format!(
+        "[kafka]\nbrokers = \"{}\"\nmetadata_refresh = \"500ms\"\nstats_interval = \"200ms\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n",
+        bootstrap()
+    );
+    for (topic, channel) in routes {
+        text.push_str(&format!(
+            "[[route]]\ntopic = \"{topic}\"\nchannel = \"{channel}\"\n"
+        ));
+    }
+    Config::parse(&text, "test").expect("test config")
+}
+
+/// Starts Herald and waits until it has assigned every partition of `topics`.
+pub async fn start(config: Config, topics: &[(&str, i32)]) -> Herald {
+    let herald = Herald::start(config).await.expect("herald starts");
+    wait_until("Herald assigns the test topics", || {
+        let positions = herald.hub().positions();
+        herald.hub().is_ready()
+            && topics.iter().all(|(t, n)| {
+                positions
+                    .topic(t)
+                    .is_some_and(|p| p.len() == *n as usize && p.iter().all(|o| *o >= 0))
+            })
+    })
+    .await;
+    herald
+}
+
+/// Polls `condition` until it holds; fails the test after [`TIMEOUT`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One parsed server-sent event.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+}
+
+impl Event {
+    /// The JSON `data`, for message events.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.as_deref().expect("event has data")).expect("data is JSON")
+    }
+}
+
+/// A minimal EventSource: parses the stream into events (comments skipped).
+pub struct Sse {
+    pub status: u16,
+    body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    buf: Vec<u8>,
+    /// The last `id:` seen, as a browser's `lastEventId`.
+    pub last_id: Option<String>,
+    pub retry: Option<u64>,
+}
+
+impl Sse {
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Sse {
+        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse?{query}"));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = tokio::time::timeout(TIMEOUT, req.send())
+            .await
+            .expect("SSE connect timed out")
+            .expect("SSE request");
+        let status = resp.status().as_u16();
+        if status == 200 {
+            assert_eq!(
+                resp.headers()["content-type"],
+                "text/event-stream",
+                "SSE content type"
+            );
+        }
+        let mut sse = Sse {
+            status,
+            body: Some(resp.bytes_stream().boxed()),
+            buf: Vec::new(),
+            last_id: None,
+            retry: None,
+        };
+        if status == 200 {
+            // The stream opens with retry: and an id-only event.
+            let opening = sse.next_raw().await.expect("opening event");
+            assert!(
+                opening.data.is_none() && opening.event.is_none(),
+                "{opening:?}"
+            );
+            assert!(sse.retry.is_some(), "retry: sent first");
+        }
+        sse
+    }
+
+    /// The error body of a refused request.
+    pub async fn error_body(mut self) -> serde_json::Value {
+        let mut text = Vec::new();
+        if let Some(mut body) = self.body.take() {
+            while let Some(chunk) = body.next().await {
+                text.extend_from_slice(&chunk.expect("body"));
+            }
+        }
+        serde_json::from_slice(&text).expect("JSON error body")
+    }
+
+    /// The next event, including id-only ones; `None` when the stream ends.
+    pub async fn next_raw(&mut self) -> Option<Event> {
+        // A deadline for the event, not per chunk: heartbeats must not keep
+        // a test waiting forever.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(pos) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let text = String::from_utf8(block).expect("UTF-8 stream");
+                let mut ev = Event::default();
+                let mut any = false;
+                for line in text.lines() {
+                    if line.is_empty() || line.starts_with(':') {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    any = true;
+                    match field {
+                        "id" => ev.id = Some(value.to_owned()),
+                        "event" => ev.event = Some(value.to_owned()),
+                        "data" => {
+                            let d = ev.data.get_or_insert_with(String::new);
+                            if !d.is_empty() {
+                                d.push('\n');
+                            }
+                            d.push_str(value);
+                        }
+                        "retry" => self.retry = value.parse().ok(),
+                        other => panic!("unexpected SSE field {other:?}"),
+                    }
+                }
+                if let Some(id) = &ev.id {
+                    self.last_id = Some(id.clone());
+                }
+                if any && (ev.id.is_some() || ev.data.is_some() || ev.event.is_some()) {
+                    return Some(ev);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.as_mut()?.next())
+                .await
+                .expect("timed out waiting for an SSE event");
+            match chunk {
+                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next message event (skips id-only events); panics on other events.
+    pub async fn next_message(&mut self) -> Event {
+        loop {
+            let ev = self
+                .next_raw()
+                .await
+                .expect("stream ended while waiting for a message");
+            if ev.data.is_none() && ev.event.is_none() {
+                continue;
+            }
+            assert!(ev.event.is_none(), "unexpected event {ev:?}");
+            return ev;
+        }
+    }
+
+    /// The next `n` messages.
+    pub async fn messages(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next_message().await);
+        }
+        out
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `n` values of `{"n": …}` payloads, in order received.
+pub fn ns(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.json()["data"]["n"].as_u64().expect("n"))
+        .collect()
+}
+
+/// Asserts every partition's offsets strictly increase in `events`.
+pub fn assert_partition_order(events: &[Event]) {
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for e in events {
+        let v = e.json();
+        let p = v["partition"].as_i64().unwrap();
+        let o = v["offset"].as_i64().unwrap();
+        if let Some(prev) = last.insert(p, o) {
+            assert!(o > prev, "partition {p}: offset {o} after {prev}");
+        }
+    }
+}
+
+/// Prometheus text into `name{labels}` → value, checking every line parses.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        out.insert(series.to_owned(), value);
+    }
+    out
+}

@@ -1,0 +1,119 @@
+//! `/metrics`, `/healthz` and `/readyz` against a real broker.
+
+mod common;
+
+use common::*;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_named_series_with_the_right_values() {
+    let topic = unique_topic("metrics");
+    let keyed = unique_topic("keyed");
+    create_topic(&topic, 3).await;
+    create_topic(&keyed, 1).await;
+    let herald = start(
+        config(&[(&topic, "m"), (&keyed, "user.{key}")]),
+        &[(&topic, 3), (&keyed, 1)],
+    )
+    .await;
+    let addr = herald.local_addr();
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+
+    let mut sse = Sse::connect(addr, "channel=m", None).await;
+    let producer = Producer::new();
+    let mut per_partition = [0u64; 3];
+    for n in 0..60 {
+        let (p, _) = producer.send_n(&topic, &format!("k{n}"), n).await;
+        per_partition[p as usize] += 1;
+    }
+    // Records without a key match no route of `keyed`: counted as unrouted.
+    for _ in 0..2 {
+        producer.send(&keyed, None, None, Some(b"{}"), None).await;
+    }
+    sse.messages(60).await;
+
+    let series = |partition: usize, t: &str| format!("{{partition=\"{partition}\",topic=\"{t}\"}}");
+    // Lag comes from librdkafka's statistics (every 200ms here): wait for it.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let metrics = loop {
+        let (status, text) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let m = parse_metrics(&text);
+        let settled = (0..3)
+            .all(|p| m.get(&format!("herald_partition_lag{}", series(p, &topic))) == Some(&0.0))
+            && m.get(&format!(
+                "herald_unrouted_records_total{{topic=\"{keyed}\"}}"
+            )) == Some(&2.0);
+        if settled {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never reached 0: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for (p, count) in per_partition.iter().enumerate() {
+        assert_eq!(
+            metrics.get(&format!(
+                "herald_messages_consumed_total{}",
+                series(p, &topic)
+            )),
+            (*count > 0).then_some(*count as f64).as_ref(),
+            "consumed on partition {p}"
+        );
+    }
+    assert_eq!(
+        metrics["herald_messages_delivered_total{transport=\"sse\"}"],
+        60.0
+    );
+    assert_eq!(metrics["herald_connections{transport=\"sse\"}"], 1.0);
+    assert_eq!(metrics["herald_delivery_latency_seconds_count"], 60.0);
+    assert_eq!(
+        metrics["herald_slow_client_disconnects_total{transport=\"sse\"}"],
+        0.0
+    );
+    assert_eq!(metrics["herald_replay_records_total"], 0.0);
+
+    // A client that goes away is noticed without waiting for a heartbeat.
+    drop(sse);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let m = parse_metrics(&get(addr, "/metrics").await.1);
+        if m["herald_connections{transport=\"sse\"}"] == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection gauge never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_kafka_positions() {
+    // A broker address where nothing listens: never ready.
+    let mut cfg = config(&[("nothing", "n")]);
+    cfg.kafka.brokers = "127.0.0.1:1".into();
+    let herald = herald::server::Herald::start(cfg).await.unwrap();
+    let addr = herald.local_addr();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_ready"));
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    // Subscribing before positions are known is refused, not hung.
+    let sse = Sse::connect(addr, "channel=n", None).await;
+    assert_eq!(sse.status, 503);
+    assert_eq!(sse.error_body().await["error"]["code"], "not_ready");
+    herald.stop().await;
+}

@@ -1,0 +1,335 @@
+//! SSE end to end against a real Kafka broker: exact delivery, exact resume,
+//! per-key channels, payload encodings and refused requests.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use herald::hub::cursor::Cursor;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
+    let topic = unique_topic("exact");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "all")]), &[(&topic, 3)]).await;
+    let mut sse = Sse::connect(herald.local_addr(), "channel=all", None).await;
+
+    let producer = Producer::new();
+    const N: u64 = 300;
+    let mut produced: HashMap<u64, (i32, i64)> = HashMap::new();
+    for n in 0..N {
+        let at = producer.send_n(&topic, &format!("k{}", n % 10), n).await;
+        produced.insert(n, at);
+    }
+    let events = sse.messages(N as usize).await;
+    let mut got = ns(&events);
+    got.sort_unstable();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every record exactly once");
+    assert_partition_order(&events);
+    // Per key (one partition each), production order is kept.
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in &events {
+        let v = e.json();
+        let n = v["data"]["n"].as_u64().unwrap();
+        assert_eq!(
+            (
+                v["partition"].as_i64().unwrap() as i32,
+                v["offset"].as_i64().unwrap()
+            ),
+            produced[&n],
+            "position of record {n}"
+        );
+        assert_eq!(v["topic"], topic.as_str());
+        assert_eq!(v["channel"], "all");
+        assert_eq!(
+            e.id.as_deref(),
+            v["cursor"].as_str(),
+            "id: is the envelope's cursor"
+        );
+        per_key
+            .entry(v["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(n);
+    }
+    for (key, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {ns:?}"
+        );
+    }
+    // Nothing else is pending: the next message is the next record.
+    producer.send_n(&topic, "k0", 9999).await;
+    assert_eq!(ns(&[sse.next_message().await]), [9999]);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_last_event_id_gets_exactly_the_rest() {
+    let topic = unique_topic("resume");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "feed")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+
+    let mut first = Sse::connect(addr, "channel=feed", None).await;
+    for n in 0..100 {
+        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
+    }
+    let seen = first.messages(40).await;
+    let last_id = first.last_id.clone().expect("an id");
+    drop(first);
+    for n in 100..160 {
+        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
+    }
+
+    let mut second = Sse::connect(addr, "channel=feed", Some(&last_id)).await;
+    let rest = second.messages(120).await;
+    let mut all: Vec<u64> = ns(&seen).into_iter().chain(ns(&rest)).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..160).collect::<Vec<_>>(),
+        "none missing, none twice"
+    );
+    assert_partition_order(&seen.iter().chain(&rest).cloned().collect::<Vec<_>>());
+    producer.send_n(&topic, "k0", 9999).await;
+    assert_eq!(ns(&[second.next_message().await]), [9999]);
+
+    // `cursor=` resumes the same way, and the header wins over the query.
+    let query = format!("channel=feed&cursor={last_id}");
+    let mut by_query = Sse::connect(addr, &query, None).await;
+    let again = by_query.messages(121).await;
+    assert_eq!(
+        ns(&again),
+        ns(&rest).into_iter().chain([9999]).collect::<Vec<_>>()
+    );
+    let mut header_wins = Sse::connect(addr, "channel=feed&cursor=hAAAA", Some(&last_id)).await;
+    assert_eq!(ns(&header_wins.messages(121).await), ns(&again));
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_saw_nothing_still_resumes_from_its_opening_cursor() {
+    let topic = unique_topic("quiet");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "q")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let first = Sse::connect(addr, "channel=q", None).await;
+    let opening = first.last_id.clone().expect("opening id");
+    // The opening cursor names every partition, each with a concrete offset.
+    assert_eq!(
+        Cursor::decode(&opening).unwrap().to_string(),
+        format!("{topic}/0@0,{topic}/1@0,{topic}/2@0")
+    );
+    drop(first);
+    let producer = Producer::new();
+    for n in 0..10 {
+        producer.send_n(&topic, &format!("k{n}"), n).await;
+    }
+    let mut back = Sse::connect(addr, "channel=q", Some(&opening)).await;
+    let mut got = ns(&back.messages(10).await);
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_channel_receives_only_its_key() {
+    let topic = unique_topic("users");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "user.{key}")]), &[(&topic, 3)]).await;
+    let mut k7 = Sse::connect(herald.local_addr(), "channel=user.k7", None).await;
+    let producer = Producer::new();
+    for n in 0..200 {
+        producer.send_n(&topic, &format!("k{}", n % 10), n).await;
+    }
+    let events = k7.messages(20).await;
+    assert_eq!(
+        ns(&events),
+        (0..200).filter(|n| n % 10 == 7).collect::<Vec<_>>()
+    );
+    for e in &events {
+        let v = e.json();
+        assert_eq!(v["key"], "k7");
+        assert_eq!(v["channel"], "user.k7");
+    }
+    producer.send_n(&topic, "k7", 9999).await;
+    assert_eq!(ns(&[k7.next_message().await]), [9999]);
+    // The cursor of a per-key stream still names all three partitions.
+    let cursor = Cursor::decode(k7.last_id.as_deref().unwrap()).unwrap();
+    assert_eq!(cursor.iter().count(), 3);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_come_out_as_the_contract_says() {
+    let topic = unique_topic("payloads");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "p")]), &[(&topic, 1)]).await;
+    let mut sse = Sse::connect(herald.local_addr(), "channel=p", None).await;
+    let producer = Producer::new();
+    let ts = 1_700_000_000_123;
+    let json = b"{\"user\": {\"id\": 42},\n \"tags\": [\"a\", \"b\"]}";
+    let text = "plain text with \"quotes\" and ünïcode".as_bytes();
+    let binary: &[u8] = &[0xff, 0xfe, 0x00, 0x80, 0x41];
+    producer
+        .send(&topic, Some(0), Some(b"j"), Some(json), Some(ts))
+        .await;
+    producer
+        .send(&topic, Some(0), None, Some(text), Some(ts + 1))
+        .await;
+    producer
+        .send(&topic, Some(0), Some(b"b"), Some(binary), Some(ts + 2))
+        .await;
+    producer
+        .send(&topic, Some(0), Some(b"t"), None, Some(ts + 3))
+        .await;
+    let events = sse.messages(4).await;
+    let v: Vec<serde_json::Value> = events.iter().map(Event::json).collect();
+    let without_cursor = |mut v: serde_json::Value| {
+        assert!(v["cursor"].as_str().is_some_and(|c| c.starts_with('h')));
+        v.as_object_mut().unwrap().remove("cursor");
+        v
+    };
+    assert_eq!(
+        without_cursor(v[0].clone()),
+        serde_json::json!({"channel": "p", "topic": topic, "partition": 0, "offset": 0,
+            "ts": ts, "key": "j", "data": {"user": {"id": 42}, "tags": ["a", "b"]}})
+    );
+    assert_eq!(
+        without_cursor(v[1].clone()),
+        serde_json::json!({"channel": "p", "topic": topic, "partition": 0, "offset": 1,
+            "ts": ts + 1, "key": null, "data": "plain text with \"quotes\" and ünïcode"})
+    );
+    assert_eq!(
+        without_cursor(v[2].clone()),
+        serde_json::json!({"channel": "p", "topic": topic, "partition": 0, "offset": 2,
+            "ts": ts + 2, "key": "b", "data": "//4AgEE=", "encoding": "base64"})
+    );
+    assert_eq!(
+        without_cursor(v[3].clone()),
+        serde_json::json!({"channel": "p", "topic": topic, "partition": 0, "offset": 3,
+            "ts": ts + 3, "key": "t", "data": null})
+    );
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_naming_the_problem() {
+    let topic = unique_topic("bad");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "b")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+
+    let mut other_topic = Cursor::new();
+    other_topic.set("not-a-feed", 0, 5);
+    let mut bad_partition = Cursor::new();
+    bad_partition.set(&topic, 7, 0);
+    let cases: Vec<(String, &str, String)> = vec![
+        (
+            "channel=b&cursor=garbage".into(),
+            "invalid_cursor",
+            "format marker".into(),
+        ),
+        (
+            "channel=b&cursor=h%21%21".into(),
+            "invalid_cursor",
+            "base64url".into(),
+        ),
+        (
+            format!("channel=b&cursor={}", other_topic.encode()),
+            "invalid_cursor",
+            "\"not-a-feed\"".into(),
+        ),
+        (
+            format!("channel=b&cursor={}", bad_partition.encode()),
+            "invalid_cursor",
+            "partition 7".into(),
+        ),
+        ("".into(), "missing_channel", "channel".into()),
+        ("channel=nope".into(), "unknown_channel", "\"nope\"".into()),
+        (
+            "channel=b&chanel=x".into(),
+            "unknown_parameter",
+            "\"chanel\"".into(),
+        ),
+        (
+            "channel=b&since=yesterday".into(),
+            "since_unsupported",
+            "yesterday".into(),
+        ),
+    ];
+    for (query, code, needle) in cases {
+        let sse = Sse::connect(addr, &query, None).await;
+        assert_eq!(sse.status, 400, "{query}");
+        let body = sse.error_body().await;
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&needle),
+            "{query}: {message:?} should mention {needle}"
+        );
+    }
+    // A malformed Last-Event-ID is refused too, not ignored.
+    let sse = Sse::connect(addr, "channel=b", Some("h@@")).await;
+    assert_eq!(sse.status, 400);
+
+    // A refused request leaves the server healthy and streaming.
+    let mut ok = Sse::connect(addr, "channel=b", None).await;
+    Producer::new().send_n(&topic, "k", 1).await;
+    assert_eq!(ns(&[ok.next_message().await]), [1]);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_channels_share_one_stream_and_one_cursor() {
+    let news = unique_topic("news");
+    let users = unique_topic("users");
+    create_topic(&news, 2).await;
+    create_topic(&users, 3).await;
+    let herald = start(
+        config(&[(&news, "news"), (&users, "user.{key}")]),
+        &[(&news, 2), (&users, 3)],
+    )
+    .await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+    let mut sse = Sse::connect(addr, "channel=news&channel=user.k1", None).await;
+    for n in 0..30 {
+        if n % 2 == 0 {
+            producer.send_n(&news, "x", n).await;
+        } else {
+            producer.send_n(&users, &format!("k{}", n % 3), n).await;
+        }
+    }
+    let expected: Vec<u64> = (0..30).filter(|n| n % 2 == 0 || n % 3 == 1).collect();
+    let first = sse.messages(10).await;
+    let cursor = sse.last_id.clone().unwrap();
+    assert_eq!(
+        Cursor::decode(&cursor).unwrap().iter().count(),
+        5,
+        "2 + 3 partitions"
+    );
+    drop(sse);
+    let mut back = Sse::connect(addr, "channel=news&channel=user.k1", Some(&cursor)).await;
+    let rest = back.messages(expected.len() - 10).await;
+    let mut got: Vec<u64> = ns(&first).into_iter().chain(ns(&rest)).collect();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_streams_to_reconnect() {
+    let topic = unique_topic("shutdown");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "s")]), &[(&topic, 1)]).await;
+    let mut sse = Sse::connect(herald.local_addr(), "channel=s", None).await;
+    let stop = tokio::spawn(herald.stop());
+    let ev = sse.next_raw().await.expect("a reconnect event");
+    assert_eq!(ev.event.as_deref(), Some("reconnect"));
+    assert_eq!(ev.json()["reason"], "shutdown");
+    assert!(sse.next_raw().await.is_none(), "stream ends");
+    stop.await.unwrap();
+}
