@@ -120,6 +120,14 @@ pub fn spawn(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "20")
+        // Larger fetches: with librdkafka's defaults (1 MiB per partition,
+        // 100k queued messages) a consumer of 100-byte records stalls at
+        // ~200k records/s on this class of machine; with these it reads
+        // ~800k/s (herald-bench ingest). Prefetch memory stays bounded by
+        // queued.max.messages.kbytes (64 MiB by default).
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("fetch.max.bytes", "104857600")
+        .set("queued.min.messages", "1000000")
         .set(
             "statistics.interval.ms",
             config.stats_interval.as_millis().to_string(),
