@@ -413,8 +413,13 @@ mod tests {
     }
 
     #[test]
-    fn example_config_is_valid() {
-        let text = include_str!("../config/herald.example.toml");
-        Config::parse(text, "herald.example.toml").unwrap();
+    fn shipped_configs_are_valid() {
+        for (name, text) in [
+            ("herald.example.toml", include_str!("../config/herald.example.toml")),
+            ("herald.toml", include_str!("../config/herald.toml")),
+            ("herald.docker.toml", include_str!("../config/herald.docker.toml")),
+        ] {
+            Config::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }
