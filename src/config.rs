@@ -44,6 +44,8 @@ pub struct Config {
     pub hub: HubConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub replay: ReplayConfig,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -157,6 +159,34 @@ pub struct LimitsConfig {
     pub max_channels_per_connection: usize,
 }
 
+/// Bounds on reading history back from Kafka for clients whose cursor is
+/// older than the hub's memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Most records one resume may read back (summed over partitions);
+    /// beyond it the client gets `409 replay_too_large`.
+    #[serde(default = "defaults::replay_max_records")]
+    pub max_records: u64,
+    /// Replays running at once per node; beyond it `503 replay_busy`.
+    #[serde(default = "defaults::replay_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Longest one replay may take; past it the stream ends with reason
+    /// `replay_failed` (the client resumes from where it got to).
+    #[serde(default = "defaults::replay_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            max_records: defaults::replay_max_records(),
+            max_concurrent: defaults::replay_max_concurrent(),
+            timeout: defaults::replay_timeout(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -223,6 +253,15 @@ mod defaults {
     }
     pub fn max_channels() -> usize {
         64
+    }
+    pub fn replay_max_records() -> u64 {
+        1_000_000
+    }
+    pub fn replay_max_concurrent() -> usize {
+        32
+    }
+    pub fn replay_timeout() -> Duration {
+        Duration::from_secs(60)
     }
 }
 
@@ -415,9 +454,15 @@ mod tests {
     #[test]
     fn shipped_configs_are_valid() {
         for (name, text) in [
-            ("herald.example.toml", include_str!("../config/herald.example.toml")),
+            (
+                "herald.example.toml",
+                include_str!("../config/herald.example.toml"),
+            ),
             ("herald.toml", include_str!("../config/herald.toml")),
-            ("herald.docker.toml", include_str!("../config/herald.docker.toml")),
+            (
+                "herald.docker.toml",
+                include_str!("../config/herald.docker.toml"),
+            ),
         ] {
             Config::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

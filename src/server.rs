@@ -92,6 +92,10 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::CursorPartition { .. } => (StatusCode::BAD_REQUEST, "invalid_cursor"),
             SubscribeError::CursorTooOld { .. } => (StatusCode::CONFLICT, "cursor_expired"),
             SubscribeError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            SubscribeError::ReplayTooLarge { .. } => (StatusCode::CONFLICT, "replay_too_large"),
+            SubscribeError::ReplayBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "replay_busy"),
+            SubscribeError::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
+            SubscribeError::SinceNeedsKafka => (StatusCode::BAD_REQUEST, "since_unsupported"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -170,6 +174,12 @@ impl Herald {
             watermarks.clone(),
             shutdown.clone(),
         )?;
+        hub.set_replay_source(Arc::new(crate::kafka::replay::Replayer::new(
+            config.kafka.clone(),
+            config.replay.clone(),
+            hub.router().clone(),
+            metrics.clone(),
+        )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
         let app = Arc::new(App {
             config,
@@ -287,7 +297,7 @@ async fn refuse(mut stream: TcpStream, app: Arc<App>) {
 
 async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let result = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/sse") => transport::sse::handle(app, &req),
+        (&Method::GET, "/sse") => transport::sse::handle(app, &req).await,
         (&Method::GET, "/metrics") => Ok(metrics(app)),
         (&Method::GET, "/healthz") => Ok(full(
             StatusCode::OK,

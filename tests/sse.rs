@@ -256,8 +256,13 @@ async fn bad_requests_get_400_naming_the_problem() {
         ),
         (
             "channel=b&since=yesterday".into(),
-            "since_unsupported",
+            "invalid_since",
             "yesterday".into(),
+        ),
+        (
+            "channel=b&since=5&cursor=hAA".into(),
+            "conflicting_parameters",
+            "not both".into(),
         ),
     ];
     for (query, code, needle) in cases {

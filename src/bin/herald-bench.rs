@@ -58,10 +58,18 @@ fn main() {
         .brokers
         .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok())
         .unwrap_or_else(|| "127.0.0.1:9092".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     match cli.scenario {
-        Scenario::Ingest { records, partitions } => rt.block_on(ingest(&brokers, records, partitions)),
-        Scenario::SseFanout { clients, records } => rt.block_on(sse_fanout(&brokers, clients, records)),
+        Scenario::Ingest {
+            records,
+            partitions,
+        } => rt.block_on(ingest(&brokers, records, partitions)),
+        Scenario::SseFanout { clients, records } => {
+            rt.block_on(sse_fanout(&brokers, clients, records))
+        }
     }
 }
 
@@ -122,7 +130,8 @@ fn produce(brokers: &str, topic: &str, n: u64) -> Duration {
 fn assignment(topic: &str, partitions: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     tpl
 }
@@ -133,7 +142,10 @@ fn consumer_config(brokers: &str) -> ClientConfig {
         .set("group.id", "herald-bench")
         .set("enable.auto.commit", "false");
     // BENCH_CONSUMER_OPTS="k=v,k=v" tries librdkafka settings on the floors.
-    for kv in std::env::var("BENCH_CONSUMER_OPTS").unwrap_or_default().split(',') {
+    for kv in std::env::var("BENCH_CONSUMER_OPTS")
+        .unwrap_or_default()
+        .split(',')
+    {
         if let Some((k, v)) = kv.split_once('=') {
             cc.set(k, v);
         }
@@ -143,7 +155,9 @@ fn consumer_config(brokers: &str) -> ClientConfig {
 
 fn bare_base_consumer(brokers: &str, topic: &str, partitions: i32, n: u64) -> f64 {
     let consumer: BaseConsumer = consumer_config(brokers).create().expect("consumer");
-    consumer.assign(&assignment(topic, partitions)).expect("assign");
+    consumer
+        .assign(&assignment(topic, partitions))
+        .expect("assign");
     let started = Instant::now();
     let mut seen = 0u64;
     let mut bytes = 0usize;
@@ -160,12 +174,16 @@ fn bare_base_consumer(brokers: &str, topic: &str, partitions: i32, n: u64) -> f6
 
 async fn bare_stream_consumer(brokers: &str, topic: &str, partitions: i32, n: u64) -> f64 {
     let consumer: StreamConsumer = consumer_config(brokers).create().expect("consumer");
-    consumer.assign(&assignment(topic, partitions)).expect("assign");
+    consumer
+        .assign(&assignment(topic, partitions))
+        .expect("assign");
     let started = Instant::now();
     let mut seen = 0u64;
     while seen < n {
         let m = consumer.recv().await.expect("message");
-        std::hint::black_box(bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()));
+        std::hint::black_box(bytes::Bytes::copy_from_slice(
+            m.payload().unwrap_or_default(),
+        ));
         seen += 1;
     }
     n as f64 / started.elapsed().as_secs_f64()
@@ -184,14 +202,19 @@ async fn ingest(brokers: &str, n: u64, partitions: i32) {
     let topic = topic_name("ingest");
     create_topic(brokers, &topic, partitions).await;
     let took = produce(brokers, &topic, n);
-    println!("produced {n} records of 100 B to {topic} in {:.2}s", took.as_secs_f64());
+    println!(
+        "produced {n} records of 100 B to {topic} in {:.2}s",
+        took.as_secs_f64()
+    );
 
     let base = tokio::task::block_in_place(|| bare_base_consumer(brokers, &topic, partitions, n));
     println!("floor: bare BaseConsumer    {base:>12.0} records/s");
     let stream = bare_stream_consumer(brokers, &topic, partitions, n).await;
     println!("floor: bare StreamConsumer  {stream:>12.0} records/s");
 
-    let herald = Herald::start(herald_config(brokers, &topic, "earliest")).await.expect("herald");
+    let herald = Herald::start(herald_config(brokers, &topic, "earliest"))
+        .await
+        .expect("herald");
     let addr = herald.local_addr();
     let started = Instant::now();
     loop {
@@ -230,7 +253,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 async fn sse_fanout(brokers: &str, clients: usize, n: u64) {
     let topic = topic_name("fanout");
     create_topic(brokers, &topic, 3).await;
-    let herald = Herald::start(herald_config(brokers, &topic, "latest")).await.expect("herald");
+    let herald = Herald::start(herald_config(brokers, &topic, "latest"))
+        .await
+        .expect("herald");
     let addr = herald.local_addr();
     while !herald.hub().is_ready() || herald.hub().positions().topic(&topic).is_none() {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -243,7 +268,9 @@ async fn sse_fanout(brokers: &str, clients: usize, n: u64) {
         let connected = connected.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(b"GET /sse?channel=bench HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+            s.write_all(b"GET /sse?channel=bench HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
             let mut buf = vec![0u8; 64 * 1024];
             let mut got = 0u64;
             let mut opened = false;

@@ -17,6 +17,9 @@ pub enum CloseReason {
     Slow,
     /// The subscriber went away.
     Gone,
+    /// Reading older history back from Kafka failed or timed out
+    /// ([`Subscription::failure`](super::Subscription::failure) says why).
+    ReplayFailed,
 }
 
 pub struct Inbox {

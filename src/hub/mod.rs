@@ -27,7 +27,7 @@ pub mod publication;
 pub mod subscription;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -46,7 +46,7 @@ pub use inbox::CloseReason;
 use inbox::Inbox;
 use positions::Positions;
 use publication::Publication;
-pub use subscription::{Delivery, Subscription};
+pub use subscription::{Delivery, Gap, Subscription};
 
 /// How often the sweeper drops aged history and empty channels.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +58,54 @@ pub enum Start {
     Live,
     /// Right after a cursor.
     Cursor(Cursor),
+    /// The first records with a Kafka timestamp at or after this one (ms).
+    Since(i64),
+}
+
+/// A partition range to read back from Kafka: offsets `from..to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRange {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Offsets `from..to` of a partition that Kafka no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapRange {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// What a replay hands to its subscription, in this order: gaps (if any),
+/// record batches, then the channel closes (or `Failed`).
+pub enum ReplayEvent {
+    Gaps(Vec<GapRange>),
+    Records(Vec<Arc<Publication>>),
+    Failed(String),
+}
+
+/// Reads history older than the hub's memory back from Kafka
+/// (`kafka::replay::Replayer`).
+pub trait ReplaySource: Send + Sync {
+    /// Starts reading `ranges`, keeping records routed to `channels`.
+    /// Refuses at once when over the replay limits.
+    fn start(
+        &self,
+        ranges: Vec<ReplayRange>,
+        channels: Vec<Arc<str>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError>;
+
+    /// The first offset at or after timestamp `ts` (ms) of each partition;
+    /// the high watermark where there is none. Blocking.
+    fn offsets_for_time(
+        &self,
+        partitions: &[(Arc<str>, i32)],
+        ts: i64,
+    ) -> Result<Vec<i64>, SubscribeError>;
 }
 
 /// Why a subscription was refused. Each names the offending value.
@@ -93,6 +141,16 @@ pub enum SubscribeError {
     },
     #[error("Herald is not ready: Kafka positions are not known yet")]
     NotReady,
+    #[error(
+        "resuming from this cursor needs {records} records read back from Kafka; the limit is {max} (replay.max_records): resume from a newer cursor, or without one"
+    )]
+    ReplayTooLarge { records: i64, max: u64 },
+    #[error("{max} replays from Kafka are running (replay.max_concurrent); retry shortly")]
+    ReplayBusy { max: usize },
+    #[error("Kafka is unavailable: {0}")]
+    Kafka(String),
+    #[error("since= needs Kafka to find offsets by time, and this hub has no Kafka access")]
+    SinceNeedsKafka,
 }
 
 /// The hub handle; cheap to clone.
@@ -118,6 +176,9 @@ pub(crate) struct Inner {
     history_bytes: AtomicUsize,
     /// Wakes the sweeper when history goes over the memory budget.
     pressure: Notify,
+    /// Reads older history from Kafka; without one, a cursor older than
+    /// memory is refused with `CursorTooOld`.
+    replay: RwLock<Option<Arc<dyn ReplaySource>>>,
 }
 
 #[derive(Default)]
@@ -185,8 +246,14 @@ impl Hub {
                 seq: AtomicU64::new(0),
                 history_bytes: AtomicUsize::new(0),
                 pressure: Notify::new(),
+                replay: RwLock::new(None),
             }),
         }
+    }
+
+    /// Lets the hub read history older than its memory from Kafka.
+    pub fn set_replay_source(&self, source: Arc<dyn ReplaySource>) {
+        *self.inner.replay.write() = Some(source);
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -280,6 +347,54 @@ impl Hub {
         }
     }
 
+    /// Like [`Hub::subscribe`], and also resolves [`Start::Since`] to
+    /// offsets through Kafka (offsets-for-times) first.
+    pub async fn subscribe_from(
+        &self,
+        channels: &[String],
+        start: Start,
+    ) -> Result<Subscription, SubscribeError> {
+        let Start::Since(ts) = start else {
+            return self.subscribe(channels, start);
+        };
+        let source = self
+            .inner
+            .replay
+            .read()
+            .clone()
+            .ok_or(SubscribeError::SinceNeedsKafka)?;
+        if !self.is_ready() {
+            return Err(SubscribeError::NotReady);
+        }
+        let positions = self.positions();
+        let mut partitions = Vec::new();
+        for channel in channels {
+            let topics = self
+                .inner
+                .router
+                .topics_for_channel(channel, positions.topics())
+                .ok_or_else(|| SubscribeError::UnknownChannel(channel.clone()))?;
+            for topic in topics {
+                let count = positions.topic(&topic).map_or(0, <[i64]>::len);
+                let topic: Arc<str> = Arc::from(topic.as_str());
+                for p in 0..count as i32 {
+                    if !partitions.contains(&(topic.clone(), p)) {
+                        partitions.push((topic.clone(), p));
+                    }
+                }
+            }
+        }
+        let lookup = partitions.clone();
+        let offsets = tokio::task::spawn_blocking(move || source.offsets_for_time(&lookup, ts))
+            .await
+            .map_err(|e| SubscribeError::Kafka(e.to_string()))??;
+        let mut cursor = Cursor::new();
+        for ((topic, partition), offset) in partitions.iter().zip(offsets) {
+            cursor.set(topic, *partition, offset);
+        }
+        self.subscribe(channels, Start::Cursor(cursor))
+    }
+
     /// Subscribes to `channels` from `start`. All checks happen before
     /// anything is registered: an error leaves no trace.
     pub fn subscribe(
@@ -337,6 +452,7 @@ impl Hub {
                 let at = match &start {
                     Start::Live => *live,
                     Start::Cursor(c) => c.get(&topic, p as i32).unwrap_or(0),
+                    Start::Since(_) => return Err(SubscribeError::SinceNeedsKafka),
                 };
                 start_at.set(&topic, p as i32, at);
             }
@@ -375,7 +491,10 @@ impl Hub {
             .collect();
         let horizon = inner.horizon.lock().clone();
 
-        // Check coverage (or, at the live end, step over evicted history).
+        // Check coverage. At the live end, step over evicted history; from a
+        // cursor, what memory lacks is read back from Kafka (or refused).
+        let replay = inner.replay.read().clone();
+        let mut replay_to: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
         for (name, topics) in names.iter().zip(&feeds) {
             let shard = guard_for(&mut guards, inner.shard_index(name));
             let channel = shard
@@ -389,12 +508,18 @@ impl Hub {
                 let topic_arc: Arc<str> = Arc::from(topic.as_str());
                 for (p, at) in offsets.into_iter().enumerate() {
                     let floor = channel.floor(topic, p as i32, &horizon);
-                    if at >= floor {
+                    if at >= floor || at == positions::UNKNOWN {
                         continue;
                     }
-                    match &start {
-                        Start::Live => start_at.set(&topic_arc, p as i32, floor),
-                        Start::Cursor(_) => {
+                    match (&start, &replay) {
+                        (Start::Live, _) => start_at.set(&topic_arc, p as i32, floor),
+                        (_, Some(_)) => {
+                            let end = replay_to
+                                .entry((topic_arc.clone(), p as i32))
+                                .or_insert(floor);
+                            *end = (*end).max(floor);
+                        }
+                        (_, None) => {
                             let err = SubscribeError::CursorTooOld {
                                 channel: name.to_string(),
                                 topic: topic.clone(),
@@ -432,9 +557,37 @@ impl Hub {
         drop(guards);
         backlog.sort_by_key(|p| p.seq);
 
+        let replay_rx = match (replay, replay_to.is_empty()) {
+            (Some(source), false) => {
+                let ranges = replay_to
+                    .into_iter()
+                    .map(|((topic, partition), to)| ReplayRange {
+                        from: start_at.get(&topic, partition).unwrap_or(0),
+                        topic,
+                        partition,
+                        to,
+                    })
+                    .collect();
+                match source.start(ranges, names.clone()) {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        inbox.close(CloseReason::Gone);
+                        inner.unsubscribe(&names, &inbox);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let feeds = names.iter().cloned().zip(feeds).collect();
+
         Ok(Subscription {
             hub: self.inner.clone(),
             channels: names,
+            feeds,
+            replay: replay_rx,
+            gaps: Vec::new(),
+            failure: None,
             inbox,
             backlog: backlog.into(),
             positions: start_at,

@@ -2,13 +2,15 @@
 //! record reaches the subscriber once and in partition order, with the cursor
 //! after every message.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use super::Inner;
+use tokio::sync::mpsc;
+
 use super::inbox::{CloseReason, Inbox};
 use super::positions::Positions;
 use super::publication::Publication;
+use super::{GapRange, Inner, ReplayEvent};
 
 /// One message ready for a transport: the shared publication and this
 /// subscriber's cursor after it.
@@ -17,9 +19,38 @@ pub struct Delivery {
     pub cursor: String,
 }
 
+/// Records a subscriber will never get because Kafka deleted them
+/// (retention) before it resumed: the contract's `gap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub channel: Arc<str>,
+    pub partitions: Vec<GapRange>,
+}
+
+impl Gap {
+    /// The gap object: `{"channel","partitions":[{"topic","partition","from","to"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "channel": &*self.channel,
+            "partitions": self.partitions.iter().map(|g| serde_json::json!({
+                "topic": &*g.topic, "partition": g.partition, "from": g.from, "to": g.to,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 pub struct Subscription {
     pub(super) hub: Arc<Inner>,
     pub(super) channels: Vec<Arc<str>>,
+    /// The topics feeding each channel, to say which channel a gap hits.
+    pub(super) feeds: Vec<(Arc<str>, BTreeSet<String>)>,
+    /// Records older than the hub's memory, being read back from Kafka;
+    /// delivered before the backlog.
+    pub(super) replay: Option<mpsc::Receiver<ReplayEvent>>,
+    /// Gaps not yet taken by the transport.
+    pub(super) gaps: Vec<Gap>,
+    /// Why the replay failed, once it has.
+    pub(super) failure: Option<String>,
     pub(super) inbox: Arc<Inbox>,
     /// Publications taken from history at subscribe time, then drained
     /// batches from the inbox, in publication order.
@@ -38,15 +69,54 @@ impl Subscription {
         self.positions.encode_cursor()
     }
 
-    /// Waits for at least one message and appends up to `max` to `out`.
-    /// Returns the reason once the subscription can deliver nothing more;
-    /// everything accepted before that was delivered.
+    /// Gaps found since the last call. A transport sends them before the
+    /// messages of the same batch; they come before any replayed record.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    /// Why the subscription ended with [`CloseReason::ReplayFailed`].
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Waits for at least one message (or a gap, see [`Subscription::take_gaps`])
+    /// and appends up to `max` messages to `out`. Returns the reason once the
+    /// subscription can deliver nothing more; everything accepted before
+    /// that was delivered.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<(), CloseReason> {
         let start = out.len();
+        while let Some(replay) = &mut self.replay {
+            match replay.recv().await {
+                Some(ReplayEvent::Gaps(ranges)) => {
+                    self.note_gaps(ranges);
+                    return Ok(());
+                }
+                Some(ReplayEvent::Records(batch)) => {
+                    for publication in batch {
+                        if let Some(cursor) = self.accept(&publication) {
+                            out.push(Delivery {
+                                publication,
+                                cursor,
+                            });
+                        }
+                    }
+                    if out.len() > start {
+                        return Ok(());
+                    }
+                }
+                Some(ReplayEvent::Failed(message)) => {
+                    self.replay = None;
+                    self.failure = Some(message);
+                    return Err(CloseReason::ReplayFailed);
+                }
+                None => self.replay = None,
+            }
+        }
         loop {
             while out.len() - start < max {
                 let Some(publication) = self.backlog.pop_front() else {
@@ -63,6 +133,26 @@ impl Subscription {
                 return Ok(());
             }
             self.inbox.recv(&mut self.backlog).await?;
+        }
+    }
+
+    fn note_gaps(&mut self, ranges: Vec<GapRange>) {
+        for r in &ranges {
+            // Those offsets are gone: the cursor moves past them.
+            self.positions.raise(&r.topic, r.partition, r.to);
+        }
+        for (channel, topics) in &self.feeds {
+            let partitions: Vec<GapRange> = ranges
+                .iter()
+                .filter(|r| topics.contains(&*r.topic))
+                .cloned()
+                .collect();
+            if !partitions.is_empty() {
+                self.gaps.push(Gap {
+                    channel: channel.clone(),
+                    partitions,
+                });
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod ingest;
 pub mod record;
+pub mod replay;
 
 use rdkafka::ClientConfig;
 

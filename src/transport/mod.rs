@@ -66,13 +66,52 @@ impl StreamParams {
             return Ok(Start::Cursor(cursor));
         }
         if let Some(since) = &self.since {
-            return Err(ApiError::bad_request(
-                "since_unsupported",
-                format!(
-                    "since={since:?}: resuming from a timestamp is not supported by this version yet; use cursor="
-                ),
-            ));
+            return parse_since(since).map(Start::Since);
         }
         Ok(Start::Live)
+    }
+}
+
+/// Parses `since=`: milliseconds since the epoch, or an RFC 3339 timestamp
+/// (`2026-11-25T10:00:00Z`, `2026-11-25T11:00:00.5+01:00`).
+pub fn parse_since(value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        if ms < 0 {
+            return Err(ApiError::bad_request(
+                "invalid_since",
+                format!("since={value:?}: a timestamp cannot be negative"),
+            ));
+        }
+        return Ok(ms);
+    }
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_since",
+                format!("since={value:?} is neither milliseconds since the epoch nor an RFC 3339 timestamp ({e})"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_epoch_ms_and_rfc3339() {
+        assert_eq!(parse_since("1700000000123").unwrap(), 1_700_000_000_123);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_since("2023-11-14T23:13:20.5+01:00").unwrap(),
+            1_700_000_000_500
+        );
+        for bad in ["yesterday", "-5", "2023-11-14", ""] {
+            let e = parse_since(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_since", "{bad}");
+        }
     }
 }

@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 256;
 
 const TRANSPORT: &str = "sse";
 
-pub fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let params = StreamParams::parse(req.uri().query())?;
     let last_event_id = req
         .headers()
@@ -41,7 +41,7 @@ pub fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, Api
         })
         .transpose()?;
     let start = params.start(last_event_id)?;
-    let subscription = app.hub.subscribe(&params.channels, start)?;
+    let subscription = app.hub.subscribe_from(&params.channels, start).await?;
 
     let mut heartbeat = tokio::time::interval(app.config.sse.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -117,6 +117,14 @@ impl SseStream {
                     self.metrics.slow_disconnects.with_label_values(&[TRANSPORT]).inc();
                     Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"slow_consumer\"}\n\n"))
                 }
+                Err(CloseReason::ReplayFailed) => {
+                    self.done = true;
+                    let data = serde_json::json!({
+                        "reason": "replay_failed",
+                        "message": self.subscription.failure().unwrap_or_default(),
+                    });
+                    Some(Bytes::from(format!("event: reconnect\ndata: {data}\n\n")))
+                }
                 Err(CloseReason::Gone) => None,
             },
             _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
@@ -125,6 +133,17 @@ impl SseStream {
 
     fn encode_batch(&mut self) -> Bytes {
         let mut buf = BytesMut::new();
+        // Gaps come before the messages after them, with the cursor that
+        // steps over the lost offsets.
+        let gaps = self.subscription.take_gaps();
+        if !gaps.is_empty() {
+            let cursor = self.subscription.cursor();
+            for gap in gaps {
+                buf.put_slice(
+                    format!("event: gap\nid: {cursor}\ndata: {}\n\n", gap.to_json()).as_bytes(),
+                );
+            }
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

@@ -1,0 +1,190 @@
+//! Resuming beyond the hub's memory: replay from Kafka, gaps for records
+//! Kafka deleted, `since=`, another node, and the replay bounds.
+
+mod common;
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn small_history(routes: &[(&str, &str)]) -> herald::config::Config {
+    let mut cfg = config(routes);
+    cfg.hub.history_messages = 5;
+    cfg
+}
+
+async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metrics(&text).get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_memory_is_replayed_from_kafka_exactly() {
+    let topic = unique_topic("replay");
+    create_topic(&topic, 3).await;
+    let herald = start(small_history(&[(&topic, "r")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let opening = Sse::connect(addr, "channel=r", None).await.last_id.unwrap();
+    let producer = Producer::new();
+    for n in 0..120 {
+        producer.send_n(&topic, &format!("k{}", n % 11), n).await;
+    }
+    // Memory holds 5 of them; the rest come back from Kafka, then live
+    // records follow with no seam.
+    let mut sse = Sse::connect(addr, "channel=r", Some(&opening)).await;
+    let live = tokio::spawn(async move {
+        let producer = Producer::new();
+        for n in 120..160 {
+            producer.send_n(&topic, &format!("k{}", n % 11), n).await;
+        }
+    });
+    let events = sse.messages(160).await;
+    live.await.unwrap();
+    let mut got = ns(&events);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..160).collect::<Vec<_>>(),
+        "none missing, none twice"
+    );
+    assert_partition_order(&events);
+    assert!(metric(addr, "herald_replay_records_total").await >= 100.0);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_below_the_cursor_are_reported_as_a_gap_first() {
+    let topic = unique_topic("gap");
+    create_topic(&topic, 1).await;
+    let herald = start(small_history(&[(&topic, "g")]), &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+    let opening = Sse::connect(addr, "channel=g", None).await.last_id.unwrap();
+    let producer = Producer::new();
+    for n in 0..30 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    // Retention: everything below offset 20 goes.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let mut below = TopicPartitionList::new();
+    below
+        .add_partition_offset(&topic, 0, Offset::Offset(20))
+        .unwrap();
+    admin
+        .delete_records(&below, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let mut sse = Sse::connect(addr, "channel=g", Some(&opening)).await;
+    let gap = sse.next_raw().await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert_eq!(
+        gap.json(),
+        serde_json::json!({"channel": "g", "partitions": [{"topic": topic, "partition": 0, "from": 0, "to": 20}]})
+    );
+    // The gap's id steps over the lost offsets.
+    let after_gap = herald::hub::cursor::Cursor::decode(gap.id.as_deref().unwrap()).unwrap();
+    assert_eq!(after_gap.get(&topic, 0), Some(20));
+    let events = sse.messages(10).await;
+    assert_eq!(ns(&events), (20..30).collect::<Vec<_>>());
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_returns_the_records_from_that_time_on() {
+    let topic = unique_topic("since");
+    create_topic(&topic, 2).await;
+    let producer = Producer::new();
+    let t0 = 1_700_000_000_000i64;
+    for i in 0..20i64 {
+        let payload = format!("{{\"n\":{i}}}");
+        producer
+            .send(
+                &topic,
+                Some((i % 2) as i32),
+                Some(b"k"),
+                Some(payload.as_bytes()),
+                Some(t0 + i * 1000),
+            )
+            .await;
+    }
+    // Started after the records: they are only in Kafka.
+    let herald = start(config(&[(&topic, "s")]), &[(&topic, 2)]).await;
+    let addr = herald.local_addr();
+    for since in [
+        format!("{}", t0 + 10_000),
+        "2023-11-14T22:13:30Z".to_owned(),
+    ] {
+        let mut sse = Sse::connect(addr, &format!("channel=s&since={since}"), None).await;
+        assert_eq!(sse.status, 200, "since={since}");
+        let mut got = ns(&sse.messages(10).await);
+        got.sort_unstable();
+        assert_eq!(got, (10..20).collect::<Vec<_>>(), "since={since}");
+    }
+    let bad = Sse::connect(addr, "channel=s&since=yesterday", None).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error_body().await["error"]["code"], "invalid_since");
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_exactly() {
+    let topic = unique_topic("nodes");
+    create_topic(&topic, 3).await;
+    let a = start(config(&[(&topic, "n")]), &[(&topic, 3)]).await;
+    let mut on_a = Sse::connect(a.local_addr(), "channel=n", None).await;
+    let producer = Producer::new();
+    for n in 0..60 {
+        producer.send_n(&topic, &format!("k{n}"), n).await;
+    }
+    let seen = on_a.messages(25).await;
+    let cursor = on_a.last_id.clone().unwrap();
+    drop(on_a);
+    // Node B shares nothing with A but Kafka, and starts after the records.
+    let b = start(config(&[(&topic, "n")]), &[(&topic, 3)]).await;
+    let mut on_b = Sse::connect(b.local_addr(), "channel=n", Some(&cursor)).await;
+    let rest = on_b.messages(35).await;
+    let mut all: Vec<u64> = ns(&seen).into_iter().chain(ns(&rest)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..60).collect::<Vec<_>>());
+    producer.send_n(&topic, "k", 60).await;
+    assert_eq!(ns(&[on_b.next_message().await]), [60]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_beyond_its_bounds_is_refused_with_the_documented_error() {
+    let topic = unique_topic("bounds");
+    create_topic(&topic, 1).await;
+    let mut cfg = small_history(&[(&topic, "b")]);
+    cfg.replay.max_records = 10;
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+    let opening = Sse::connect(addr, "channel=b", None).await.last_id.unwrap();
+    let producer = Producer::new();
+    for n in 0..50 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let mut sse = Sse::connect(addr, "channel=b", None).await;
+    // Wait until the records are in (the live stream sees the next one).
+    producer.send_n(&topic, "k", 50).await;
+    sse.next_message().await;
+    let refused = Sse::connect(addr, "channel=b", Some(&opening)).await;
+    assert_eq!(refused.status, 409);
+    let body = refused.error_body().await;
+    assert_eq!(body["error"]["code"], "replay_too_large");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("46"),
+        "{body}"
+    );
+    herald.stop().await;
+}
