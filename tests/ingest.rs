@@ -28,8 +28,10 @@ async fn partitions_added_later_are_read_from_their_beginning() {
     let herald = start(regex_config(&prefix), &[(&topic, 1)]).await;
     let mut sse = Sse::connect(herald.local_addr(), &format!("channel={topic}"), None).await;
 
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
     admin
         .create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())
         .await
@@ -39,9 +41,15 @@ async fn partitions_added_later_are_read_from_their_beginning() {
     // Produced right away — possibly before Herald has noticed the new
     // partitions; it must still arrive.
     let producer = Producer::new();
-    producer.send(&topic, Some(2), Some(b"k"), Some(b"{\"n\":2}"), None).await;
-    producer.send(&topic, Some(1), Some(b"k"), Some(b"{\"n\":1}"), None).await;
-    producer.send(&topic, Some(0), Some(b"k"), Some(b"{\"n\":0}"), None).await;
+    producer
+        .send(&topic, Some(2), Some(b"k"), Some(b"{\"n\":2}"), None)
+        .await;
+    producer
+        .send(&topic, Some(1), Some(b"k"), Some(b"{\"n\":1}"), None)
+        .await;
+    producer
+        .send(&topic, Some(0), Some(b"k"), Some(b"{\"n\":0}"), None)
+        .await;
     let mut got = ns(&sse.messages(3).await);
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2]);
