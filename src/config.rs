@@ -41,6 +41,10 @@ pub struct Config {
     #[serde(default)]
     pub sse: SseConfig,
     #[serde(default)]
+    pub ws: WsConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
     pub hub: HubConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -124,6 +128,36 @@ pub struct SseConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    /// Interval of the server's ping on an open WebSocket. Keeps proxies
+    /// from closing idle connections and finds dead peers.
+    #[serde(default = "defaults::ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered (no pong, nor any other frame)
+    /// before the connection is closed as dead (close code 4000). Also the
+    /// longest a write may wait on a client that takes no data: past it the
+    /// connection is dropped as slow.
+    #[serde(default = "defaults::pong_timeout", with = "humantime_serde")]
+    pub pong_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// The longest `wait=` a long poll may ask for; above it `400`.
+    #[serde(default = "defaults::poll_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Messages one poll returns when it gives no `limit=`.
+    #[serde(default = "defaults::poll_default_limit")]
+    pub default_limit: usize,
+    /// The largest `limit=` a poll may ask for; above it `400`. Bounds the
+    /// size of one response.
+    #[serde(default = "defaults::poll_max_limit")]
+    pub max_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HubConfig {
     /// Number of independently locked shards of the channel registry. More
     /// shards, less contention between the ingest and subscribers.
@@ -154,9 +188,19 @@ pub struct LimitsConfig {
     /// Open client connections at once; above it new connections get `503`.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
-    /// Channels one stream may subscribe to; above it `400`.
+    /// Channels one stream (an SSE stream, a poll, a WebSocket connection)
+    /// may subscribe to; above it `400` (an `error` message on a WebSocket).
     #[serde(default = "defaults::max_channels")]
     pub max_channels_per_connection: usize,
+    /// Largest WebSocket message (and frame) accepted from a client, in
+    /// bytes; a bigger one closes the connection with code 1009. Also sizes
+    /// the most a client can make Herald buffer. A subscribe message carries
+    /// a cursor of up to 8 KiB, so this is at least 16 KiB.
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: usize,
+    /// Long polls (`/poll` with `wait=`) waiting at once; above it `503`.
+    #[serde(default = "defaults::max_long_polls")]
+    pub max_long_polls: usize,
 }
 
 /// Bounds on reading history back from Kafka for clients whose cursor is
@@ -230,6 +274,27 @@ mod defaults {
     pub fn retry() -> Duration {
         Duration::from_secs(2)
     }
+    pub fn ping_interval() -> Duration {
+        Duration::from_secs(25)
+    }
+    pub fn pong_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn poll_max_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn poll_default_limit() -> usize {
+        100
+    }
+    pub fn poll_max_limit() -> usize {
+        1000
+    }
+    pub fn max_message_size() -> usize {
+        64 * 1024
+    }
+    pub fn max_long_polls() -> usize {
+        10_000
+    }
     pub fn shards() -> usize {
         64
     }
@@ -285,6 +350,25 @@ impl Default for SseConfig {
     }
 }
 
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: defaults::ping_interval(),
+            pong_timeout: defaults::pong_timeout(),
+        }
+    }
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: defaults::poll_max_wait(),
+            default_limit: defaults::poll_default_limit(),
+            max_limit: defaults::poll_max_limit(),
+        }
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
@@ -303,6 +387,8 @@ impl Default for LimitsConfig {
         Self {
             max_connections: defaults::max_connections(),
             max_channels_per_connection: defaults::max_channels(),
+            max_message_size: defaults::max_message_size(),
+            max_long_polls: defaults::max_long_polls(),
         }
     }
 }
@@ -368,6 +454,8 @@ impl Config {
                 "limits.max_channels_per_connection",
                 self.limits.max_channels_per_connection,
             ),
+            ("limits.max_long_polls", self.limits.max_long_polls),
+            ("poll.max_limit", self.poll.max_limit),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -386,6 +474,34 @@ impl Config {
                 "sse.heartbeat",
                 self.sse.heartbeat,
                 "must be at least 1s",
+            ));
+        }
+        if self.ws.ping_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "ws.ping_interval",
+                self.ws.ping_interval,
+                "must be at least 1s",
+            ));
+        }
+        if self.ws.pong_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "ws.pong_timeout",
+                self.ws.pong_timeout,
+                "must be at least 100ms",
+            ));
+        }
+        if self.limits.max_message_size < 16 * 1024 {
+            return Err(invalid(
+                "limits.max_message_size",
+                self.limits.max_message_size,
+                "must be at least 16384 (a subscribe message may carry an 8 KiB cursor)",
+            ));
+        }
+        if self.poll.default_limit == 0 || self.poll.default_limit > self.poll.max_limit {
+            return Err(invalid(
+                "poll.default_limit",
+                self.poll.default_limit,
+                "must be between 1 and poll.max_limit",
             ));
         }
         if self.routes.is_empty() {
@@ -426,6 +542,30 @@ mod tests {
         assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
         assert_eq!(c.hub.history_messages, 1000);
         assert_eq!(c.kafka.start, StartAt::Latest);
+        assert_eq!(c.ws.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.ws.pong_timeout, Duration::from_secs(10));
+        assert_eq!(c.poll.max_wait, Duration::from_secs(30));
+        assert_eq!((c.poll.default_limit, c.poll.max_limit), (100, 1000));
+        assert_eq!(c.limits.max_message_size, 65536);
+        assert_eq!(c.limits.max_long_polls, 10_000);
+    }
+
+    #[test]
+    fn transport_limits_are_checked() {
+        for (extra, key) in [
+            ("[ws]\nping_interval = \"10ms\"\n", "ws.ping_interval"),
+            (
+                "[limits]\nmax_message_size = 100\n",
+                "limits.max_message_size",
+            ),
+            ("[limits]\nmax_long_polls = 0\n", "limits.max_long_polls"),
+            ("[poll]\ndefault_limit = 5000\n", "poll.default_limit"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}\n{extra}"), "test")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 /// The `transport` label values, created at start so their series read 0.
-pub const TRANSPORTS: &[&str] = &["sse"];
+pub const TRANSPORTS: &[&str] = &["sse", "ws", "poll"];
 
 pub struct Metrics {
     registry: Registry,

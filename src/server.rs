@@ -13,11 +13,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hub::{Hub, SubscribeError};
@@ -40,6 +40,20 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Extra JSON served at `/dev/info` by `herald dev`.
     pub dev_info: Option<serde_json::Value>,
+    /// Every connection task, plain HTTP and upgraded WebSocket alike:
+    /// shutdown waits for them (under `http.shutdown_grace`).
+    pub tasks: TaskTracker,
+    /// Long polls waiting at once (`limits.max_long_polls`); a poll that
+    /// finds no permit gets `503 too_many_long_polls`.
+    pub long_polls: Arc<Semaphore>,
+}
+
+/// A connection's place under `limits.max_connections`, in each request's
+/// extensions: an upgraded WebSocket keeps it after its HTTP connection
+/// has handed the socket over.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// A request Herald refuses, rendered as `{"error":{"code","message"}}`.
@@ -182,12 +196,14 @@ impl Herald {
         )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
         let app = Arc::new(App {
+            long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
             config,
             hub,
             metrics,
             watermarks,
             shutdown,
             dev_info,
+            tasks: TaskTracker::new(),
         });
         let server = tokio::spawn(serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
@@ -229,7 +245,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 async fn serve(app: Arc<App>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
-    let graceful = GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -251,22 +266,40 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         let app2 = app.clone();
-        let service = service_fn(move |req| {
+        let slot = ConnectionSlot {
+            _permit: Arc::new(permit),
+        };
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let app = app2.clone();
+            req.extensions_mut().insert(slot.clone());
             async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = app.shutdown.clone();
+        app.tasks.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            // On shutdown, finish the request in flight (streams end
+            // themselves) and close; an upgraded socket lives on in its own
+            // task.
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
-            drop(permit);
         });
     }
     drop(listener);
+    app.tasks.close();
     let grace = app.config.http.shutdown_grace;
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = app.tasks.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace period ran out; dropping remaining connections");
         }
@@ -295,9 +328,11 @@ async fn refuse(mut stream: TcpStream, app: Arc<App>) {
     let _ = stream.shutdown().await;
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+async fn route(app: &Arc<App>, mut req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/sse") => transport::sse::handle(app, &req).await,
+        (&Method::GET, "/ws") => transport::ws::handle(app, &mut req).await,
+        (&Method::GET, "/poll") => transport::poll::handle(app, &req).await,
         (&Method::GET, "/metrics") => Ok(metrics(app)),
         (&Method::GET, "/healthz") => Ok(full(
             StatusCode::OK,
@@ -319,7 +354,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Res
                 .unwrap_or_default(),
         )),
         (&Method::OPTIONS, _) => Ok(full(StatusCode::NO_CONTENT, "text/plain", "")),
-        (_, "/sse" | "/metrics" | "/healthz" | "/readyz") => Err(ApiError::new(
+        (_, "/sse" | "/ws" | "/poll" | "/metrics" | "/healthz" | "/readyz") => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{} is not allowed on {}", req.method(), req.uri().path()),

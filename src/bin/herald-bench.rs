@@ -50,6 +50,19 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         records: u64,
     },
+    /// C clients resume N records behind after a restart (warmed history,
+    /// then cold: every resume a replay from Kafka).
+    ResumeStorm {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        behind: u64,
+    },
+    /// One client resumes N records behind on a cold node: replay throughput.
+    Replay {
+        #[arg(long, default_value_t = 200_000)]
+        behind: u64,
+    },
 }
 
 fn main() {
@@ -67,6 +80,11 @@ fn main() {
             records,
             partitions,
         } => rt.block_on(ingest(&brokers, records, partitions)),
+        Scenario::ResumeStorm { clients, behind } => rt.block_on(async {
+            resume_storm(&brokers, clients, behind, behind).await;
+            resume_storm(&brokers, clients, behind, 0).await;
+        }),
+        Scenario::Replay { behind } => rt.block_on(replay_one(&brokers, behind)),
         Scenario::SseFanout { clients, records } => {
             rt.block_on(sse_fanout(&brokers, clients, records))
         }
@@ -261,38 +279,18 @@ async fn sse_fanout(brokers: &str, clients: usize, n: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let received = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
     let connected = Arc::new(tokio::sync::Barrier::new(clients + 1));
-    for _ in 0..clients {
-        let received = received.clone();
-        let connected = connected.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(b"GET /sse?channel=bench HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .expect("write");
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = 0u64;
-            let mut opened = false;
-            // Counts "\ndata: " occurrences; a marker split across reads is
-            // caught by keeping the last 6 bytes.
-            let mut tail: Vec<u8> = Vec::new();
-            while got < n {
-                let k = s.read(&mut buf).await.expect("read");
-                assert!(k > 0, "stream ended early");
-                if !opened {
-                    opened = true;
-                    connected.wait().await;
-                }
-                tail.extend_from_slice(&buf[..k]);
-                let count = tail.windows(7).filter(|w| w == b"\ndata: ").count() as u64;
-                got += count;
-                received.fetch_add(count, Ordering::Relaxed);
-                let keep = tail.len().saturating_sub(6);
-                tail.drain(..keep);
-            }
-        }));
-    }
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(sse_client(
+                addr,
+                None,
+                n,
+                received.clone(),
+                connected.clone(),
+            ))
+        })
+        .collect();
     connected.wait().await;
     println!("{clients} SSE clients connected to channel `bench`");
     let brokers2 = brokers.to_owned();
@@ -311,4 +309,178 @@ async fn sse_fanout(brokers: &str, clients: usize, n: u64) {
         total as f64 / elapsed.as_secs_f64()
     );
     herald.stop().await;
+}
+
+/// The marker of a message event's data line (the opening `subscribed`
+/// event's data starts with `{"channels"`, so it is not counted).
+const MESSAGE_MARKER: &[u8] = b"\ndata: {\"channel\":";
+
+/// One SSE client on channel `bench` that reads until it has `n` messages,
+/// counting them into `received`. Waits on `connected` once the stream is
+/// open. Returns the last `id:` it saw.
+async fn sse_client(
+    addr: std::net::SocketAddr,
+    last_event_id: Option<String>,
+    n: u64,
+    received: Arc<AtomicU64>,
+    connected: Arc<tokio::sync::Barrier>,
+) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let resume = last_event_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
+    s.write_all(format!("GET /sse?channel=bench HTTP/1.1\r\nhost: x\r\n{resume}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut opened = false;
+    // A marker split across reads is caught by keeping the last bytes.
+    let mut tail: Vec<u8> = Vec::new();
+    while got < n {
+        let k = s.read(&mut buf).await.expect("read");
+        assert!(k > 0, "stream ended early");
+        if !opened {
+            opened = true;
+            connected.wait().await;
+        }
+        tail.extend_from_slice(&buf[..k]);
+        let count = tail
+            .windows(MESSAGE_MARKER.len())
+            .filter(|w| *w == MESSAGE_MARKER)
+            .count() as u64;
+        got += count;
+        received.fetch_add(count, Ordering::Relaxed);
+        let keep = tail.len().saturating_sub(MESSAGE_MARKER.len() - 1);
+        tail.drain(..keep);
+    }
+}
+
+/// The opening cursor of an SSE stream on channel `bench`.
+async fn opening_cursor(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /sse?channel=bench HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 8192];
+    let mut text = String::new();
+    loop {
+        let k = s.read(&mut buf).await.expect("read");
+        text.push_str(&String::from_utf8_lossy(&buf[..k]));
+        if let Some(i) = text.find("\nid: ")
+            && let Some(end) = text[i + 5..].find('\n')
+        {
+            return text[i + 5..i + 5 + end].to_owned();
+        }
+    }
+}
+
+async fn metric_sum(addr: std::net::SocketAddr, prefix: &str) -> u64 {
+    let text = http_get(addr, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn wait_ready(herald: &Herald, topic: &str) {
+    while !herald.hub().is_ready() || herald.hub().positions().topic(topic).is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `clients` SSE clients resume `behind` records back after a restart, with
+/// the restarted node's history warmed (`warm_history`) or cold (0, so every
+/// client's resume is a replay from Kafka).
+async fn resume_storm(brokers: &str, clients: usize, behind: u64, warm_history: u64) {
+    let topic = topic_name("storm");
+    create_topic(brokers, &topic, 3).await;
+    let first = Herald::start(herald_config(brokers, &topic, "latest"))
+        .await
+        .expect("herald");
+    wait_ready(&first, &topic).await;
+    let cursor = opening_cursor(first.local_addr()).await;
+    first.stop().await;
+    let took = produce(brokers, &topic, behind);
+    println!(
+        "{behind} records produced while the node was down ({:.2}s)",
+        took.as_secs_f64()
+    );
+
+    let mut config = herald_config(brokers, &topic, "latest");
+    config.kafka.warm_history = warm_history;
+    config.replay.max_concurrent = clients.max(1);
+    let started = Instant::now();
+    let second = Herald::start(config).await.expect("herald");
+    wait_ready(&second, &topic).await;
+    let ready = started.elapsed();
+    let addr = second.local_addr();
+    let received = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let resumed = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(sse_client(
+                addr,
+                Some(cursor.clone()),
+                behind,
+                received.clone(),
+                connected.clone(),
+            ))
+        })
+        .collect();
+    connected.wait().await;
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let caught_up = resumed.elapsed();
+    let consumed = metric_sum(addr, "herald_messages_consumed_total").await;
+    let replayed = metric_sum(addr, "herald_replay_records_total").await;
+    println!(
+        "restart (warm_history = {warm_history}): ready in {:.2}s; {clients} clients x {behind} records caught up in {:.2}s ({:.0} deliveries/s)",
+        ready.as_secs_f64(),
+        caught_up.as_secs_f64(),
+        (clients as u64 * behind) as f64 / caught_up.as_secs_f64()
+    );
+    println!(
+        "reads from Kafka: ingest {consumed} + replay {replayed} = {:.2} per record",
+        (consumed + replayed) as f64 / behind as f64
+    );
+    second.stop().await;
+}
+
+/// One client resumes `behind` records back from a cold node: replay
+/// throughput from Kafka.
+async fn replay_one(brokers: &str, behind: u64) {
+    let topic = topic_name("replay");
+    create_topic(brokers, &topic, 3).await;
+    let first = Herald::start(herald_config(brokers, &topic, "latest"))
+        .await
+        .expect("herald");
+    wait_ready(&first, &topic).await;
+    let cursor = opening_cursor(first.local_addr()).await;
+    first.stop().await;
+    produce(brokers, &topic, behind);
+    let mut config = herald_config(brokers, &topic, "latest");
+    config.kafka.warm_history = 0;
+    config.replay.max_records = behind + 1;
+    let second = Herald::start(config).await.expect("herald");
+    wait_ready(&second, &topic).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(tokio::sync::Barrier::new(2));
+    let started = Instant::now();
+    let client = tokio::spawn(sse_client(
+        second.local_addr(),
+        Some(cursor),
+        behind,
+        received,
+        connected.clone(),
+    ));
+    connected.wait().await;
+    client.await.expect("client");
+    let took = started.elapsed();
+    println!(
+        "one client replayed {behind} records from Kafka in {:.2}s: {:.0} records/s",
+        took.as_secs_f64(),
+        behind as f64 / took.as_secs_f64()
+    );
+    second.stop().await;
 }

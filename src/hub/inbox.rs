@@ -99,6 +99,21 @@ impl Inbox {
         }
     }
 
+    /// Like [`Inbox::recv`] without waiting: moves what is queued into
+    /// `out` and says whether there was anything. Returns the close reason
+    /// once the inbox is closed and empty.
+    pub fn try_recv(&self, out: &mut VecDeque<Arc<Publication>>) -> Result<bool, CloseReason> {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() {
+            out.extend(state.queue.drain(..));
+            return Ok(true);
+        }
+        match state.closed {
+            Some(reason) => Err(reason),
+            None => Ok(false),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.state.lock().queue.len()
     }

@@ -158,8 +158,12 @@ impl Envelope {
     }
 }
 
+/// Valid JSON *and* UTF-8: serde_json skips over the bytes of strings it
+/// ignores without checking them, and the envelope must stay UTF-8 (a
+/// WebSocket text frame, an SSE stream).
 fn is_json(payload: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+    std::str::from_utf8(payload).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
@@ -213,6 +217,12 @@ mod tests {
         assert_eq!(v["encoding"], "base64");
         assert_eq!(v["key"], "/wA=");
         assert_eq!(v["key_encoding"], "base64");
+    }
+
+    #[test]
+    fn json_with_invalid_utf8_is_base64() {
+        let v = envelope(None, Some(b"{\"a\":\"\xff\"}"));
+        assert_eq!(v["encoding"], "base64");
     }
 
     #[test]

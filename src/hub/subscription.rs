@@ -89,6 +89,28 @@ impl Subscription {
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<(), CloseReason> {
+        self.batch(out, max, true).await
+    }
+
+    /// Like [`Subscription::next_batch`], but never waits for a live record:
+    /// appends what the subscription can deliver now, possibly nothing (a
+    /// short poll). Records being read back from Kafka are still waited for,
+    /// because they exist already (bounded by `replay.timeout`): a client
+    /// resuming from an old cursor makes progress with every call.
+    pub async fn ready_batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Result<(), CloseReason> {
+        self.batch(out, max, false).await
+    }
+
+    async fn batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        max: usize,
+        wait_for_live: bool,
+    ) -> Result<(), CloseReason> {
         let start = out.len();
         while let Some(replay) = &mut self.replay {
             match replay.recv().await {
@@ -132,7 +154,11 @@ impl Subscription {
             if out.len() > start {
                 return Ok(());
             }
-            self.inbox.recv(&mut self.backlog).await?;
+            if wait_for_live {
+                self.inbox.recv(&mut self.backlog).await?;
+            } else if !self.inbox.try_recv(&mut self.backlog)? {
+                return Ok(());
+            }
         }
     }
 

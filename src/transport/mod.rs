@@ -1,13 +1,49 @@
 //! Transports: thin adapters from a hub [`Subscription`](crate::hub::Subscription)
 //! to a wire format. Cursor rules, history and resume live in the hub.
+//!
+//! - [`sse`] — `GET /sse`: one stream, one cursor for all its channels.
+//! - [`ws`] — `GET /ws`: JSON frames, one subscription (and cursor) per channel.
+//! - [`poll`] — `GET /poll`: short and long polls, one cursor per request.
 
+pub mod poll;
 pub mod sse;
+pub mod ws;
 
-use crate::hub::Start;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::hub::cursor::Cursor;
+use crate::hub::{Delivery, Start};
+use crate::metrics::Metrics;
 use crate::server::ApiError;
 
-/// The query parameters every streaming transport understands.
+/// The query parameters a transport understands, and whether it needs a
+/// channel in the query.
+pub struct Accepts {
+    pub names: &'static [&'static str],
+    pub channel_required: bool,
+}
+
+/// `/sse`: a stream needs its channels up front.
+pub const SSE_PARAMS: Accepts = Accepts {
+    names: &["channel", "cursor", "since", "token"],
+    channel_required: true,
+};
+
+/// `/ws`: channels in the query are optional (a two-way client subscribes
+/// with messages).
+pub const WS_PARAMS: Accepts = Accepts {
+    names: &["channel", "cursor", "since", "token"],
+    channel_required: false,
+};
+
+/// `/poll`: as SSE, plus `limit` and `wait`.
+pub const POLL_PARAMS: Accepts = Accepts {
+    names: &["channel", "cursor", "since", "token", "limit", "wait"],
+    channel_required: true,
+};
+
+/// The query parameters of the transports (see [`Accepts`] for which
+/// takes what).
 #[derive(Debug, Default)]
 pub struct StreamParams {
     pub channels: Vec<String>,
@@ -15,32 +51,52 @@ pub struct StreamParams {
     pub since: Option<String>,
     /// Accepted for the contract; checked once auth is configured.
     pub token: Option<String>,
+    /// Polling: most messages in one response.
+    pub limit: Option<String>,
+    /// Polling: seconds to wait for a first message (a long poll).
+    pub wait: Option<String>,
 }
 
 impl StreamParams {
+    /// Parses an SSE query string (see [`StreamParams::parse_for`]).
+    pub fn parse(query: Option<&str>) -> Result<StreamParams, ApiError> {
+        Self::parse_for(query, &SSE_PARAMS)
+    }
+
     /// Parses a query string. Unknown parameters are refused (a typo such
     /// as `chanel=` must not silently subscribe to nothing), except names
     /// starting with `_`, which proxies and clients use as cache busters.
-    pub fn parse(query: Option<&str>) -> Result<StreamParams, ApiError> {
+    pub fn parse_for(query: Option<&str>, accepts: &Accepts) -> Result<StreamParams, ApiError> {
         let mut params = StreamParams::default();
         for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match &*name {
-                "channel" => params.channels.push(value.into_owned()),
-                "cursor" => params.cursor = Some(value.into_owned()),
-                "since" => params.since = Some(value.into_owned()),
-                "token" => params.token = Some(value.into_owned()),
-                n if n.starts_with('_') => {}
-                n => {
-                    return Err(ApiError::bad_request(
-                        "unknown_parameter",
-                        format!(
-                            "unknown query parameter {n:?} (expected channel, cursor, since, token)"
-                        ),
-                    ));
-                }
+            if name.starts_with('_') {
+                continue;
             }
+            let slot = match &*name {
+                n if !accepts.names.contains(&n) => None,
+                "channel" => {
+                    params.channels.push(value.into_owned());
+                    continue;
+                }
+                "cursor" => Some(&mut params.cursor),
+                "since" => Some(&mut params.since),
+                "token" => Some(&mut params.token),
+                "limit" => Some(&mut params.limit),
+                "wait" => Some(&mut params.wait),
+                _ => None,
+            };
+            let Some(slot) = slot else {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!(
+                        "unknown query parameter {name:?} (expected {})",
+                        accepts.names.join(", ")
+                    ),
+                ));
+            };
+            *slot = Some(value.into_owned());
         }
-        if params.channels.is_empty() {
+        if accepts.channel_required && params.channels.is_empty() {
             return Err(ApiError::bad_request(
                 "missing_channel",
                 "at least one channel= parameter is required",
@@ -50,25 +106,69 @@ impl StreamParams {
     }
 
     /// Where the subscription starts. `resume` (the `Last-Event-ID` header
-    /// for SSE) wins over `cursor=`.
+    /// for SSE) wins over `cursor=`, and over `since=`.
     pub fn start(&self, resume: Option<&str>) -> Result<Start, ApiError> {
-        let cursor = resume.filter(|c| !c.is_empty()).or(self.cursor.as_deref());
-        if cursor.is_some() && self.since.is_some() && resume.is_none() {
-            return Err(ApiError::bad_request(
-                "conflicting_parameters",
-                "give either cursor= or since=, not both",
-            ));
+        if let Some(resume) = resume.filter(|c| !c.is_empty()) {
+            return start_at(Some(resume), None);
         }
-        if let Some(c) = cursor {
-            let cursor = Cursor::decode(c).map_err(|e| {
-                ApiError::bad_request("invalid_cursor", format!("invalid cursor: {e}"))
-            })?;
-            return Ok(Start::Cursor(cursor));
+        start_at(self.cursor.as_deref(), self.since.as_deref())
+    }
+}
+
+/// Where a subscription starts, from a cursor or a `since` (at most one
+/// of them); neither is the live end. Shared by every transport, so they
+/// all refuse the same things the same way.
+pub fn start_at(cursor: Option<&str>, since: Option<&str>) -> Result<Start, ApiError> {
+    match (cursor, since) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "conflicting_parameters",
+            "give either cursor= or since=, not both",
+        )),
+        (Some(c), None) => Cursor::decode(c)
+            .map(Start::Cursor)
+            .map_err(|e| ApiError::bad_request("invalid_cursor", format!("invalid cursor: {e}"))),
+        (None, Some(since)) => parse_since(since).map(Start::Since),
+        (None, None) => Ok(Start::Live),
+    }
+}
+
+/// Counts delivered messages and their latency (Kafka timestamp → now,
+/// just before they are written).
+pub fn observe_delivered(metrics: &Metrics, transport: &str, batch: &[Delivery]) {
+    if batch.is_empty() {
+        return;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for d in batch {
+        if let Some(ts) = d.publication.record.timestamp {
+            metrics
+                .delivery_latency
+                .observe((now_ms - ts).max(0) as f64 / 1000.0);
         }
-        if let Some(since) = &self.since {
-            return parse_since(since).map(Start::Since);
-        }
-        Ok(Start::Live)
+    }
+    metrics
+        .delivered
+        .with_label_values(&[transport])
+        .inc_by(batch.len() as u64);
+}
+
+/// Counts a connection (or a poll in progress) in
+/// `herald_connections{transport}` while it lives.
+pub struct ConnectionGauge(prometheus::IntGauge);
+
+impl ConnectionGauge {
+    pub fn new(metrics: &Metrics, transport: &str) -> Self {
+        let g = metrics.connections.with_label_values(&[transport]);
+        g.inc();
+        ConnectionGauge(g)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -97,6 +197,32 @@ pub fn parse_since(value: &str) -> Result<i64, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_transport_takes_its_own_parameters() {
+        let e = StreamParams::parse(Some("channel=a&limit=5")).unwrap_err();
+        assert_eq!(e.code, "unknown_parameter");
+        assert!(e.message.contains("\"limit\""), "{}", e.message);
+        let p =
+            StreamParams::parse_for(Some("channel=a&limit=5&wait=1.5&_=9"), &POLL_PARAMS).unwrap();
+        assert_eq!(
+            (p.limit.as_deref(), p.wait.as_deref()),
+            (Some("5"), Some("1.5"))
+        );
+        assert!(StreamParams::parse_for(None, &WS_PARAMS).is_ok());
+        let e = StreamParams::parse_for(None, &POLL_PARAMS).unwrap_err();
+        assert_eq!(e.code, "missing_channel");
+    }
+
+    #[test]
+    fn resume_header_wins_over_cursor_and_since() {
+        let p = StreamParams::parse(Some("channel=a&since=5&cursor=hAA")).unwrap();
+        assert_eq!(p.start(None).unwrap_err().code, "conflicting_parameters");
+        assert!(matches!(p.start(Some("hAA")), Ok(Start::Cursor(_))));
+        let p = StreamParams::parse(Some("channel=a&since=5")).unwrap();
+        assert!(matches!(p.start(None), Ok(Start::Since(5))));
+        assert!(matches!(p.start(Some("")), Ok(Start::Since(5))));
+    }
 
     #[test]
     fn since_accepts_epoch_ms_and_rfc3339() {

@@ -363,3 +363,173 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     }
     out
 }
+
+/// `n` values of `{"n": …}` payloads of JSON envelopes (WebSocket, poll).
+pub fn ns_json(messages: &[serde_json::Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().expect("n"))
+        .collect()
+}
+
+/// Asserts every partition's offsets strictly increase in `messages`.
+pub fn assert_partition_order_json(messages: &[serde_json::Value]) {
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for m in messages {
+        let p = m["partition"].as_i64().unwrap();
+        let o = m["offset"].as_i64().unwrap();
+        if let Some(prev) = last.insert(p, o) {
+            assert!(o > prev, "partition {p}: offset {o} after {prev}");
+        }
+    }
+}
+
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking Herald's JSON messages.
+pub struct Ws {
+    inner: WsStream,
+}
+
+impl Ws {
+    /// Connects to `/ws?{query}`; panics unless the upgrade succeeds.
+    pub async fn connect(addr: std::net::SocketAddr, query: &str) -> Ws {
+        match Self::try_connect(addr, query).await {
+            Ok(ws) => ws,
+            Err((status, body)) => panic!("WebSocket refused: {status} {body}"),
+        }
+    }
+
+    /// Connects, or returns the refusal's status and JSON body.
+    pub async fn try_connect(
+        addr: std::net::SocketAddr,
+        query: &str,
+    ) -> Result<Ws, (u16, serde_json::Value)> {
+        let url = format!("ws://{addr}/ws?{query}");
+        let connecting = tokio_tungstenite::connect_async(url);
+        match tokio::time::timeout(TIMEOUT, connecting)
+            .await
+            .expect("WebSocket connect timed out")
+        {
+            Ok((inner, _)) => Ok(Ws { inner }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    serde_json::from_slice(&body).expect("JSON error body"),
+                ))
+            }
+            Err(e) => panic!("WebSocket connect: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, message: WsMessage) {
+        use futures_util::SinkExt;
+        tokio::time::timeout(TIMEOUT, self.inner.send(message))
+            .await
+            .expect("WebSocket send timed out")
+            .expect("WebSocket send");
+    }
+
+    pub async fn send_json(&mut self, value: serde_json::Value) {
+        self.send(WsMessage::text(value.to_string())).await;
+    }
+
+    /// The next frame (pings included); `None` once the connection ended.
+    pub async fn next_frame(&mut self) -> Option<WsMessage> {
+        match tokio::time::timeout(TIMEOUT, self.inner.next())
+            .await
+            .expect("timed out waiting for a WebSocket frame")
+        {
+            Some(Ok(m)) => Some(m),
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// The next JSON message (pings and pongs skipped); panics on a close.
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        loop {
+            match self.next_frame().await {
+                Some(WsMessage::Text(t)) => {
+                    return serde_json::from_str(&t).expect("a JSON text frame");
+                }
+                Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                other => panic!("expected a JSON message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next `n` messages of type `message`; panics on anything else.
+    pub async fn messages(&mut self, n: usize) -> Vec<serde_json::Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let m = self.next_json().await;
+            assert_eq!(m["type"], "message", "unexpected {m}");
+            out.push(m);
+        }
+        out
+    }
+
+    /// Subscribes and returns the `subscribed` cursor.
+    pub async fn subscribe(&mut self, channel: &str, cursor: Option<&str>) -> String {
+        let mut request = serde_json::json!({"type": "subscribe", "channel": channel});
+        if let Some(c) = cursor {
+            request["cursor"] = c.into();
+        }
+        self.send_json(request).await;
+        let reply = self.next_json().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        assert_eq!(reply["channel"], channel, "{reply}");
+        reply["cursor"].as_str().expect("a cursor").to_owned()
+    }
+
+    /// Reads until the server's close frame; `None` if the connection ended
+    /// without one.
+    pub async fn close_frame(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.next_frame().await? {
+                WsMessage::Close(frame) => return frame,
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// `GET /poll?{query}`: the status and the JSON body.
+pub async fn poll(addr: std::net::SocketAddr, query: &str) -> (u16, serde_json::Value) {
+    let request = reqwest::get(format!("http://{addr}/poll?{query}"));
+    let response = tokio::time::timeout(TIMEOUT, request)
+        .await
+        .expect("poll timed out")
+        .expect("poll request");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("poll body");
+    (
+        status,
+        serde_json::from_slice(&body).expect("a JSON poll body"),
+    )
+}
+
+/// A `200` poll's messages and cursor.
+pub async fn poll_ok(addr: std::net::SocketAddr, query: &str) -> (Vec<serde_json::Value>, String) {
+    let (status, body) = poll(addr, query).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    let messages = body["messages"].as_array().expect("messages").clone();
+    let cursor = body["cursor"].as_str().expect("cursor").to_owned();
+    (messages, cursor)
+}
+
+/// One metric's value, 0 when absent.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    parse_metrics(&text).get(series).copied().unwrap_or(0.0)
+}

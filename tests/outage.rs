@@ -1,0 +1,146 @@
+//! A Kafka outage under live clients: the broker is stopped and started
+//! again; `/readyz` reports the outage, Herald reconnects by itself and the
+//! clients lose nothing. Uses a broker of its own (scripts/kafka.sh on a
+//! spare port), since the shared one must stay up for the other tests.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+struct Broker {
+    port: u16,
+    state: std::path::PathBuf,
+}
+
+impl Broker {
+    fn kafka_sh(&self, cmd: &str) {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+            .arg(cmd)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env("KAFKA_STATE_DIR", &self.state)
+            .status()
+            .expect("run scripts/kafka.sh");
+        assert!(status.success(), "scripts/kafka.sh {cmd} failed");
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+            .arg("stop")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_STATE_DIR", &self.state)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+async fn wait_ready(addr: std::net::SocketAddr, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readyz(addr).await != want {
+        assert!(Instant::now() < deadline, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_under_live_clients_loses_nothing() {
+    // A port pair no other test or developer broker uses.
+    let port = 19_000 + (std::process::id() % 400) as u16 * 2;
+    let broker = Broker {
+        port,
+        state: std::env::temp_dir().join(format!("herald-outage-{}", std::process::id())),
+    };
+    broker.kafka_sh("start");
+    let brokers = broker.bootstrap();
+    let topic = unique_topic("outage");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let mut cfg = config(&[(&topic, "o")]);
+    cfg.kafka.brokers = brokers.clone();
+    let herald = start(cfg, &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let mut sse = Sse::connect(addr, "channel=o", None).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap();
+    let send = move |n: u64| {
+        let payload = format!("{{\"n\":{n}}}");
+        let key = format!("k{n}");
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(120),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    };
+    for n in 0..20 {
+        send(n).await;
+    }
+    let mut got = ns(&sse.messages(20).await);
+
+    broker.kafka_sh("stop");
+    wait_ready(addr, 503).await;
+    // Produced while the broker is down: queued by the producer, delivered
+    // once it is back.
+    let pending = tokio::spawn({
+        let send = send.clone();
+        async move {
+            for n in 20..40 {
+                send(n).await;
+            }
+        }
+    });
+    broker.kafka_sh("start");
+    pending.await.unwrap();
+    wait_ready(addr, 200).await;
+    for n in 40..50 {
+        send(n).await;
+    }
+    got.extend(ns(&sse.messages(30).await));
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..50).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+    herald.stop().await;
+}

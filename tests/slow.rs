@@ -1,0 +1,128 @@
+//! A subscriber that stops reading never slows the others: it is cut off
+//! once its queue overflows, and later resumes with nothing lost.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
+    let topic = unique_topic("slow");
+    create_topic(&topic, 1).await;
+    let mut cfg = config(&[(&topic, "s")]);
+    cfg.hub.subscriber_queue = 64;
+    cfg.http.send_buffer_bytes = Some(64 * 1024);
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+
+    // The stalled client: a socket with a small receive buffer that is not read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /sse?channel=s HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+
+    let mut fast: Vec<Sse> = Vec::new();
+    for _ in 0..50 {
+        fast.push(Sse::connect(addr, "channel=s", None).await);
+    }
+    // 300 records of 16 KiB: far more than the stalled socket's buffers.
+    const N: u64 = 300;
+    let pad = "x".repeat(16 * 1024);
+    let producer = Producer::new();
+    let produce = tokio::spawn(async move {
+        for n in 0..N {
+            let payload = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+            producer
+                .send(&topic, None, None, Some(payload.as_bytes()), None)
+                .await;
+        }
+    });
+    let readers: Vec<_> = fast
+        .into_iter()
+        .map(|mut sse| tokio::spawn(async move { sse.messages(N as usize).await }))
+        .collect();
+    for reader in readers {
+        assert_eq!(ns(&reader.await.unwrap()), (0..N).collect::<Vec<_>>());
+    }
+    produce.await.unwrap();
+    // The stalled client reads what it had, ending with the reason…
+    // (The response ends with the last chunk; the connection itself stays
+    // open for another request.)
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !raw.ends_with(b"\r\n0\r\n\r\n") {
+            let n = stalled.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the response ended");
+            raw.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the stalled stream ends once it reads");
+    let text = String::from_utf8_lossy(&raw);
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let body = dechunk(body);
+    assert!(
+        body.contains("event: reconnect\ndata: {\"reason\":\"slow_consumer\"}"),
+        "{}",
+        &body[body.len().saturating_sub(300)..]
+    );
+    let mut last_id = None;
+    let mut got = Vec::new();
+    for block in body.split("\n\n") {
+        for line in block.lines() {
+            if let Some(id) = line.strip_prefix("id: ") {
+                last_id = Some(id.to_owned());
+            }
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+                && let Some(n) = v["data"]["n"].as_u64()
+            {
+                got.push(n);
+            }
+        }
+    }
+    assert!((got.len() as u64) < N, "it was cut off before the end");
+    let metrics = parse_metrics(
+        &reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        metrics["herald_slow_client_disconnects_total{transport=\"sse\"}"],
+        1.0
+    );
+    // …then resumes from its last id with exactly the rest.
+    let mut back = Sse::connect(addr, "channel=s", last_id.as_deref()).await;
+    got.extend(ns(&back.messages((N as usize) - got.len()).await));
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    herald.stop().await;
+}
+
+/// Removes HTTP/1.1 chunked framing.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = body.split_once("\r\n") else {
+            break;
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            out.push_str(&rest[..size.min(rest.len())]);
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size..];
+        body = body.strip_prefix("\r\n").unwrap_or(body);
+    }
+    out
+}

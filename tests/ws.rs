@@ -1,0 +1,454 @@
+//! WebSocket end to end against a real Kafka broker: exact delivery, exact
+//! resume, per-key channels, several subscriptions per connection, every
+//! documented answer to a bad message, close codes, pings.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use herald::hub::cursor::Cursor;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
+    let topic = unique_topic("ws-exact");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "all")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let mut ws = Ws::connect(addr, "").await;
+    let opening = ws.subscribe("all", None).await;
+    assert_eq!(
+        Cursor::decode(&opening).unwrap().to_string(),
+        format!("{topic}/0@0,{topic}/1@0,{topic}/2@0"),
+        "the subscribed cursor names every partition"
+    );
+    assert_eq!(
+        metric(addr, "herald_connections{transport=\"ws\"}").await,
+        1.0
+    );
+
+    let producer = Producer::new();
+    const N: u64 = 300;
+    let mut produced: HashMap<u64, (i32, i64)> = HashMap::new();
+    for n in 0..N {
+        let at = producer.send_n(&topic, &format!("k{}", n % 10), n).await;
+        produced.insert(n, at);
+    }
+    let messages = ws.messages(N as usize).await;
+    let mut got = ns_json(&messages);
+    got.sort_unstable();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every record exactly once");
+    assert_partition_order_json(&messages);
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in &messages {
+        let n = m["data"]["n"].as_u64().unwrap();
+        assert_eq!(
+            (
+                m["partition"].as_i64().unwrap() as i32,
+                m["offset"].as_i64().unwrap()
+            ),
+            produced[&n],
+            "position of record {n}"
+        );
+        assert_eq!(m["topic"], topic.as_str());
+        assert_eq!(m["channel"], "all");
+        assert!(m["cursor"].as_str().unwrap().starts_with('h'));
+        per_key
+            .entry(m["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(n);
+    }
+    for (key, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {ns:?}"
+        );
+    }
+    producer.send_n(&topic, "k0", 9999).await;
+    assert_eq!(ns_json(&ws.messages(1).await), [9999]);
+    assert!(metric(addr, "herald_messages_delivered_total{transport=\"ws\"}").await >= 301.0);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_the_last_cursor_gets_exactly_the_rest() {
+    let topic = unique_topic("ws-resume");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "feed")]), &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+
+    let mut first = Ws::connect(addr, "").await;
+    first.subscribe("feed", None).await;
+    for n in 0..100 {
+        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
+    }
+    let seen = first.messages(40).await;
+    let last = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(first);
+    for n in 100..160 {
+        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
+    }
+
+    // By a subscribe message …
+    let mut second = Ws::connect(addr, "").await;
+    let resumed_at = second.subscribe("feed", Some(&last)).await;
+    assert_eq!(resumed_at, last, "subscribed echoes where it resumes");
+    let rest = second.messages(120).await;
+    let mut all: Vec<u64> = ns_json(&seen).into_iter().chain(ns_json(&rest)).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..160).collect::<Vec<_>>(),
+        "none missing, none twice"
+    );
+    assert_partition_order_json(&seen.iter().chain(&rest).cloned().collect::<Vec<_>>());
+
+    // … and by the URL, for a one-way client: the same messages.
+    let mut one_way = Ws::connect(addr, &format!("channel=feed&cursor={last}")).await;
+    let subscribed = one_way.next_json().await;
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "channel": "feed", "cursor": last})
+    );
+    assert_eq!(ns_json(&one_way.messages(120).await), ns_json(&rest));
+    producer.send_n(&topic, "k0", 9999).await;
+    assert_eq!(ns_json(&one_way.messages(1).await), [9999]);
+    assert_eq!(ns_json(&second.messages(1).await), [9999]);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_channel_receives_only_its_key() {
+    let topic = unique_topic("ws-users");
+    create_topic(&topic, 3).await;
+    let herald = start(config(&[(&topic, "user.{key}")]), &[(&topic, 3)]).await;
+    let mut ws = Ws::connect(herald.local_addr(), "channel=user.k7").await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let producer = Producer::new();
+    for n in 0..200 {
+        producer.send_n(&topic, &format!("k{}", n % 10), n).await;
+    }
+    let messages = ws.messages(20).await;
+    assert_eq!(
+        ns_json(&messages),
+        (0..200).filter(|n| n % 10 == 7).collect::<Vec<_>>()
+    );
+    for m in &messages {
+        assert_eq!(m["key"], "k7");
+        assert_eq!(m["channel"], "user.k7");
+    }
+    producer.send_n(&topic, "k7", 9999).await;
+    let last = ws.messages(1).await;
+    assert_eq!(ns_json(&last), [9999]);
+    let cursor = Cursor::decode(last[0]["cursor"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cursor.iter().count(),
+        3,
+        "a per-key cursor names all partitions"
+    );
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_subscription_has_its_own_cursor_and_unsubscribe_stops_it() {
+    let news = unique_topic("ws-news");
+    let users = unique_topic("ws-users");
+    create_topic(&news, 2).await;
+    create_topic(&users, 3).await;
+    let herald = start(
+        config(&[(&news, "news"), (&users, "user.{key}")]),
+        &[(&news, 2), (&users, 3)],
+    )
+    .await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+    let mut ws = Ws::connect(addr, "channel=news").await;
+    let news_start = ws.next_json().await["cursor"].as_str().unwrap().to_owned();
+    let user_start = ws.subscribe("user.k1", None).await;
+    assert_eq!(Cursor::decode(&news_start).unwrap().iter().count(), 2);
+    assert_eq!(Cursor::decode(&user_start).unwrap().iter().count(), 3);
+
+    for n in 0..20 {
+        producer.send_n(&news, "x", n).await;
+        producer.send_n(&users, "k1", 100 + n).await;
+    }
+    let messages = ws.messages(40).await;
+    let (on_news, on_user): (Vec<_>, Vec<_>) =
+        messages.into_iter().partition(|m| m["channel"] == "news");
+    assert_eq!(ns_json(&on_news), (0..20).collect::<Vec<_>>());
+    assert_eq!(ns_json(&on_user), (100..120).collect::<Vec<_>>());
+    for m in &on_news {
+        let c = Cursor::decode(m["cursor"].as_str().unwrap()).unwrap();
+        assert!(c.iter().all(|(t, _, _)| t == news), "news cursor: {c}");
+    }
+
+    ws.send_json(json!({"type": "unsubscribe", "channel": "news"}))
+        .await;
+    assert_eq!(
+        ws.next_json().await,
+        json!({"type": "unsubscribed", "channel": "news"})
+    );
+    producer.send_n(&news, "x", 50).await;
+    producer.send_n(&users, "k1", 150).await;
+    let next = ws.messages(1).await;
+    assert_eq!(
+        (ns_json(&next), next[0]["channel"].clone()),
+        (vec![150], json!("user.k1")),
+        "nothing more on news"
+    );
+
+    // Resubscribing with news' last cursor picks up exactly what it missed.
+    let last_news = on_news.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.subscribe("news", Some(&last_news)).await;
+    assert_eq!(ns_json(&ws.messages(1).await), [50]);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_their_documented_error_and_the_connection_goes_on() {
+    let topic = unique_topic("ws-bad");
+    create_topic(&topic, 3).await;
+    let mut cfg = config(&[(&topic, "b"), (&topic, "c"), (&topic, "d")]);
+    cfg.limits.max_channels_per_connection = 2;
+    let herald = start(cfg, &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+    let mut ws = Ws::connect(addr, "").await;
+    ws.subscribe("b", None).await;
+
+    let mut other_topic = Cursor::new();
+    other_topic.set("not-a-feed", 0, 5);
+    let cases: Vec<(WsMessage, &str, Option<&str>, &str)> = vec![
+        (
+            WsMessage::text("{not json"),
+            "bad_message",
+            None,
+            "not valid JSON",
+        ),
+        (WsMessage::text("[]"), "bad_message", None, "JSON object"),
+        (
+            WsMessage::text(r#"{"type":"hello","channel":"b"}"#),
+            "bad_message",
+            None,
+            "unknown message type \"hello\"",
+        ),
+        (
+            WsMessage::text(r#"{"type":"subscribe"}"#),
+            "bad_message",
+            None,
+            "needs a \"channel\"",
+        ),
+        (
+            WsMessage::text(r#"{"type":"subscribe","channel":"b"}"#),
+            "already_subscribed",
+            Some("b"),
+            "already subscribed",
+        ),
+        (
+            WsMessage::text(r#"{"type":"unsubscribe","channel":"c"}"#),
+            "not_subscribed",
+            Some("c"),
+            "not subscribed",
+        ),
+        (
+            WsMessage::text(r#"{"type":"subscribe","channel":"nope"}"#),
+            "unknown_channel",
+            Some("nope"),
+            "\"nope\"",
+        ),
+        (
+            WsMessage::text(r#"{"type":"subscribe","channel":"c","cursor":"garbage"}"#),
+            "invalid_cursor",
+            Some("c"),
+            "format marker",
+        ),
+        (
+            WsMessage::text(
+                json!({"type": "subscribe", "channel": "c", "cursor": other_topic.encode()})
+                    .to_string(),
+            ),
+            "invalid_cursor",
+            Some("c"),
+            "\"not-a-feed\"",
+        ),
+        (
+            WsMessage::text(r#"{"type":"subscribe","channel":"c","cursor":"hAA","since":5}"#),
+            "conflicting_parameters",
+            Some("c"),
+            "not both",
+        ),
+        (
+            WsMessage::binary(b"{\"type\":\"subscribe\"}".to_vec()),
+            "bad_message",
+            None,
+            "binary",
+        ),
+    ];
+    for (i, (frame, code, channel, needle)) in cases.into_iter().enumerate() {
+        ws.send(frame).await;
+        let error = ws.next_json().await;
+        assert_eq!(error["type"], "error", "case {i}: {error}");
+        assert_eq!(error["code"], code, "case {i}: {error}");
+        assert_eq!(error["channel"].as_str(), channel, "case {i}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "case {i}: {message:?} lacks {needle}"
+        );
+        // The connection still works, and `b` is untouched.
+        producer.send_n(&topic, "k", i as u64).await;
+        assert_eq!(ns_json(&ws.messages(1).await), [i as u64], "case {i}");
+    }
+
+    // The limit: b and c fit, d does not.
+    ws.subscribe("c", None).await;
+    ws.send_json(json!({"type": "subscribe", "channel": "d"}))
+        .await;
+    let error = ws.next_json().await;
+    assert_eq!(
+        (error["code"].as_str(), error["channel"].as_str()),
+        (Some("too_many_channels"), Some("d")),
+        "{error}"
+    );
+    // A refused subscription left no trace: unsubscribing makes room.
+    ws.send_json(json!({"type": "unsubscribe", "channel": "c"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "unsubscribed");
+    ws.subscribe("d", None).await;
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_are_json_400s() {
+    let topic = unique_topic("ws-refused");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "r"), (&topic, "s")]), &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+    for (query, code, needle) in [
+        ("channel=nope", "unknown_channel", "\"nope\""),
+        (
+            "channel=r&cursor=garbage",
+            "invalid_cursor",
+            "format marker",
+        ),
+        (
+            "channel=r&channel=s&cursor=hAA",
+            "conflicting_parameters",
+            "exactly one",
+        ),
+        ("chanel=r", "unknown_parameter", "\"chanel\""),
+    ] {
+        let (status, body) = Ws::try_connect(addr, query).await.err().unwrap();
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+    // Not a WebSocket handshake at all.
+    let response = reqwest::get(format!("http://{addr}/ws")).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "bad_handshake");
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/ws"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("13"));
+    // Several channels and since= are fine for a one-way client.
+    let mut ws = Ws::connect(addr, "channel=r&channel=s&since=0").await;
+    let a = ws.next_json().await;
+    let b = ws.next_json().await;
+    assert_eq!(
+        (a["type"].as_str(), b["type"].as_str()),
+        (Some("subscribed"), Some("subscribed"))
+    );
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_closes_with_1009() {
+    let topic = unique_topic("ws-big");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "big")]), &[(&topic, 1)]).await;
+    let mut ws = Ws::connect(herald.local_addr(), "").await;
+    ws.subscribe("big", None).await;
+    // Just under the limit is fine (an ordinary bad message) …
+    let padding = "x".repeat(60 * 1024);
+    ws.send_json(json!({"type": "hello", "pad": padding})).await;
+    assert_eq!(ws.next_json().await["code"], "bad_message");
+    // … over it closes.
+    let padding = "x".repeat(65 * 1024);
+    ws.send_json(json!({"type": "subscribe", "channel": "big", "pad": padding}))
+        .await;
+    let close = ws.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1009);
+    assert!(close.reason.contains("65536"), "{}", close.reason);
+    assert!(ws.next_frame().await.is_none(), "then the connection ends");
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_with_1001() {
+    let topic = unique_topic("ws-shutdown");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "s")]), &[(&topic, 1)]).await;
+    let mut ws = Ws::connect(herald.local_addr(), "channel=s").await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let stop = tokio::spawn(herald.stop());
+    let close = ws.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "shutdown");
+    tokio::time::timeout(TIMEOUT, stop)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_closes_a_client_that_never_answers() {
+    let topic = unique_topic("ws-ping");
+    create_topic(&topic, 1).await;
+    let mut cfg = config(&[(&topic, "p")]);
+    cfg.ws.ping_interval = Duration::from_secs(1);
+    cfg.ws.pong_timeout = Duration::from_millis(500);
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+
+    // A client that reads answers pings (tungstenite pongs as it reads)
+    // and stays connected across several ping intervals.
+    let mut alive = Ws::connect(addr, "").await;
+    let mut pings = 0;
+    while pings < 3 {
+        match alive.next_frame().await.expect("still open") {
+            WsMessage::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    alive.subscribe("p", None).await;
+
+    // A client that reads nothing sends no pong: after the ping interval
+    // and the pong timeout it is closed with 4000. Not reading is the
+    // point here, so this waits on the clock.
+    let mut silent = Ws::connect(addr, "").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    match silent.next_frame().await {
+        Some(WsMessage::Ping(_)) => {}
+        other => panic!("expected the unanswered ping, got {other:?}"),
+    }
+    let close = silent.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4000);
+    herald.stop().await;
+}
