@@ -79,6 +79,11 @@ pub struct KafkaConfig {
     /// nothing produced to them is missed.
     #[serde(default)]
     pub start: StartAt,
+    /// With `start = "latest"`: records per partition read back at start-up
+    /// into the hub's history (not delivered to live subscribers), so
+    /// clients resuming right after a restart are served from memory.
+    #[serde(default = "defaults::warm_history")]
+    pub warm_history: u64,
     /// How often topic metadata is re-read to find new topics (for
     /// `topic_regex` routes) and new partitions. Each refresh is one metadata
     /// request.
@@ -106,6 +111,12 @@ pub struct HttpConfig {
     /// Serve the demo page at `/`.
     #[serde(default = "defaults::yes")]
     pub demo_page: bool,
+    /// SO_SNDBUF for client sockets, in bytes; unset leaves the kernel's
+    /// autotuning (up to several MiB per socket). A small value bounds the
+    /// kernel memory a stalled client can pin and makes it count as slow
+    /// sooner.
+    #[serde(default)]
+    pub send_buffer_bytes: Option<usize>,
     /// On SIGTERM, how long open connections get to finish after they have
     /// been told to reconnect elsewhere. Past it they are dropped and a
     /// warning is logged.
@@ -250,6 +261,9 @@ mod defaults {
     pub fn client_id() -> String {
         "herald".into()
     }
+    pub fn warm_history() -> u64 {
+        1000
+    }
     pub fn metadata_refresh() -> Duration {
         Duration::from_secs(10)
     }
@@ -336,6 +350,7 @@ impl Default for HttpConfig {
             listen: defaults::listen(),
             cors_allow_origin: defaults::cors(),
             demo_page: true,
+            send_buffer_bytes: None,
             shutdown_grace: defaults::shutdown_grace(),
         }
     }

@@ -261,6 +261,9 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = app.config.http.send_buffer_bytes {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tokio::spawn(refuse(stream, app.clone()));
             continue;
@@ -334,6 +337,7 @@ async fn route(app: &Arc<App>, mut req: Request<Incoming>, _peer: SocketAddr) ->
         (&Method::GET, "/ws") => transport::ws::handle(app, &mut req).await,
         (&Method::GET, "/poll") => transport::poll::handle(app, &req).await,
         (&Method::GET, "/metrics") => Ok(metrics(app)),
+        (&Method::GET, "/herald.js") => Ok(herald_js()),
         (&Method::GET, "/healthz") => Ok(full(
             StatusCode::OK,
             "application/json",
@@ -377,6 +381,21 @@ async fn route(app: &Arc<App>, mut req: Request<Incoming>, _peer: SocketAddr) ->
             HeaderValue::from_static("last-event-id, authorization, content-type"),
         );
     }
+    response
+}
+
+/// The browser client, `client/herald.js`, built into the binary.
+fn herald_js() -> Response<Body> {
+    let mut response = full(
+        StatusCode::OK,
+        "text/javascript; charset=utf-8",
+        include_str!("../client/herald.js"),
+    );
+    // Short enough that an upgraded Herald's client reaches browsers soon.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }
 

@@ -109,10 +109,7 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
 /// Removes HTTP/1.1 chunked framing.
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
-    loop {
-        let Some((size, rest)) = body.split_once("\r\n") else {
-            break;
-        };
+    while let Some((size, rest)) = body.split_once("\r\n") {
         let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
             break;
         };

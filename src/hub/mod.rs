@@ -171,6 +171,9 @@ pub(crate) struct Inner {
     /// Offsets from which every record routed to a channel that does not
     /// exist is in memory (that is: none was routed to it).
     horizon: Mutex<Arc<Positions>>,
+    /// Per partition, its end when the ingest was assigned it (see
+    /// [`Hub::partition_assigned`]).
+    live_end: RwLock<Positions>,
     ready: AtomicBool,
     seq: AtomicU64,
     history_bytes: AtomicUsize,
@@ -242,6 +245,7 @@ impl Hub {
                 metrics,
                 positions: RwLock::new(Arc::new(Positions::new())),
                 horizon: Mutex::new(Arc::new(Positions::new())),
+                live_end: RwLock::new(Positions::new()),
                 ready: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
                 history_bytes: AtomicUsize::new(0),
@@ -271,10 +275,15 @@ impl Hub {
     }
 
     /// The ingest starts reading a partition at `start`: nothing below it
-    /// will ever be in memory.
-    pub fn partition_assigned(&self, topic: &Arc<str>, partition: i32, start: i64) {
+    /// will ever be in memory. `live_end` is the partition's end when it was
+    /// assigned: records below it were produced before this node started and
+    /// are read only to warm the history, so a subscription "at the live end"
+    /// never starts below it.
+    pub fn partition_assigned(&self, topic: &Arc<str>, partition: i32, start: i64, live_end: i64) {
         let mut horizon = self.inner.horizon.lock();
         Arc::make_mut(&mut horizon).set(topic, partition, start);
+        drop(horizon);
+        self.inner.live_end.write().set(topic, partition, live_end);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -439,6 +448,7 @@ impl Hub {
         let all_topics: BTreeSet<&String> = feeds.iter().flatten().collect();
 
         // Starting positions for every partition feeding the subscription.
+        let live_end = inner.live_end.read().clone();
         let mut start_at = Positions::new();
         for topic in &all_topics {
             let Some(offsets) = positions.topic(topic) else {
@@ -450,7 +460,7 @@ impl Hub {
                     continue;
                 }
                 let at = match &start {
-                    Start::Live => *live,
+                    Start::Live => (*live).max(live_end.get(&topic, p as i32).unwrap_or(0)),
                     Start::Cursor(c) => c.get(&topic, p as i32).unwrap_or(0),
                     Start::Since(_) => return Err(SubscribeError::SinceNeedsKafka),
                 };

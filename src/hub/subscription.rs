@@ -12,6 +12,12 @@ use super::positions::Positions;
 use super::publication::Publication;
 use super::{GapRange, Inner, ReplayEvent};
 
+/// A batch stops growing past this many bytes of records, so a transport
+/// that writes a batch as one chunk never hands its HTTP layer more than
+/// about this much at once: what a stalled client can hold stays bounded, and
+/// the rest waits in its inbox, where overflowing it marks the client slow.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
 /// One message ready for a transport: the shared publication and this
 /// subscriber's cursor after it.
 pub struct Delivery {
@@ -140,11 +146,13 @@ impl Subscription {
             }
         }
         loop {
-            while out.len() - start < max {
+            let mut bytes = 0;
+            while out.len() - start < max && bytes < MAX_BATCH_BYTES {
                 let Some(publication) = self.backlog.pop_front() else {
                     break;
                 };
                 if let Some(cursor) = self.accept(&publication) {
+                    bytes += publication.record.size();
                     out.push(Delivery {
                         publication,
                         cursor,

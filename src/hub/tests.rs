@@ -31,7 +31,7 @@ impl Fixture {
         let mut positions = Positions::new();
         for p in 0..2 {
             positions.set(&topic, p, 0);
-            hub.partition_assigned(&topic, p, 0);
+            hub.partition_assigned(&topic, p, 0, 0);
         }
         hub.set_positions(Arc::new(positions.clone()));
         hub.set_ready(true);

@@ -142,6 +142,7 @@ pub fn spawn(
         hub,
         metrics,
         start: config.start,
+        warm_history: config.warm_history as i64,
         refresh_every: config.metadata_refresh,
         positions: Positions::new(),
         current: Arc::new(Positions::new()),
@@ -164,6 +165,8 @@ struct Ingest {
     metrics: Arc<Metrics>,
     needs_headers: bool,
     start: StartAt,
+    /// Records per partition read back at start-up into history.
+    warm_history: i64,
     refresh_every: Duration,
     /// Next offset per assigned partition, updated per record.
     positions: Positions,
@@ -286,19 +289,30 @@ impl Ingest {
                     continue;
                 }
                 let (low, high) = self.consumer.fetch_watermarks(name, id, REQUEST_TIMEOUT)?;
-                let start = match (self.first_refresh_done, self.start) {
-                    (false, StartAt::Latest) => high,
-                    _ => low,
+                let (start, live_end) = match (self.first_refresh_done, self.start) {
+                    // Read back the last `warm_history` records so clients
+                    // resuming right after a restart are served from memory.
+                    (false, StartAt::Latest) => ((high - self.warm_history).max(low), high),
+                    (false, StartAt::Earliest) => (low, low),
+                    // Found later: everything in it is new.
+                    (true, _) => (low, low),
                 };
                 added.add_partition_offset(name, id, Offset::Offset(start))?;
-                starts.push((key, start));
+                starts.push((key, start, live_end));
             }
         }
         if !starts.is_empty() {
             self.consumer.incremental_assign(&added)?;
-            for ((topic, partition), start) in starts {
-                tracing::info!(topic = &*topic, partition, start, "assigned partition");
-                self.hub.partition_assigned(&topic, partition, start);
+            for ((topic, partition), start, live_end) in starts {
+                tracing::info!(
+                    topic = &*topic,
+                    partition,
+                    start,
+                    live_end,
+                    "assigned partition"
+                );
+                self.hub
+                    .partition_assigned(&topic, partition, start, live_end);
                 self.positions.set(&topic, partition, start);
                 self.assigned.insert((topic, partition));
             }

@@ -1,8 +1,8 @@
 //! Server-Sent Events: `GET /sse?channel=…[&cursor=…]`.
 //!
-//! The stream opens with `retry:` and an `id:`-only event carrying the
-//! starting cursor (so a browser that reconnects before any message still
-//! resumes where it was), then one event per message: `id:` is the cursor
+//! The stream opens with `retry:` and a `subscribed` event carrying the
+//! starting cursor as its `id:` (so a browser that reconnects before any
+//! message still resumes where it was), then one event per message: `id:` is the cursor
 //! after it, `data:` the envelope on one line. A `: heartbeat` comment keeps
 //! idle streams alive. When Herald shuts down or the client falls too far
 //! behind, a final `event: reconnect` says why and the stream ends; the
@@ -49,6 +49,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     let stream = SseStream {
         opening: Some(opening(
             app.config.sse.retry.as_millis(),
+            subscription.channels(),
             &subscription.cursor(),
         )),
         subscription,
@@ -80,8 +81,17 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     Ok(response)
 }
 
-fn opening(retry_ms: u128, cursor: &str) -> Bytes {
-    Bytes::from(format!("retry: {retry_ms}\nid: {cursor}\n\n"))
+/// `retry:`, then a `subscribed` event whose `id:` is the starting cursor:
+/// a named event fires no `onmessage`, but it sets the browser's
+/// `lastEventId`, so a reconnect before any message still resumes exactly.
+fn opening(retry_ms: u128, channels: &[Arc<str>], cursor: &str) -> Bytes {
+    let data = serde_json::json!({
+        "channels": channels.iter().map(|c| &**c).collect::<Vec<_>>(),
+        "cursor": cursor,
+    });
+    Bytes::from(format!(
+        "retry: {retry_ms}\nevent: subscribed\nid: {cursor}\ndata: {data}\n\n"
+    ))
 }
 
 struct SseStream {

@@ -211,10 +211,13 @@ impl Sse {
             retry: None,
         };
         if status == 200 {
-            // The stream opens with retry: and an id-only event.
+            // The stream opens with retry: and a `subscribed` event whose
+            // id is the starting cursor.
             let opening = sse.next_raw().await.expect("opening event");
-            assert!(
-                opening.data.is_none() && opening.event.is_none(),
+            assert_eq!(opening.event.as_deref(), Some("subscribed"), "{opening:?}");
+            assert_eq!(
+                opening.json()["cursor"].as_str(),
+                opening.id.as_deref(),
                 "{opening:?}"
             );
             assert!(sse.retry.is_some(), "retry: sent first");

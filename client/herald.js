@@ -1,0 +1,566 @@
+// herald.js — the browser client for Herald. One ES module, no build step,
+// no dependencies. Served by Herald at /herald.js; documented in
+// docs/client.md.
+//
+//   import { Herald } from "/herald.js";
+//   const herald = new Herald("http://127.0.0.1:8080", { transports: ["ws", "sse", "poll"] });
+//   const sub = herald.subscribe("news", { onMessage(msg) { console.log(msg.data); } });
+//   sub.cursor;        // the position after the last message delivered
+//   herald.transport;  // "ws" | "sse" | "poll" | null while not connected
+//   sub.close(); herald.close();
+//
+// Transports are tried in the order of `transports`: WebSocket first; when
+// it cannot connect (a proxy that drops Upgrade, a refused /ws) SSE, then
+// long polling. Reconnects use exponential backoff with full jitter and
+// resume every subscription from its own cursor, across reconnects and
+// transport switches. A message is never handed to the application twice.
+
+const ALL_TRANSPORTS = ["ws", "sse", "poll"];
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 30000;
+// Failed connection attempts on a transport before moving to the next one;
+// a transport that has worked on this page is given more.
+const ATTEMPTS_BEFORE_FALLBACK = 2;
+const ATTEMPTS_BEFORE_FALLBACK_PROVEN = 5;
+// A connection that lived this long resets the backoff.
+const STABLE_MS = 5000;
+// Herald's SSE stream opens with a `subscribed` event at once; if it does
+// not arrive, something (a buffering proxy) is in the way.
+const SSE_OPEN_TIMEOUT_MS = 10000;
+const DEFAULT_POLL_WAIT_S = 25;
+
+// Error codes after which retrying the same subscription can succeed.
+const RETRYABLE = new Set([
+  "not_ready",
+  "replay_busy",
+  "replay_failed",
+  "kafka_unavailable",
+  "too_many_connections",
+  "too_many_long_polls",
+  "slow_consumer",
+]);
+
+function backoff(attempt) {
+  const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
+  return Math.random() * cap; // full jitter
+}
+
+class Subscription {
+  constructor(herald, channel, options) {
+    this._herald = herald;
+    this.channel = channel;
+    this.cursor = options.cursor || null;
+    this._since = options.since ?? null;
+    this._onMessage = options.onMessage || (() => {});
+    this._onGap = options.onGap || (() => {});
+    this._onError = options.onError || ((e) => console.warn("herald:", e.code, e.message));
+    this._last = new Map(); // "topic/partition" -> last offset handed over
+    this.closed = false;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this._herald._remove(this);
+  }
+
+  // Where to (re)start: the cursor once there is one, else `since`, else
+  // the live end.
+  _startParams() {
+    if (this.cursor) return { cursor: this.cursor };
+    if (this._since != null) return { since: String(this._since) };
+    return {};
+  }
+
+  _deliver(msg) {
+    if (this.closed) return;
+    const key = `${msg.topic}/${msg.partition}`;
+    const last = this._last.get(key);
+    if (last !== undefined && msg.offset <= last) return; // never twice
+    this._last.set(key, msg.offset);
+    if (msg.cursor) this.cursor = msg.cursor;
+    call(this._onMessage, msg);
+  }
+
+  _gap(gap) {
+    if (this.closed) return;
+    if (gap.cursor) this.cursor = gap.cursor;
+    call(this._onGap, gap);
+  }
+
+  _started(cursor) {
+    if (cursor && !this.cursor) this.cursor = cursor;
+  }
+
+  // A refusal that retrying cannot fix: tell the application and end.
+  _fail(err) {
+    if (this.closed) return;
+    call(this._onError, { ...err, fatal: true });
+    this.close();
+  }
+
+  // Something went wrong but herald.js retries by itself.
+  _warn(err) {
+    if (!this.closed) call(this._onError, { ...err, fatal: false });
+  }
+}
+
+function call(fn, arg) {
+  try {
+    fn(arg);
+  } catch (e) {
+    console.error("herald: callback threw", e);
+  }
+}
+
+export class Herald {
+  constructor(url, options = {}) {
+    const base = url || (typeof location !== "undefined" ? location.origin : "");
+    this.url = String(base).replace(/\/+$/, "");
+    this.token = options.token || null;
+    this.transports = (options.transports || ALL_TRANSPORTS).filter((t) => ALL_TRANSPORTS.includes(t));
+    if (this.transports.length === 0) throw new Error("herald: no usable transport in options.transports");
+    this.pollWait = options.pollWait ?? DEFAULT_POLL_WAIT_S;
+    this.transport = null;
+    this._subs = new Map(); // channel -> Subscription
+    this._index = 0; // position in this.transports
+    this._failures = 0; // consecutive failed attempts on the current transport
+    this._attempt = 0; // consecutive reconnects, for the backoff
+    this._proven = new Set(); // transports that have connected
+    this._conn = null;
+    this._timer = null;
+    this._closed = false;
+    this._online = () => {
+      if (!this._conn && this._timer) this._schedule(0);
+    };
+    if (typeof addEventListener === "function") addEventListener("online", this._online);
+  }
+
+  subscribe(channel, options = {}) {
+    if (this._closed) throw new Error("herald: closed");
+    channel = String(channel);
+    if (this._subs.has(channel)) throw new Error(`herald: already subscribed to ${channel}`);
+    const sub = new Subscription(this, channel, options);
+    this._subs.set(channel, sub);
+    if (this._conn) this._conn.add(sub);
+    else if (!this._timer) this._schedule(0);
+    return sub;
+  }
+
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    for (const sub of this._subs.values()) sub.closed = true;
+    this._subs.clear();
+    this._teardown();
+    if (typeof removeEventListener === "function") removeEventListener("online", this._online);
+  }
+
+  _remove(sub) {
+    if (this._subs.get(sub.channel) !== sub) return;
+    this._subs.delete(sub.channel);
+    if (this._conn) this._conn.remove(sub);
+    if (this._subs.size === 0) {
+      clearTimeout(this._timer);
+      this._timer = null;
+      this._teardown();
+    }
+  }
+
+  _teardown() {
+    const conn = this._conn;
+    this._conn = null;
+    this.transport = null;
+    if (conn) conn.close();
+  }
+
+  _schedule(delay) {
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      this._connect();
+    }, delay);
+  }
+
+  _connect() {
+    if (this._closed || this._subs.size === 0 || this._conn) return;
+    const name = this.transports[this._index];
+    const open = { ws: openWs, sse: openSse, poll: openPoll }[name];
+    const conn = { name, openedAt: 0 };
+    const hooks = {
+      current: () => this._conn === conn,
+      opened: () => {
+        if (this._conn !== conn || conn.openedAt) return;
+        conn.openedAt = Date.now();
+        this.transport = name;
+        this._proven.add(name);
+        this._failures = 0;
+      },
+      lost: (retryAfterMs = 0) => {
+        if (this._conn !== conn) return;
+        this._lost(conn, retryAfterMs);
+      },
+    };
+    this._conn = conn;
+    Object.assign(conn, open(this, hooks));
+  }
+
+  // The connection ended or never came up. Retry with backoff; after
+  // repeated failures to connect at all, move on to the next transport
+  // (and round again, backing off, when none connects).
+  _lost(conn, retryAfterMs) {
+    this._conn = null;
+    this.transport = null;
+    conn.close();
+    if (this._closed || this._subs.size === 0) return;
+    if (conn.openedAt) {
+      if (Date.now() - conn.openedAt >= STABLE_MS) this._attempt = 0;
+      this._schedule(Math.max(retryAfterMs, backoff(this._attempt++)));
+      return;
+    }
+    this._failures += 1;
+    const limit = this._proven.has(conn.name) ? ATTEMPTS_BEFORE_FALLBACK_PROVEN : ATTEMPTS_BEFORE_FALLBACK;
+    if (this._failures >= limit && this.transports.length > 1) {
+      this._index = (this._index + 1) % this.transports.length;
+      this._failures = 0;
+      // Straight to the next transport, unless every one has failed.
+      this._schedule(this._index === 0 ? backoff(this._attempt++) : 0);
+      return;
+    }
+    this._schedule(Math.max(retryAfterMs, backoff(this._attempt++)));
+  }
+
+  _query(params) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) q.append(k, v);
+    if (this.token) q.set("token", this.token);
+    return q.toString();
+  }
+}
+
+// An HTTP refusal's `{"error":{"code","message"}}`, with the status.
+async function httpError(response) {
+  let error = null;
+  try {
+    error = (await response.json()).error;
+  } catch {}
+  return {
+    status: response.status,
+    code: (error && error.code) || `http_${response.status}`,
+    message: (error && error.message) || response.statusText || `HTTP ${response.status}`,
+  };
+}
+
+// Whether an HTTP error is worth retrying, and after how long at least.
+function retryable(response) {
+  return response.status >= 500 || response.status === 429 || response.status === 408;
+}
+
+function retryAfterMs(response) {
+  const s = Number(response.headers.get("retry-after"));
+  return Number.isFinite(s) && s > 0 ? s * 1000 : 0;
+}
+
+// ---- WebSocket: one socket, one subscription per channel ----------------
+
+function openWs(herald, hooks) {
+  const url = herald.url.replace(/^http/, "ws") + "/ws" + (herald.token ? "?" + herald._query({}) : "");
+  // channel -> true once the server said `subscribed` on this socket:
+  // frames for a channel before that belong to an earlier subscription.
+  const live = new Map();
+  const retries = new Map(); // channel -> timer for a resubscribe
+  let attempt = 0;
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch (e) {
+    setTimeout(() => hooks.lost(), 0);
+    return { add() {}, remove() {}, close() {} };
+  }
+  const send = (obj) => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+  };
+  const subscribe = (sub) => {
+    live.set(sub.channel, false);
+    send({ type: "subscribe", channel: sub.channel, ...sub._startParams() });
+  };
+  ws.onopen = () => {
+    hooks.opened();
+    for (const sub of herald._subs.values()) subscribe(sub);
+  };
+  ws.onmessage = (event) => {
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const sub = msg.channel != null ? herald._subs.get(msg.channel) : undefined;
+    const { type, ...body } = msg;
+    switch (type) {
+      case "subscribed":
+        if (sub && live.has(sub.channel)) {
+          live.set(sub.channel, true);
+          sub._started(msg.cursor);
+        }
+        break;
+      case "message":
+        if (sub && live.get(sub.channel)) sub._deliver(body);
+        break;
+      case "gap":
+        if (sub && live.get(sub.channel)) sub._gap(body);
+        break;
+      case "error": {
+        const err = { code: msg.code, message: msg.message };
+        if (!sub) {
+          for (const s of herald._subs.values()) if (msg.channel == null) s._warn(err);
+          break;
+        }
+        if (msg.code === "already_subscribed" || msg.code === "not_subscribed") break;
+        live.delete(sub.channel);
+        if (RETRYABLE.has(msg.code)) {
+          sub._warn(err);
+          clearTimeout(retries.get(sub.channel));
+          retries.set(
+            sub.channel,
+            setTimeout(() => {
+              retries.delete(sub.channel);
+              if (herald._subs.get(sub.channel) === sub && ws.readyState === WebSocket.OPEN) subscribe(sub);
+            }, backoff(attempt++)),
+          );
+        } else {
+          sub._fail(err);
+        }
+        break;
+      }
+    }
+  };
+  const end = () => {
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    hooks.lost();
+  };
+  ws.onerror = end;
+  ws.onclose = end;
+  return {
+    add: subscribe,
+    remove: (sub) => {
+      clearTimeout(retries.get(sub.channel));
+      retries.delete(sub.channel);
+      if (live.delete(sub.channel)) send({ type: "unsubscribe", channel: sub.channel });
+    },
+    close: () => {
+      for (const t of retries.values()) clearTimeout(t);
+      retries.clear();
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try {
+        ws.close(1000);
+      } catch {}
+    },
+  };
+}
+
+// ---- SSE: one stream per subscription (each has its own cursor) --------
+//
+// Read with fetch rather than EventSource, so a refusal's status and JSON
+// error are visible (EventSource only reports "error") and reconnects stay
+// under herald.js's own backoff and transport fallback.
+
+function openSse(herald, hooks) {
+  const streams = new Map(); // sub -> AbortController
+  let ended = false;
+  const end = (retryAfter) => {
+    if (ended) return;
+    ended = true;
+    for (const c of streams.values()) c.abort();
+    streams.clear();
+    hooks.lost(retryAfter);
+  };
+  const run = async (sub, controller) => {
+    const url = `${herald.url}/sse?${herald._query({ channel: sub.channel, ...sub._startParams() })}`;
+    let opened = false;
+    const timer = setTimeout(() => {
+      if (!opened && !controller.signal.aborted) end(); // no `subscribed` in time: a proxy is buffering
+    }, SSE_OPEN_TIMEOUT_MS);
+    try {
+      const response = await fetch(url, {
+        signal: controller.signal,
+        headers: { accept: "text/event-stream" },
+        cache: "no-store",
+      });
+      if (!response.ok) {
+        clearTimeout(timer);
+        const err = await httpError(response);
+        hooks.opened(); // Herald answered: the transport works
+        if (!retryable(response)) {
+          streams.delete(sub);
+          sub._fail(err);
+          return;
+        }
+        sub._warn(err);
+        end(retryAfterMs(response));
+        return;
+      }
+      const reason = await readEvents(response.body, (ev) => {
+        if (ev.event === "subscribed") {
+          opened = true;
+          clearTimeout(timer);
+          hooks.opened();
+          try {
+            sub._started(JSON.parse(ev.data).cursor || ev.id);
+          } catch {
+            sub._started(ev.id);
+          }
+        } else if (ev.event === "message") {
+          sub._deliver(JSON.parse(ev.data));
+        } else if (ev.event === "gap") {
+          sub._gap({ ...JSON.parse(ev.data), cursor: ev.id || undefined });
+        } else if (ev.event === "reconnect") {
+          let why = {};
+          try {
+            why = JSON.parse(ev.data);
+          } catch {}
+          if (why.reason === "replay_failed") sub._warn({ code: why.reason, message: why.message || why.reason });
+          return "reconnect";
+        }
+      });
+      clearTimeout(timer);
+      if (!controller.signal.aborted && reason !== "aborted") end();
+    } catch (e) {
+      clearTimeout(timer);
+      if (!controller.signal.aborted) end();
+    }
+  };
+  const add = (sub) => {
+    const controller = new AbortController();
+    streams.set(sub, controller);
+    run(sub, controller);
+  };
+  for (const sub of herald._subs.values()) add(sub);
+  return {
+    add,
+    remove: (sub) => {
+      const c = streams.get(sub);
+      if (c) c.abort();
+      streams.delete(sub);
+    },
+    close: () => {
+      ended = true;
+      for (const c of streams.values()) c.abort();
+      streams.clear();
+    },
+  };
+}
+
+// Parses a text/event-stream body, calling `onEvent({event, data, id})`
+// per event; stops early when it returns a value. Resolves when the
+// stream ends.
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  let event = "";
+  let data = [];
+  let id = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return "eof";
+      buf += value;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        let line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.endsWith("\r")) line = line.slice(0, -1);
+        if (line === "") {
+          if (data.length || event) {
+            const stop = onEvent({ event: event || "message", data: data.join("\n"), id });
+            if (stop) return stop;
+          }
+          event = "";
+          data = [];
+          continue;
+        }
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "data") data.push(value);
+        else if (field === "event") event = value;
+        else if (field === "id") id = value;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// ---- Long polling: one loop per subscription ----------------------------
+
+function openPoll(herald, hooks) {
+  const loops = new Map(); // sub -> AbortController
+  let ended = false;
+  const end = (retryAfter) => {
+    if (ended) return;
+    ended = true;
+    for (const c of loops.values()) c.abort();
+    loops.clear();
+    hooks.lost(retryAfter);
+  };
+  const run = async (sub, controller) => {
+    while (!ended && !sub.closed && loops.get(sub) === controller) {
+      const params = { channel: sub.channel, ...sub._startParams() };
+      // The first poll without a cursor returns the live end's cursor at once.
+      if (sub.cursor) params.wait = String(herald.pollWait);
+      let response;
+      let body;
+      try {
+        response = await fetch(`${herald.url}/poll?${herald._query(params)}`, {
+          signal: controller.signal,
+          cache: "no-store",
+        });
+        if (!response.ok) {
+          const err = await httpError(response);
+          hooks.opened(); // Herald answered: the transport works
+          if (!retryable(response)) {
+            loops.delete(sub);
+            sub._fail(err);
+            return;
+          }
+          sub._warn(err);
+          end(retryAfterMs(response));
+          return;
+        }
+        body = await response.json();
+      } catch (e) {
+        if (!controller.signal.aborted) end();
+        return;
+      }
+      if (controller.signal.aborted || loops.get(sub) !== controller) return;
+      hooks.opened();
+      for (const gap of [].concat(body.gap || [])) sub._gap(gap);
+      for (const msg of body.messages || []) sub._deliver(msg);
+      if (body.cursor && !sub.closed) sub.cursor = body.cursor;
+    }
+  };
+  const add = (sub) => {
+    const controller = new AbortController();
+    loops.set(sub, controller);
+    run(sub, controller);
+  };
+  for (const sub of herald._subs.values()) add(sub);
+  return {
+    add,
+    remove: (sub) => {
+      const c = loops.get(sub);
+      if (c) c.abort();
+      loops.delete(sub);
+    },
+    close: () => {
+      ended = true;
+      for (const c of loops.values()) c.abort();
+      loops.clear();
+    },
+  };
+}
