@@ -18,6 +18,31 @@ if [[ ${HERALD_LINT:-1} != 0 ]]; then
   cargo clippy --all-targets --locked -- -D warnings
 fi
 
+# The browser tests (tests/browser.rs) drive Debian's chromium with
+# playwright-core from npm. Installed here when missing; a second run only
+# checks (apt-get only without /usr/bin/chromium, npm ci only when
+# package-lock.json changed since the last one).
+setup_browser() {
+  local sudo=""
+  [[ $(id -u) == 0 ]] || sudo=sudo
+  if [[ ! -x /usr/bin/chromium ]]; then
+    log "installing Debian's chromium for the browser tests"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "the browser tests need Node.js 20+ and npm on PATH"
+    exit 1
+  fi
+  local stamp=tests/browser/node_modules/.package-lock.stamp
+  if [[ ! -f $stamp ]] || ! cmp -s tests/browser/package-lock.json "$stamp"; then
+    log "npm ci in tests/browser (playwright-core)"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/browser/package-lock.json "$stamp"
+  fi
+}
+setup_browser
+
 # Build before starting Kafka, so the broker is not kept waiting.
 log "building tests"
 cargo test --all-targets --locked --no-run
