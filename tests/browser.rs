@@ -586,3 +586,163 @@ async fn herald_js_falls_back_to_sse_when_websocket_is_refused_and_resumes_exact
     browser.close().await;
     node.shutdown().await;
 }
+
+/// `herald dev` (its embedded Kafka, the demo page at `/`) with records
+/// arriving live: the screenshot the README shows, `docs/demo.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_shows_live_messages_and_is_screenshotted() {
+    let _serial = SERIAL.lock().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _dev = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["dev", "--listen", &addr, "--ticker", "0s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald dev");
+    let info = dev_info(&addr).await;
+    let brokers = info["brokers"].as_str().expect("brokers").to_owned();
+
+    let mut browser = Browser::launch().await;
+    browser
+        .call("viewport", json!({"width": 1280, "height": 860}), TIMEOUT)
+        .await;
+    browser
+        .goto(&format!("http://{addr}/?channel=news&channel=user.k7"))
+        .await;
+    browser
+        .wait(
+            "the demo page subscribed",
+            r##"document.getElementById("status").dataset.state === "live"
+               && document.querySelectorAll("#subs code").length === 2
+               && ![...document.querySelectorAll("#subs code")].some((c) => c.textContent.startsWith("waiting"))
+               && document.querySelectorAll("#produce .cmd").length > 0"##,
+            TIMEOUT,
+        )
+        .await;
+
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let records: &[(&str, &str, &str)] = &[
+        (
+            "news",
+            "deploy",
+            r#"{"headline":"Checkout v2.14 rolled out to 100% of traffic","team":"payments"}"#,
+        ),
+        (
+            "users",
+            "k7",
+            r#"{"event":"order_shipped","order":"A-10427","carrier":"DHL"}"#,
+        ),
+        (
+            "news",
+            "incident",
+            r#"{"headline":"Search latency back under 120 ms (p99)","status":"resolved"}"#,
+        ),
+        (
+            "news",
+            "release",
+            r#"{"headline":"Herald 0.1 ships WebSocket, SSE and long polling","link":"/herald.js"}"#,
+        ),
+        (
+            "users",
+            "k7",
+            r#"{"event":"payment_captured","amount":{"value":4990,"currency":"EUR"}}"#,
+        ),
+        (
+            "news",
+            "ops",
+            r#"{"headline":"Kafka cluster upgraded to 4.4 with zero downtime"}"#,
+        ),
+        (
+            "news",
+            "deploy",
+            r#"{"headline":"Recommendations model refreshed","version":"2026-11-25"}"#,
+        ),
+        (
+            "users",
+            "k7",
+            r#"{"event":"message_received","from":"support","unread":2}"#,
+        ),
+        (
+            "news",
+            "market",
+            r#"{"headline":"EU storefront opens in Portugal and Ireland","regions":["pt","ie"]}"#,
+        ),
+        (
+            "news",
+            "ops",
+            r#"{"headline":"Nightly backfill finished: 1,204,331 rows"}"#,
+        ),
+    ];
+    for (topic, key, payload) in records {
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(*key)
+            .payload(*payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        // Spread out a little, as live traffic is (for the picture only).
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    browser
+        .wait(
+            "every record on the page",
+            &format!(
+                "document.querySelectorAll('#list .row.msg').length >= {}",
+                records.len()
+            ),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    let shown = browser
+        .eval(
+            "({ rows: document.querySelectorAll('#list .row.msg').length, \
+                count: document.getElementById('count').textContent, \
+                transport: document.getElementById('transport-now').textContent })",
+        )
+        .await;
+    assert_eq!(shown["rows"], records.len(), "{shown}");
+    assert_eq!(shown["transport"], "WebSocket", "{shown}");
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/demo.png");
+    browser
+        .call("screenshot", json!({"path": path}), TIMEOUT)
+        .await;
+    let png = std::fs::read(&path).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot"
+    );
+    browser.close().await;
+}
+
+/// Waits for `herald dev` on `addr` to be ready; returns its `/dev/info`.
+async fn dev_info(addr: &str) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "herald dev never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = reqwest::get(format!("http://{addr}/dev/info"))
+        .await
+        .expect("/dev/info")
+        .bytes()
+        .await
+        .expect("/dev/info body");
+    serde_json::from_slice(&body).expect("/dev/info is JSON")
+}
