@@ -353,6 +353,23 @@ async fn herald_js_receives_exactly_over(transport: &str) {
     browser.wait("subscribed", SUBSCRIBED_JS, TIMEOUT).await;
     assert_eq!(browser.eval("herald.transport").await, transport);
 
+    // A channel no route produces is refused for good, and only it.
+    browser
+        .eval(
+            r#"(() => {
+  window.refused = [];
+  herald.subscribe("no-such-channel", { onError(e) { refused.push(e); } });
+  return true;
+})()"#,
+        )
+        .await;
+    let refused = browser
+        .wait("the refusal", "refused.length > 0 && refused", TIMEOUT)
+        .await;
+    assert_eq!(refused[0]["code"], "unknown_channel", "{refused}");
+    assert_eq!(refused[0]["fatal"], true, "{refused}");
+    assert_eq!(browser.eval("herald.transport").await, transport);
+
     let producer = Producer::new();
     let mut produced = Produced::default();
     produced.send(&producer, &topic, 0..40).await;
