@@ -625,6 +625,26 @@ async fn demo_page_shows_live_messages_and_is_screenshotted() {
     let info = dev_info(&addr).await;
     let brokers = info["brokers"].as_str().expect("brokers").to_owned();
 
+    // The client the page imports: the file in the repo, as a module
+    // browsers may cache for a while.
+    let js = reqwest::get(format!("http://{addr}/herald.js"))
+        .await
+        .expect("/herald.js");
+    assert_eq!(js.status(), 200);
+    let header = |name: &str| {
+        js.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header("content-type").starts_with("text/javascript"));
+    assert!(header("cache-control").contains("max-age="));
+    assert_eq!(
+        js.text().await.unwrap(),
+        include_str!("../client/herald.js")
+    );
+
     let mut browser = Browser::launch().await;
     browser
         .call("viewport", json!({"width": 1280, "height": 860}), TIMEOUT)
