@@ -72,7 +72,8 @@ impl Browser {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+            // No kill on drop: when a test fails, its end of stdin closes
+            // and the driver closes Chromium and removes its profile.
             .spawn()
             .expect("cannot run `node tests/browser/driver.mjs`: is Node.js installed? run scripts/test.sh");
         let stdin = child.stdin.take().unwrap();

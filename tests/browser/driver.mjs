@@ -40,6 +40,8 @@ let finished = false;
 async function finish(code) {
   if (finished) return;
   finished = true;
+  // Whatever happens, gone soon: the test may be waiting for us to exit.
+  setTimeout(() => process.exit(code), 10000).unref();
   try {
     if (context) await context.close();
   } catch {}
