@@ -199,6 +199,11 @@ pub struct LimitsConfig {
     /// Open client connections at once; above it new connections get `503`.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Open connections from one client address; above it new ones get
+    /// `429`. 0 (the default) disables the check: behind a load balancer or
+    /// a NAT many clients share one address.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
     /// Channels one stream (an SSE stream, a poll, a WebSocket connection)
     /// may subscribe to; above it `400` (an `error` message on a WebSocket).
     #[serde(default = "defaults::max_channels")]
@@ -404,6 +409,7 @@ impl Default for LimitsConfig {
             max_channels_per_connection: defaults::max_channels(),
             max_message_size: defaults::max_message_size(),
             max_long_polls: defaults::max_long_polls(),
+            max_connections_per_ip: 0,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! HTTP: the accept loop, connection limits, request routing, JSON errors,
 //! `/metrics`, `/healthz`, `/readyz`, and phased shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,46 @@ pub struct App {
 #[derive(Clone)]
 pub struct ConnectionSlot {
     _permit: Arc<OwnedSemaphorePermit>,
+    _per_ip: Option<Arc<IpSlot>>,
+}
+
+/// Open connections per client address, for `limits.max_connections_per_ip`.
+#[derive(Default)]
+struct PerIp {
+    counts: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's count under its address; released on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A request Herald refuses, rendered as `{"error":{"code","message"}}`.
@@ -245,6 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 async fn serve(app: Arc<App>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let http = hyper::server::conn::http1::Builder::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -265,12 +307,42 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, app.clone()));
+            let message = format!(
+                "this Herald node holds its limit of {} connections; retry later or elsewhere",
+                app.config.limits.max_connections
+            );
+            tokio::spawn(refuse(
+                stream,
+                app.clone(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                message,
+            ));
+            continue;
+        };
+        let per_ip_max = app.config.limits.max_connections_per_ip;
+        let ip_slot = if per_ip_max == 0 {
+            None
+        } else if let Some(slot) = per_ip.try_acquire(peer.ip(), per_ip_max) {
+            Some(Arc::new(slot))
+        } else {
+            let message = format!(
+                "{} holds its limit of {per_ip_max} connections to this node (limits.max_connections_per_ip)",
+                peer.ip()
+            );
+            tokio::spawn(refuse(
+                stream,
+                app.clone(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_per_ip",
+                message,
+            ));
             continue;
         };
         let app2 = app.clone();
         let slot = ConnectionSlot {
             _permit: Arc::new(permit),
+            _per_ip: ip_slot,
         };
         let service = service_fn(move |mut req: Request<Incoming>| {
             let app = app2.clone();
@@ -309,18 +381,37 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-/// Over `limits.max_connections`: answer `503` and close.
-async fn refuse(mut stream: TcpStream, app: Arc<App>) {
+/// Over a connection limit: answer with the error and close, without
+/// reading the request.
+async fn refuse(
+    mut stream: TcpStream,
+    app: Arc<App>,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) {
     app.metrics
         .http_errors
-        .with_label_values(&["503", "too_many_connections"])
+        .with_label_values(&[status.as_str(), code])
         .inc();
-    let body = format!(
-        r#"{{"error":{{"code":"too_many_connections","message":"this Herald node holds its limit of {} connections; retry later or elsewhere"}}}}"#,
-        app.config.limits.max_connections
-    );
+    // Read the request head first (briefly, bounded): a client that is
+    // still writing when the answer arrives may take it for garbage.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let _ = tokio::time::timeout(

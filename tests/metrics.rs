@@ -111,7 +111,8 @@ async fn readyz_waits_for_kafka_positions() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not_ready"));
     assert_eq!(get(addr, "/healthz").await.0, 200);
-    // Subscribing before positions are known is refused, not hung.
+    // Subscribing before positions are known is held for a while
+    // (hub::READY_WAIT), then refused — not hung.
     let sse = Sse::connect(addr, "channel=n", None).await;
     assert_eq!(sse.status, 503);
     assert_eq!(sse.error_body().await["error"]["code"], "not_ready");

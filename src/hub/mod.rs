@@ -48,6 +48,10 @@ use positions::Positions;
 use publication::Publication;
 pub use subscription::{Delivery, Gap, Subscription};
 
+/// How long a subscription waits for a starting node to become ready
+/// before it is refused with `not_ready`.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
 /// How often the sweeper drops aged history and empty channels.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -175,6 +179,8 @@ pub(crate) struct Inner {
     /// [`Hub::partition_assigned`]).
     live_end: RwLock<Positions>,
     ready: AtomicBool,
+    /// Wakes subscriptions waiting for a starting node to become ready.
+    became_ready: Notify,
     seq: AtomicU64,
     history_bytes: AtomicUsize,
     /// Wakes the sweeper when history goes over the memory budget.
@@ -247,6 +253,7 @@ impl Hub {
                 horizon: Mutex::new(Arc::new(Positions::new())),
                 live_end: RwLock::new(Positions::new()),
                 ready: AtomicBool::new(false),
+                became_ready: Notify::new(),
                 seq: AtomicU64::new(0),
                 history_bytes: AtomicUsize::new(0),
                 pressure: Notify::new(),
@@ -288,6 +295,23 @@ impl Hub {
 
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
+        if ready {
+            self.inner.became_ready.notify_waiters();
+        }
+    }
+
+    /// Waits up to `max` for the hub to be ready; whether it is.
+    pub async fn wait_ready(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notified = self.inner.became_ready.notified();
+            if self.is_ready() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_ready();
+            }
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -363,6 +387,10 @@ impl Hub {
         channels: &[String],
         start: Start,
     ) -> Result<Subscription, SubscribeError> {
+        // A node that is starting holds new subscriptions briefly rather
+        // than refusing them: a browser's EventSource gives up for good on
+        // any non-200 answer, and clients reconnect in a burst on restarts.
+        self.wait_ready(READY_WAIT).await;
         let Start::Since(ts) = start else {
             return self.subscribe(channels, start);
         };
