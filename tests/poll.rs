@@ -262,3 +262,31 @@ async fn bad_parameters_get_400_naming_them() {
     }
     herald.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_read_back_from_kafka_honour_limit_and_stay_exact() {
+    let topic = unique_topic("poll-replay");
+    create_topic(&topic, 3).await;
+    let mut cfg = config(&[(&topic, "r")]);
+    // Memory holds 5 records: the rest is read back from Kafka.
+    cfg.hub.history_messages = 5;
+    let herald = start(cfg, &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    let (_, start) = poll_ok(addr, "channel=r").await;
+    let producer = Producer::new();
+    for n in 0..120 {
+        producer.send_n(&topic, &format!("k{}", n % 11), n).await;
+    }
+    let (messages, _) = poll_until(addr, "r", start, 7, 120).await;
+    assert_eq!(messages.len(), 120, "nothing repeated");
+    let mut got = ns_json(&messages);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..120).collect::<Vec<_>>(),
+        "every record exactly once"
+    );
+    assert_partition_order_json(&messages);
+    assert!(metric(addr, "herald_replay_records_total").await >= 100.0);
+    herald.stop().await;
+}

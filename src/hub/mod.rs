@@ -624,6 +624,7 @@ impl Hub {
             channels: names,
             feeds,
             replay: replay_rx,
+            replayed: VecDeque::new(),
             gaps: Vec::new(),
             failure: None,
             inbox,

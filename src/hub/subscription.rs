@@ -53,6 +53,9 @@ pub struct Subscription {
     /// Records older than the hub's memory, being read back from Kafka;
     /// delivered before the backlog.
     pub(super) replay: Option<mpsc::Receiver<ReplayEvent>>,
+    /// Records read back that did not fit in the last batch (`max`): they
+    /// go before anything else.
+    pub(super) replayed: VecDeque<Arc<Publication>>,
     /// Gaps not yet taken by the transport.
     pub(super) gaps: Vec<Gap>,
     /// Why the replay failed, once it has.
@@ -118,25 +121,21 @@ impl Subscription {
         wait_for_live: bool,
     ) -> Result<(), CloseReason> {
         let start = out.len();
-        while let Some(replay) = &mut self.replay {
+        loop {
+            // Read-back records first, each batch up to `max`.
+            Self::take(&mut self.replayed, &mut self.positions, out, start, max);
+            if out.len() > start {
+                return Ok(());
+            }
+            let Some(replay) = &mut self.replay else {
+                break;
+            };
             match replay.recv().await {
                 Some(ReplayEvent::Gaps(ranges)) => {
                     self.note_gaps(ranges);
                     return Ok(());
                 }
-                Some(ReplayEvent::Records(batch)) => {
-                    for publication in batch {
-                        if let Some(cursor) = self.accept(&publication) {
-                            out.push(Delivery {
-                                publication,
-                                cursor,
-                            });
-                        }
-                    }
-                    if out.len() > start {
-                        return Ok(());
-                    }
-                }
+                Some(ReplayEvent::Records(batch)) => self.replayed.extend(batch),
                 Some(ReplayEvent::Failed(message)) => {
                     self.replay = None;
                     self.failure = Some(message);
@@ -146,19 +145,7 @@ impl Subscription {
             }
         }
         loop {
-            let mut bytes = 0;
-            while out.len() - start < max && bytes < MAX_BATCH_BYTES {
-                let Some(publication) = self.backlog.pop_front() else {
-                    break;
-                };
-                if let Some(cursor) = self.accept(&publication) {
-                    bytes += publication.record.size();
-                    out.push(Delivery {
-                        publication,
-                        cursor,
-                    });
-                }
-            }
+            Self::take(&mut self.backlog, &mut self.positions, out, start, max);
             if out.len() > start {
                 return Ok(());
             }
@@ -166,6 +153,31 @@ impl Subscription {
                 self.inbox.recv(&mut self.backlog).await?;
             } else if !self.inbox.try_recv(&mut self.backlog)? {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Moves publications from `queue` into `out` (as deliveries, skipping
+    /// those already delivered) until `out` holds `max` more than `start`
+    /// or [`MAX_BATCH_BYTES`] of records.
+    fn take(
+        queue: &mut VecDeque<Arc<Publication>>,
+        positions: &mut Positions,
+        out: &mut Vec<Delivery>,
+        start: usize,
+        max: usize,
+    ) {
+        let mut bytes = 0;
+        while out.len() - start < max && bytes < MAX_BATCH_BYTES {
+            let Some(publication) = queue.pop_front() else {
+                break;
+            };
+            if let Some(cursor) = accept(positions, &publication) {
+                bytes += publication.record.size();
+                out.push(Delivery {
+                    publication,
+                    cursor,
+                });
             }
         }
     }
@@ -189,25 +201,21 @@ impl Subscription {
             }
         }
     }
+}
 
-    /// Whether this publication is new to the subscriber; if so advances the
-    /// positions and returns the cursor after it.
-    fn accept(&mut self, publication: &Publication) -> Option<String> {
-        let record = &publication.record;
-        let next = self
-            .positions
-            .get(&record.topic, record.partition)
-            .unwrap_or(0);
-        if record.offset < next {
-            // Before its starting point, or already delivered through
-            // another of its channels.
-            return None;
-        }
-        self.positions
-            .set(&record.topic, record.partition, record.offset + 1);
-        self.positions.raise_from(&publication.positions);
-        Some(self.positions.encode_cursor())
+/// Whether this publication is new to the subscriber at `positions`; if so
+/// advances them and returns the cursor after it.
+fn accept(positions: &mut Positions, publication: &Publication) -> Option<String> {
+    let record = &publication.record;
+    let next = positions.get(&record.topic, record.partition).unwrap_or(0);
+    if record.offset < next {
+        // Before its starting point, or already delivered through another
+        // of its channels.
+        return None;
     }
+    positions.set(&record.topic, record.partition, record.offset + 1);
+    positions.raise_from(&publication.positions);
+    Some(positions.encode_cursor())
 }
 
 impl Drop for Subscription {
