@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use herald::hub::cursor::Cursor;
 use serde_json::json;
 
@@ -451,4 +452,95 @@ async fn the_server_pings_and_closes_a_client_that_never_answers() {
     let close = silent.close_frame().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4000);
     herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_resumes_exactly() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let topic = unique_topic("ws-slow");
+    create_topic(&topic, 3).await;
+    let mut cfg = config(&[(&topic, "s")]);
+    cfg.hub.subscriber_queue = 8;
+    cfg.ws.pong_timeout = Duration::from_secs(1);
+    cfg.http.send_buffer_bytes = Some(4096);
+    let herald = start(cfg, &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+
+    // A client with a small receive buffer, which stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let request = format!("ws://{addr}/ws?channel=s")
+        .into_client_request()
+        .unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let opening = match slow.next().await {
+        Some(Ok(WsMessage::Text(t))) => serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+        other => panic!("expected subscribed, got {other:?}"),
+    };
+    let producer = Producer::new();
+    let pad = "x".repeat(2000);
+    const N: u64 = 300;
+    for n in 0..N {
+        let payload = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+        producer
+            .send(
+                &topic,
+                None,
+                Some(format!("k{}", n % 5).as_bytes()),
+                Some(payload.as_bytes()),
+                None,
+            )
+            .await;
+    }
+    wait_until_metric(
+        addr,
+        "herald_slow_client_disconnects_total{transport=\"ws\"}",
+    )
+    .await;
+
+    // What it got before the cut, then a resume from its last cursor.
+    let mut got = Vec::new();
+    let mut cursor = opening["cursor"].as_str().unwrap().to_owned();
+    loop {
+        let frame = tokio::time::timeout(TIMEOUT, slow.next())
+            .await
+            .expect("the connection ends");
+        match frame {
+            Some(Ok(WsMessage::Text(t))) => {
+                let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(m["type"], "message");
+                cursor = m["cursor"].as_str().unwrap().to_owned();
+                got.push(m);
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4008));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!((got.len() as u64) < N, "cut off before the end");
+    let mut ws = Ws::connect(addr, "").await;
+    ws.subscribe("s", Some(&cursor)).await;
+    let rest = ws.messages(N as usize - got.len()).await;
+    let mut all: Vec<u64> = ns_json(&got).into_iter().chain(ns_json(&rest)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "none missing, none twice");
+    herald.stop().await;
+}
+
+/// Waits until a counter is at least 1.
+async fn wait_until_metric(addr: std::net::SocketAddr, series: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metric(addr, series).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
