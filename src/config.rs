@@ -235,6 +235,10 @@ pub struct ReplayConfig {
     /// `replay_failed` (the client resumes from where it got to).
     #[serde(default = "defaults::replay_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Bytes of records read back from Kafka kept for other replays of the
+    /// same range, so a burst of clients resuming together reads Kafka once.
+    #[serde(default = "defaults::replay_cache_bytes")]
+    pub cache_bytes: usize,
 }
 
 impl Default for ReplayConfig {
@@ -243,6 +247,7 @@ impl Default for ReplayConfig {
             max_records: defaults::replay_max_records(),
             max_concurrent: defaults::replay_max_concurrent(),
             timeout: defaults::replay_timeout(),
+            cache_bytes: defaults::replay_cache_bytes(),
         }
     }
 }
@@ -343,6 +348,9 @@ mod defaults {
     }
     pub fn replay_max_concurrent() -> usize {
         32
+    }
+    pub fn replay_cache_bytes() -> usize {
+        64 * 1024 * 1024
     }
     pub fn replay_timeout() -> Duration {
         Duration::from_secs(60)

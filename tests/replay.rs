@@ -188,3 +188,45 @@ async fn a_replay_beyond_its_bounds_is_refused_with_the_documented_error() {
     );
     herald.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resuming_the_same_range_together_share_one_kafka_read() {
+    let topic = unique_topic("shared");
+    create_topic(&topic, 3).await;
+    let a = start(config(&[(&topic, "s")]), &[(&topic, 3)]).await;
+    let cursor = Sse::connect(a.local_addr(), "channel=s", None)
+        .await
+        .last_id
+        .unwrap();
+    a.stop().await;
+    let producer = Producer::new();
+    const N: u64 = 300;
+    for n in 0..N {
+        producer.send_n(&topic, &format!("k{n}"), n).await;
+    }
+    // A cold node: nothing in memory, so every resume is a replay.
+    let mut cfg = small_history(&[(&topic, "s")]);
+    cfg.kafka.warm_history = 0;
+    let b = start(cfg, &[(&topic, 3)]).await;
+    let addr = b.local_addr();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let cursor = cursor.clone();
+            tokio::spawn(async move {
+                let mut sse = Sse::connect(addr, "channel=s", Some(&cursor)).await;
+                let mut got = ns(&sse.messages(N as usize).await);
+                got.sort_unstable();
+                got
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), (0..N).collect::<Vec<_>>());
+    }
+    let read = metric(addr, "herald_replay_records_total").await;
+    assert!(
+        read <= 2.0 * N as f64,
+        "20 clients resuming {N} records read {read} records from Kafka"
+    );
+    b.stop().await;
+}

@@ -1,22 +1,32 @@
-//! Replay: reading a partition range back from Kafka for a client whose
+//! Replay: reading partition ranges back from Kafka for clients whose
 //! cursor is older than the hub's history, and resolving `since=`
 //! timestamps to offsets.
 //!
-//! A replay runs on a blocking thread with its own short-lived consumer,
-//! `assign()`ed to exactly the ranges it needs. It routes each record like
-//! the ingest does and keeps those that map to the subscriber's channels.
-//! Batches go to the subscription through a small bounded channel, so a
-//! slow client slows only its own Kafka read. Records Kafka no longer holds
-//! (below the low watermark) are reported as a gap first, never skipped
-//! silently. Each replay is bounded in records, time and concurrency.
+//! **Shared reads.** Records read back are kept in a node-wide cache: per
+//! partition one contiguous *segment* of offsets `[start, end)` whose every
+//! record is held. One *filler* thread per partition extends the segment from
+//! Kafka as far as any waiting replay needs; every replay — a client's job
+//! on its own blocking thread — serves itself from the segment, following
+//! the filler. So a thousand clients resuming the same range after a restart
+//! cause one Kafka read of it, not a thousand. A replay whose position lies
+//! outside the segment while another fill is running reads privately, with a
+//! consumer of its own. The cache is bounded (`replay.cache_bytes`).
+//!
+//! Each job routes records like the ingest does and keeps those that map to
+//! the subscriber's channels. Batches go to the subscription through a small
+//! bounded channel, so a slow client slows only itself. Records Kafka no
+//! longer holds (below the low watermark) are reported as a gap first, never
+//! skipped silently (`auto.offset.reset=error`). Each replay is bounded in
+//! records, time and concurrency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::record::Record;
@@ -27,12 +37,21 @@ use crate::hub::{GapRange, ReplayEvent, ReplayRange, ReplaySource, SubscribeErro
 use crate::metrics::Metrics;
 use crate::router::Router;
 
-/// Records per batch handed to the subscription.
+/// Records per batch handed to a subscription, and per filler append.
 const BATCH: usize = 500;
-/// Batches buffered between the Kafka read and the client.
+/// Batches buffered between a replay and its client.
 const BUFFERED_BATCHES: usize = 4;
 /// Timeout of each watermark or offsets-for-times request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a low watermark read from Kafka is reused.
+const LOW_WATERMARK_TTL: Duration = Duration::from_secs(1);
+/// How long a follower sleeps between checks of the filler's progress.
+const FOLLOW_WAIT: Duration = Duration::from_millis(100);
+/// A segment unused this long, and not being filled, is dropped when the
+/// cache needs room.
+const SEGMENT_IDLE: Duration = Duration::from_secs(30);
+
+type PartitionKey = (Arc<str>, i32);
 
 pub struct Replayer {
     kafka: KafkaConfig,
@@ -40,6 +59,52 @@ pub struct Replayer {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    cache: Arc<Cache>,
+}
+
+/// Records read back from Kafka, shared by every replay on the node.
+struct Cache {
+    state: Mutex<CacheState>,
+    /// Signalled whenever a segment grows or a filler stops.
+    changed: Condvar,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct CacheState {
+    segments: HashMap<PartitionKey, Segment>,
+    bytes: usize,
+    /// Low watermarks, reused for [`LOW_WATERMARK_TTL`].
+    lows: HashMap<PartitionKey, (i64, Instant)>,
+}
+
+/// Every record of one partition with an offset in `[start, end)`.
+struct Segment {
+    start: i64,
+    end: i64,
+    records: VecDeque<Arc<Record>>,
+    bytes: usize,
+    /// The filler reads until `end` reaches this.
+    want: i64,
+    filling: bool,
+    /// Why the last filler stopped early; followers report it.
+    failed: Option<String>,
+    last_used: Instant,
+}
+
+impl Segment {
+    fn empty(at: i64) -> Segment {
+        Segment {
+            start: at,
+            end: at,
+            records: VecDeque::new(),
+            bytes: 0,
+            want: at,
+            filling: false,
+            failed: None,
+            last_used: Instant::now(),
+        }
+    }
 }
 
 impl Replayer {
@@ -50,29 +115,40 @@ impl Replayer {
         metrics: Arc<Metrics>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+        let cache = Arc::new(Cache {
+            state: Mutex::new(CacheState::default()),
+            changed: Condvar::new(),
+            max_bytes: limits.cache_bytes,
+        });
         Replayer {
             kafka,
             limits,
             router,
             metrics,
             permits,
+            cache,
         }
     }
 
-    fn consumer(&self) -> Result<BaseConsumer, KafkaError> {
-        let mut cc = super::client_config(&self.kafka);
-        cc.set("group.id", format!("{}-replay", self.kafka.client_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            // Below the low watermark is reported as a gap, never reset.
-            .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "10");
-        for (k, v) in &self.kafka.options {
-            cc.set(k, v);
-        }
-        cc.create()
+    fn consumer_config(&self) -> ClientConfig {
+        consumer_config(&self.kafka)
     }
+}
+
+fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = super::client_config(kafka);
+    cc.set("group.id", format!("{}-replay", kafka.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        // Below the low watermark is reported as a gap, never reset.
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", "10")
+        .set("max.partition.fetch.bytes", "10485760");
+    for (k, v) in &kafka.options {
+        cc.set(k, v);
+    }
+    cc
 }
 
 impl ReplaySource for Replayer {
@@ -95,18 +171,19 @@ impl ReplaySource for Replayer {
                 .map_err(|_| SubscribeError::ReplayBusy {
                     max: self.limits.max_concurrent,
                 })?;
-        let consumer = self
-            .consumer()
-            .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
         let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
         let job = Job {
-            consumer,
+            kafka: self.consumer_config(),
+            cache: self.cache.clone(),
             ranges,
             channels,
             router: self.router.clone(),
             metrics: self.metrics.clone(),
             deadline: Instant::now() + self.limits.timeout,
             tx,
+            batch: Vec::new(),
+            routed: Vec::new(),
+            empty: Arc::new(Positions::new()),
             _permit: permit,
         };
         tokio::task::spawn_blocking(move || job.run());
@@ -118,8 +195,9 @@ impl ReplaySource for Replayer {
         partitions: &[(Arc<str>, i32)],
         ts: i64,
     ) -> Result<Vec<i64>, SubscribeError> {
-        let consumer = self
-            .consumer()
+        let consumer: BaseConsumer = self
+            .consumer_config()
+            .create()
             .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in partitions {
@@ -148,127 +226,372 @@ impl ReplaySource for Replayer {
     }
 }
 
+/// One client's replay, on a blocking thread.
 struct Job {
-    consumer: BaseConsumer,
+    kafka: ClientConfig,
+    cache: Arc<Cache>,
     ranges: Vec<ReplayRange>,
     channels: Vec<Arc<str>>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     deadline: Instant,
     tx: mpsc::Sender<ReplayEvent>,
+    /// Publications not sent yet.
+    batch: Vec<Arc<Publication>>,
+    /// Scratch buffer for the router.
+    routed: Vec<String>,
+    empty: Arc<Positions>,
     _permit: OwnedSemaphorePermit,
 }
 
+/// The client went away: stop quietly.
+struct Gone;
+
 impl Job {
-    fn run(self) {
-        if let Err(message) = self.read() {
-            let _ = self.tx.blocking_send(ReplayEvent::Failed(message));
+    fn run(mut self) {
+        match self.read() {
+            Ok(()) | Err(Outcome::Gone) => {}
+            Err(Outcome::Failed(message)) => {
+                let _ = self.tx.blocking_send(ReplayEvent::Failed(message));
+            }
         }
     }
 
-    fn read(&self) -> Result<(), String> {
-        let mut assignment = TopicPartitionList::new();
-        // Per partition: the end of its range.
-        let mut open: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    fn read(&mut self) -> Result<(), Outcome> {
+        let mut plan = Vec::new();
         let mut gaps = Vec::new();
-        for r in &self.ranges {
-            let (low, _) = self
-                .consumer
-                .fetch_watermarks(&r.topic, r.partition, REQUEST_TIMEOUT)
-                .map_err(|e| format!("watermarks of {}/{}: {e}", r.topic, r.partition))?;
+        for r in std::mem::take(&mut self.ranges) {
+            let low = self.low_watermark(&r.topic, r.partition)?;
             let mut from = r.from;
             if from < low {
-                let to = low.min(r.to);
                 gaps.push(GapRange {
                     topic: r.topic.clone(),
                     partition: r.partition,
                     from,
                     to: low,
                 });
-                from = to;
+                from = low.min(r.to);
             }
             if from < r.to {
-                assignment
-                    .add_partition_offset(&r.topic, r.partition, Offset::Offset(from))
-                    .map_err(|e| e.to_string())?;
-                open.insert((r.topic.clone(), r.partition), r.to);
+                plan.push((r.topic, r.partition, from, r.to));
             }
         }
-        if !gaps.is_empty() && self.tx.blocking_send(ReplayEvent::Gaps(gaps)).is_err() {
-            return Ok(());
+        if !gaps.is_empty() {
+            self.send(ReplayEvent::Gaps(gaps))?;
         }
-        if open.is_empty() {
-            return Ok(());
+        for (topic, partition, from, to) in plan {
+            self.replay_partition((topic, partition), from, to)?;
         }
-        self.consumer
-            .assign(&assignment)
-            .map_err(|e| e.to_string())?;
-        let empty = Arc::new(Positions::new());
-        let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut routed = Vec::new();
-        while !open.is_empty() {
+        self.flush()
+    }
+
+    fn low_watermark(&self, topic: &Arc<str>, partition: i32) -> Result<i64, Outcome> {
+        let key = (topic.clone(), partition);
+        if let Some((low, at)) = self.cache.state.lock().lows.get(&key)
+            && at.elapsed() < LOW_WATERMARK_TTL
+        {
+            return Ok(*low);
+        }
+        let consumer: BaseConsumer = self.kafka.create().map_err(|e| failed(e.to_string()))?;
+        let (low, _) = consumer
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(|e| failed(format!("watermarks of {topic}/{partition}: {e}")))?;
+        self.cache
+            .state
+            .lock()
+            .lows
+            .insert(key, (low, Instant::now()));
+        Ok(low)
+    }
+
+    /// Serves `[pos, to)` of one partition from the shared segment,
+    /// starting or following its filler; reads privately when the segment
+    /// is busy elsewhere.
+    fn replay_partition(
+        &mut self,
+        key: PartitionKey,
+        mut pos: i64,
+        to: i64,
+    ) -> Result<(), Outcome> {
+        while pos < to {
             if Instant::now() > self.deadline {
-                return Err("replay from Kafka took longer than replay.timeout".into());
+                return Err(failed(
+                    "replay from Kafka took longer than replay.timeout".into(),
+                ));
             }
-            let msg = match self.consumer.poll(Duration::from_millis(100)) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // Nothing more to read (compaction left holes at the end).
-                    open.retain(|(_, part), _| *part != p);
-                    continue;
-                }
-                Some(Err(e)) => return Err(format!("reading Kafka: {e}")),
-                Some(Ok(m)) => m,
-            };
-            let topic = topics
-                .entry(msg.topic().to_owned())
-                .or_insert_with(|| Arc::from(msg.topic()))
-                .clone();
-            let key = (topic.clone(), msg.partition());
-            let Some(&end) = open.get(&key) else { continue };
-            if msg.offset() >= end {
-                open.remove(&key);
+            let mut state = self.cache.state.lock();
+            let segment = state
+                .segments
+                .entry(key.clone())
+                .or_insert_with(|| Segment::empty(pos));
+            segment.last_used = Instant::now();
+            if segment.start <= pos && pos < segment.end {
+                let limit = to.min(segment.end);
+                let first = segment.records.partition_point(|r| r.offset < pos);
+                let taken: Vec<Arc<Record>> = segment
+                    .records
+                    .range(first..)
+                    .take_while(|r| r.offset < limit)
+                    .take(BATCH)
+                    .cloned()
+                    .collect();
+                pos = match taken.last() {
+                    Some(last) if taken.len() == BATCH => last.offset + 1,
+                    _ => limit,
+                };
+                drop(state);
+                self.emit(taken)?;
                 continue;
             }
-            let record = Arc::new(Record::from_message(
-                &msg,
-                topic,
-                self.router.needs_headers(),
-            ));
-            drop(msg);
-            if record.offset + 1 >= end {
-                open.remove(&key);
+            let adjacent = segment.start <= pos && pos == segment.end;
+            if adjacent || !segment.filling {
+                if !adjacent {
+                    // Start the segment over at this position.
+                    let bytes = segment.bytes;
+                    *segment = Segment::empty(pos);
+                    state.bytes -= bytes;
+                }
+                let segment = state.segments.get_mut(&key).expect("present");
+                segment.want = segment.want.max(to);
+                if !segment.filling {
+                    if let Some(message) = segment.failed.take()
+                        && adjacent
+                        && segment.end > segment.start
+                    {
+                        // The last fill of this very position failed.
+                        return Err(failed(message));
+                    }
+                    segment.filling = true;
+                    let filler = Filler {
+                        kafka: self.kafka.clone(),
+                        cache: self.cache.clone(),
+                        metrics: self.metrics.clone(),
+                        key: key.clone(),
+                        from: segment.end,
+                        deadline: self.deadline,
+                    };
+                    std::thread::Builder::new()
+                        .name("herald-replay-fill".into())
+                        .spawn(move || filler.run())
+                        .map_err(|e| failed(format!("cannot start a replay thread: {e}")))?;
+                }
+                self.wait(state);
+                continue;
             }
-            self.metrics.replay_records.inc();
-            routed.clear();
-            self.router.route(&record, &mut routed);
+            // The segment is being filled elsewhere: read on our own.
+            drop(state);
+            return self.private_read(&key, pos, to);
+        }
+        Ok(())
+    }
+
+    /// Waits for the filler to make progress (or stop).
+    fn wait(&self, mut state: MutexGuard<'_, CacheState>) {
+        self.cache.changed.wait_for(&mut state, FOLLOW_WAIT);
+    }
+
+    /// Reads `[pos, to)` with a consumer of its own, bypassing the cache.
+    fn private_read(&mut self, key: &PartitionKey, pos: i64, to: i64) -> Result<(), Outcome> {
+        let consumer: BaseConsumer = self.kafka.create().map_err(|e| failed(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&key.0, key.1, Offset::Offset(pos))
+            .map_err(|e| failed(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| failed(e.to_string()))?;
+        loop {
+            if Instant::now() > self.deadline {
+                return Err(failed(
+                    "replay from Kafka took longer than replay.timeout".into(),
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+                Some(Err(e)) => return Err(failed(format!("reading Kafka: {e}"))),
+                Some(Ok(msg)) => {
+                    if msg.offset() >= to {
+                        return Ok(());
+                    }
+                    let record = Arc::new(Record::from_message(&msg, key.0.clone(), true));
+                    drop(msg);
+                    self.metrics.replay_records.inc();
+                    let last = record.offset + 1 >= to;
+                    self.emit(vec![record])?;
+                    if last {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes records and queues those for the subscriber's channels.
+    fn emit(&mut self, records: Vec<Arc<Record>>) -> Result<(), Outcome> {
+        for record in records {
+            self.routed.clear();
+            self.router.route(&record, &mut self.routed);
             let Some(channel) = self
                 .channels
                 .iter()
-                .find(|c| routed.iter().any(|r| r == &***c))
+                .find(|c| self.routed.iter().any(|r| r == &***c))
             else {
                 continue;
             };
-            batch.push(Arc::new(Publication::new(
+            self.batch.push(Arc::new(Publication::new(
                 0,
                 channel.clone(),
                 record,
-                empty.clone(),
+                self.empty.clone(),
                 Instant::now(),
             )));
-            if batch.len() >= BATCH
-                && self
-                    .tx
-                    .blocking_send(ReplayEvent::Records(std::mem::take(&mut batch)))
-                    .is_err()
-            {
+            if self.batch.len() >= BATCH {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Outcome> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.send(ReplayEvent::Records(batch))
+    }
+
+    fn send(&self, event: ReplayEvent) -> Result<(), Outcome> {
+        self.tx.blocking_send(event).map_err(|_| Outcome::Gone)
+    }
+}
+
+/// How a replay ended early.
+enum Outcome {
+    /// The client went away.
+    Gone,
+    /// Kafka could not be read; the client is told why.
+    Failed(String),
+}
+
+impl From<Gone> for Outcome {
+    fn from(_: Gone) -> Self {
+        Outcome::Gone
+    }
+}
+
+fn failed(message: String) -> Outcome {
+    Outcome::Failed(message)
+}
+
+/// Reads one partition from Kafka into its shared segment until the segment
+/// reaches what the replays following it want.
+struct Filler {
+    kafka: ClientConfig,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    key: PartitionKey,
+    from: i64,
+    deadline: Instant,
+}
+
+impl Filler {
+    fn run(self) {
+        let result = self.fill();
+        let mut state = self.cache.state.lock();
+        if let Some(segment) = state.segments.get_mut(&self.key) {
+            segment.filling = false;
+            if let Err(message) = result {
+                segment.failed = Some(message);
+            }
+        }
+        drop(state);
+        self.cache.changed.notify_all();
+    }
+
+    fn fill(&self) -> Result<(), String> {
+        let consumer: BaseConsumer = self.kafka.create().map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.key.0, self.key.1, Offset::Offset(self.from))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut chunk: Vec<Arc<Record>> = Vec::with_capacity(BATCH);
+        loop {
+            if Instant::now() > self.deadline {
+                return Err("replay from Kafka took longer than replay.timeout".into());
+            }
+            chunk.clear();
+            let mut at_end = false;
+            let mut timeout = Duration::from_millis(100);
+            while chunk.len() < BATCH {
+                match consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        at_end = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(format!("reading Kafka: {e}")),
+                    Some(Ok(msg)) => {
+                        chunk.push(Arc::new(Record::from_message(
+                            &msg,
+                            self.key.0.clone(),
+                            true,
+                        )));
+                    }
+                }
+                timeout = Duration::ZERO;
+            }
+            if self.append(&chunk, at_end) {
                 return Ok(());
             }
         }
-        if !batch.is_empty() {
-            let _ = self.tx.blocking_send(ReplayEvent::Records(batch));
+    }
+
+    /// Adds a chunk to the segment; whether the filler is done.
+    fn append(&self, chunk: &[Arc<Record>], at_end: bool) -> bool {
+        let mut state = self.cache.state.lock();
+        let state = &mut *state;
+        let Some(segment) = state.segments.get_mut(&self.key) else {
+            return true;
+        };
+        for record in chunk {
+            if record.offset < segment.end {
+                continue;
+            }
+            let size = record.size();
+            segment.records.push_back(record.clone());
+            segment.end = record.offset + 1;
+            segment.bytes += size;
+            state.bytes += size;
+            self.metrics.replay_records.inc();
         }
-        Ok(())
+        if at_end {
+            // Nothing more in Kafka right now: offsets up to what is wanted
+            // hold no record (compaction, transaction markers).
+            segment.end = segment.end.max(segment.want);
+        }
+        let done = segment.end >= segment.want;
+        // Over the cache budget: idle segments go first, then this one's
+        // oldest records (a replay behind them reads privately).
+        if state.bytes > self.cache.max_bytes {
+            let now = Instant::now();
+            let key = &self.key;
+            let mut freed = 0;
+            state.segments.retain(|k, s| {
+                let keep = k == key || s.filling || now.duration_since(s.last_used) < SEGMENT_IDLE;
+                if !keep {
+                    freed += s.bytes;
+                }
+                keep
+            });
+            state.bytes -= freed;
+            let segment = state.segments.get_mut(&self.key).expect("kept");
+            while state.bytes > self.cache.max_bytes && segment.records.len() > 1 {
+                let r = segment.records.pop_front().expect("non-empty");
+                let size = r.size();
+                segment.bytes -= size;
+                state.bytes -= size;
+                segment.start = segment.records.front().map_or(segment.end, |r| r.offset);
+            }
+        }
+        self.cache.changed.notify_all();
+        done
     }
 }
