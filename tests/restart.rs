@@ -123,3 +123,74 @@ async fn sse_clients_resume_exactly_after_sigkill() {
     assert_eq!(ns(&again), ns(&rest), "the same records, in the same order");
     assert!(replayed(third.addr).await >= 75.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_polling_clients_resume_exactly_after_sigkill() {
+    let topic = unique_topic("restart-ws-poll");
+    create_topic(&topic, 3).await;
+    let producer = Producer::new();
+
+    let mut first = spawn(&topic, 1000).await;
+    let mut ws = Ws::connect(first.addr, "").await;
+    ws.subscribe("c", None).await;
+    let (_, mut poll_cursor) = poll_ok(first.addr, "channel=c").await;
+    for n in 0..40 {
+        producer.send_n(&topic, &format!("k{n}"), n).await;
+    }
+    let ws_seen = ws.messages(15).await;
+    let ws_cursor = ws_seen.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (polled, cursor) = poll_ok(
+        first.addr,
+        &format!("channel=c&cursor={poll_cursor}&limit=10&wait=5"),
+    )
+    .await;
+    assert_eq!(polled.len(), 10);
+    poll_cursor = cursor;
+    let mut poll_seen = ns_json(&polled);
+
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    drop(ws);
+    for n in 40..60 {
+        producer.send_n(&topic, &format!("k{n}"), n).await;
+    }
+
+    let second = spawn(&topic, 1000).await;
+    let mut ws = Ws::connect(second.addr, "").await;
+    ws.subscribe("c", Some(&ws_cursor)).await;
+    let rest = ws.messages(45).await;
+    assert_partition_order_json(&rest);
+    let mut all: Vec<u64> = ns_json(&ws_seen)
+        .into_iter()
+        .chain(ns_json(&rest))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..60).collect::<Vec<_>>(),
+        "WebSocket: none missing, none twice"
+    );
+
+    while poll_seen.len() < 60 {
+        let (messages, cursor) = poll_ok(
+            second.addr,
+            &format!("channel=c&cursor={poll_cursor}&limit=100&wait=5"),
+        )
+        .await;
+        assert!(
+            !messages.is_empty(),
+            "a long poll with records pending returned none"
+        );
+        poll_seen.extend(ns_json(&messages));
+        poll_cursor = cursor;
+    }
+    poll_seen.sort_unstable();
+    assert_eq!(
+        poll_seen,
+        (0..60).collect::<Vec<_>>(),
+        "polling: none missing, none twice"
+    );
+}
