@@ -129,6 +129,19 @@ async fn since_returns_the_records_from_that_time_on() {
         got.sort_unstable();
         assert_eq!(got, (10..20).collect::<Vec<_>>(), "since={since}");
     }
+    // The same on WebSocket (subscribe message) and polling.
+    let mut ws = Ws::connect(addr, "").await;
+    ws.send_json(serde_json::json!({"type": "subscribe", "channel": "s", "since": t0 + 10_000}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let mut got = ns_json(&ws.messages(10).await);
+    got.sort_unstable();
+    assert_eq!(got, (10..20).collect::<Vec<_>>(), "WebSocket since");
+    let (polled, _) = poll_ok(addr, &format!("channel=s&since={}&limit=100", t0 + 10_000)).await;
+    let mut got = ns_json(&polled);
+    got.sort_unstable();
+    assert_eq!(got, (10..20).collect::<Vec<_>>(), "polling since");
+
     let bad = Sse::connect(addr, "channel=s&since=yesterday", None).await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.error_body().await["error"]["code"], "invalid_since");
