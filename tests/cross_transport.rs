@@ -119,10 +119,6 @@ async fn cursors_from_websocket_and_polling_resume_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_below_a_cursor_are_a_gap_on_websocket_and_polling() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
     let topic = unique_topic("x-gap");
     create_topic(&topic, 1).await;
     let mut cfg = config(&[(&topic, "x")]);
@@ -135,18 +131,7 @@ async fn records_deleted_below_a_cursor_are_a_gap_on_websocket_and_polling() {
         producer.send_n(&topic, "k", n).await;
     }
     // Retention: everything below offset 20 goes.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let mut below = TopicPartitionList::new();
-    below
-        .add_partition_offset(&topic, 0, Offset::Offset(20))
-        .unwrap();
-    admin
-        .delete_records(&below, &AdminOptions::new())
-        .await
-        .unwrap();
+    delete_records_below(&topic, 0, 20).await;
     let lost = serde_json::json!({"channel": "x",
         "partitions": [{"topic": topic, "partition": 0, "from": 0, "to": 20}]});
 

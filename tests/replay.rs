@@ -4,24 +4,11 @@
 mod common;
 
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 fn small_history(routes: &[(&str, &str)]) -> herald::config::Config {
     let mut cfg = config(routes);
     cfg.hub.history_messages = 5;
     cfg
-}
-
-async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text).get(series).copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,18 +57,7 @@ async fn records_deleted_below_the_cursor_are_reported_as_a_gap_first() {
         producer.send_n(&topic, "k", n).await;
     }
     // Retention: everything below offset 20 goes.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let mut below = TopicPartitionList::new();
-    below
-        .add_partition_offset(&topic, 0, Offset::Offset(20))
-        .unwrap();
-    admin
-        .delete_records(&below, &AdminOptions::new())
-        .await
-        .unwrap();
+    delete_records_below(&topic, 0, 20).await;
 
     let mut sse = Sse::connect(addr, "channel=g", Some(&opening)).await;
     let gap = sse.next_raw().await.unwrap();

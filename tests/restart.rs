@@ -69,16 +69,6 @@ async fn spawn(topic: &str, warm_history: u64) -> Process {
     }
 }
 
-async fn replayed(addr: SocketAddr) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text)["herald_replay_records_total"]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_clients_resume_exactly_after_sigkill() {
     let topic = unique_topic("restart");
@@ -109,7 +99,7 @@ async fn sse_clients_resume_exactly_after_sigkill() {
     all.sort_unstable();
     assert_eq!(all, (0..100).collect::<Vec<_>>());
     assert_eq!(
-        replayed(second.addr).await,
+        metric(second.addr, "herald_replay_records_total").await,
         0.0,
         "served from warmed memory"
     );
@@ -121,7 +111,7 @@ async fn sse_clients_resume_exactly_after_sigkill() {
     let mut sse = Sse::connect(third.addr, "channel=c", Some(&cursor)).await;
     let again = sse.messages(75).await;
     assert_eq!(ns(&again), ns(&rest), "the same records, in the same order");
-    assert!(replayed(third.addr).await >= 75.0);
+    assert!(metric(third.addr, "herald_replay_records_total").await >= 75.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

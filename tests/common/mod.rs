@@ -57,6 +57,23 @@ pub async fn create_topic(name: &str, partitions: i32) {
     }
 }
 
+/// Deletes every record of `topic/partition` below `offset`, as retention
+/// would (the Admin API's delete-records).
+pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let mut below = rdkafka::TopicPartitionList::new();
+    below
+        .add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .expect("partition list");
+    admin
+        .delete_records(&below, &AdminOptions::new())
+        .await
+        .expect("delete records");
+}
+
 pub struct Producer {
     inner: FutureProducer,
 }
