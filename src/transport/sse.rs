@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
@@ -19,7 +18,7 @@ use hyper::body::Frame;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::StreamParams;
+use super::{ConnectionGauge, StreamParams, observe_delivered};
 use crate::hub::{CloseReason, Delivery, Subscription};
 use crate::metrics::Metrics;
 use crate::server::{ApiError, App, Body};
@@ -58,7 +57,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         batch: Vec::new(),
         done: false,
         metrics: app.metrics.clone(),
-        _connection: ConnectionGauge::new(&app.metrics),
+        _connection: ConnectionGauge::new(&app.metrics, TRANSPORT),
     };
     let body = StreamBody::new(futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -154,9 +153,6 @@ impl SseStream {
                 );
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         for d in &self.batch {
             let env = d.publication.envelope();
             buf.reserve(2 * d.cursor.len() + env.head.len() + env.tail.len() + 16);
@@ -167,33 +163,8 @@ impl SseStream {
             buf.put_slice(d.cursor.as_bytes());
             buf.put_slice(&env.tail);
             buf.put_slice(b"\n\n");
-            if let Some(ts) = d.publication.record.timestamp {
-                self.metrics
-                    .delivery_latency
-                    .observe((now_ms - ts).max(0) as f64 / 1000.0);
-            }
         }
-        self.metrics
-            .delivered
-            .with_label_values(&[TRANSPORT])
-            .inc_by(self.batch.len() as u64);
+        observe_delivered(&self.metrics, TRANSPORT, &self.batch);
         buf.freeze()
-    }
-}
-
-/// Counts the stream in `herald_connections{transport="sse"}` while it lives.
-struct ConnectionGauge(prometheus::IntGauge);
-
-impl ConnectionGauge {
-    fn new(metrics: &Metrics) -> Self {
-        let g = metrics.connections.with_label_values(&[TRANSPORT]);
-        g.inc();
-        ConnectionGauge(g)
-    }
-}
-
-impl Drop for ConnectionGauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
