@@ -1,12 +1,21 @@
 //! herald-bench: measures Herald against a real Kafka broker.
 //!
 //! ```text
+//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all); see suite.rs
+//! herald-bench report [--out DIR]                          summary.md + chart.svg from DIR/*.json
+//! herald-bench client ...                                  a client worker process (spawned by suite)
+//! herald-bench floor-server ...                            the bare tokio fan-out floor (spawned by suite)
 //! herald-bench ingest     [--records N] [--brokers ADDR]   ingest rate vs bare consumers
 //! herald-bench sse-fanout [--clients C] [--records N]      SSE delivery rate to C subscribers of one channel
 //! ```
 //!
 //! Herald runs in this process on its own runtime; clients are plain TCP
 //! sockets that count events, so the client side stays cheap.
+
+mod client;
+mod floor;
+mod hist;
+mod suite;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +72,33 @@ enum Scenario {
         #[arg(long, default_value_t = 200_000)]
         behind: u64,
     },
+    /// The issue-6 scenarios: p1 p2 p3 p4 p6 p7, smoke, or all.
+    Suite {
+        scenario: String,
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        #[arg(long, default_value = "bench/results")]
+        out: std::path::PathBuf,
+        /// Overrides the scenario's client count (smoke runs).
+        #[arg(long)]
+        clients: Option<usize>,
+    },
+    /// Writes summary.md and chart.svg from the results in OUT.
+    Report {
+        #[arg(long, default_value = "bench/results")]
+        out: std::path::PathBuf,
+    },
+    /// A client worker process (spawned by `suite`).
+    Client(client::ClientArgs),
+    /// The fan-out floor server (spawned by `suite`).
+    FloorServer(floor::FloorArgs),
+}
+
+/// A 100-byte JSON record carrying its send time (unix micros) and sequence.
+fn payload(n: u64) -> String {
+    let head = format!("{{\"t\":{},\"n\":{n},\"p\":\"", client::unix_us());
+    let pad = 100usize.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
 }
 
 fn main() {
@@ -71,10 +107,21 @@ fn main() {
         .brokers
         .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok())
         .unwrap_or_else(|| "127.0.0.1:9092".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = match cli.scenario {
+        Scenario::Client(args) => return client::run(args),
+        Scenario::FloorServer(args) => return floor::run(args),
+        Scenario::Suite {
+            scenario,
+            duration,
+            out,
+            clients,
+        } => return suite::run(&brokers, &scenario, duration, &out, clients),
+        Scenario::Report { out } => return suite::report(&out),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    };
     match cli.scenario {
         Scenario::Ingest {
             records,
@@ -88,6 +135,10 @@ fn main() {
         Scenario::SseFanout { clients, records } => {
             rt.block_on(sse_fanout(&brokers, clients, records))
         }
+        Scenario::Suite { .. }
+        | Scenario::Report { .. }
+        | Scenario::Client(_)
+        | Scenario::FloorServer(_) => unreachable!(),
     }
 }
 
@@ -176,11 +227,16 @@ fn bare_base_consumer(brokers: &str, topic: &str, partitions: i32, n: u64) -> f6
     consumer
         .assign(&assignment(topic, partitions))
         .expect("assign");
-    let started = Instant::now();
+    // Timed from the first record (as Herald is timed from /readyz), so the
+    // consumer's start-up is not counted against the floor.
+    let mut started = Instant::now();
     let mut seen = 0u64;
     let mut bytes = 0usize;
     while seen < n {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if seen == 0 {
+                started = Instant::now();
+            }
             // Copy out, as the ingest does, so the comparison is fair.
             bytes += bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()).len();
             seen += 1;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs herald-bench's issue-6 scenarios against a real Kafka broker.
+#
+#   scripts/bench.sh SCENARIO [--duration S] [--clients N]
+#     SCENARIO: p1 p2 p3 p4 p6 p7 smoke, or all (p6 p3 p2 p7 p1 p4)
+#   KAFKA_BOOTSTRAP=host:9092 scripts/bench.sh p3   # uses an existing broker
+#
+# Builds herald and herald-bench in release once, starts the local broker
+# (scripts/kafka.sh) when KAFKA_BOOTSTRAP is unset, and writes
+# bench/results/<scenario>.json, summary.md and chart.svg
+# (BENCH_OUT overrides the directory). Exits 1 when a smoke run loses or
+# duplicates messages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'bench.sh: %s\n' "$*" >&2; }
+[[ $# -ge 1 ]] || { sed -n '2,12p' "$0" >&2; exit 64; }
+scenario=$1
+shift
+out=${BENCH_OUT:-bench/results}
+
+log "cargo build --release --bin herald --bin herald-bench"
+cargo build --release --locked --bin herald --bin herald-bench
+
+started_here=0
+if [[ -n ${KAFKA_BOOTSTRAP:-} ]]; then
+  log "broker: external Kafka at $KAFKA_BOOTSTRAP"
+else
+  if ! scripts/kafka.sh status >/dev/null 2>&1; then
+    scripts/kafka.sh start
+    started_here=1
+  fi
+  export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
+fi
+if [[ $started_here == 1 ]]; then
+  trap 'scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+
+target/release/herald-bench --brokers "$KAFKA_BOOTSTRAP" suite "$scenario" --out "$out" "$@"
+
+if [[ $scenario == smoke ]]; then
+  # The smoke run must deliver everything exactly once.
+  python3 - "$out/smoke.json" <<'PY' || { log "smoke: lost or duplicated messages"; exit 1; }
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+bad = [r for r in rows if r["metric"] in ("lost", "duplicated") and r["measured"] != 0]
+sys.exit(1 if bad else 0)
+PY
+fi
+log "results in $out/"

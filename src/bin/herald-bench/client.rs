@@ -1,0 +1,323 @@
+//! `herald-bench client`: a worker process holding up to ~9,000 client
+//! sockets (WebSocket, SSE or the fan-out floor's raw stream) on one channel.
+//!
+//! Prints one JSON line when every socket is open (`{"ready":…}`) and one
+//! when the clients are done or `--duration` has passed after that
+//! (`{"done":…}`): counts, lost and duplicated records (by `n`) and a
+//! latency histogram (publish timestamp `t` in the payload → receive).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hist::Hist;
+
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// ws, sse or floor (the floor server's raw stream).
+    #[arg(long)]
+    pub transport: String,
+    #[arg(long)]
+    pub addr: String,
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    #[arg(long)]
+    pub count: usize,
+    /// Records each client should receive (n = 0..expect); 0: idle clients.
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
+    /// Seconds to keep going after every socket is open.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Resume cursor (ws: `cursor=`, sse: `Last-Event-ID`).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Kernel receive buffer per socket, bytes.
+    #[arg(long, default_value_t = 16384)]
+    pub rcvbuf: u32,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
+pub struct Done {
+    pub clients: usize,
+    pub connected: usize,
+    pub failed: usize,
+    /// Unix micros: first connect started / last socket open.
+    pub connect_start_us: u64,
+    pub connect_end_us: u64,
+    /// Unix micros when the last client got all `expect` records (0: never).
+    pub all_done_us: u64,
+    pub complete: usize,
+    pub received: u64,
+    pub distinct: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub hist: Vec<(u32, u64)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    received: u64,
+    distinct: u64,
+    duplicates: u64,
+    complete: usize,
+    hist: Hist,
+    all_done_us: u64,
+}
+
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn run(args: ClientArgs) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run_async(args));
+}
+
+async fn run_async(args: ClientArgs) {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let request = Arc::new(request_for(&args));
+    let start_us = unix_us();
+    let permits = Arc::new(tokio::sync::Semaphore::new(128));
+    for _ in 0..args.count {
+        let (shared, connected, failed, request, permits) = (
+            shared.clone(),
+            connected.clone(),
+            failed.clone(),
+            request.clone(),
+            permits.clone(),
+        );
+        let args = args.clone();
+        tokio::spawn(async move {
+            let permit = permits.acquire_owned().await.expect("semaphore");
+            let stream = match open(&args, &request).await {
+                Some(s) => s,
+                None => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            drop(permit);
+            connected.fetch_add(1, Ordering::Relaxed);
+            read_loop(stream, args.expect, args.count, &shared).await;
+        });
+    }
+    while connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.count {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end_us = unix_us();
+    println!(
+        "{}",
+        serde_json::json!({"ready": connected.load(Ordering::Relaxed), "failed": failed.load(Ordering::Relaxed),
+            "connect_start_us": start_us, "connect_end_us": end_us})
+    );
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let n_ok = connected.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        if args.expect > 0 && shared.lock().complete >= n_ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = shared.lock();
+    let done = Done {
+        clients: args.count,
+        connected: n_ok,
+        failed: failed.load(Ordering::Relaxed),
+        connect_start_us: start_us,
+        connect_end_us: end_us,
+        all_done_us: s.all_done_us,
+        complete: s.complete,
+        received: s.received,
+        distinct: s.distinct,
+        duplicates: s.duplicates,
+        lost: (n_ok as u64 * args.expect).saturating_sub(s.distinct),
+        hist: s.hist.sparse(),
+    };
+    println!("{}", serde_json::json!({ "done": done }));
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    std::process::exit(0);
+}
+
+fn request_for(args: &ClientArgs) -> Vec<u8> {
+    let ch = &args.channel;
+    match args.transport.as_str() {
+        "ws" => {
+            let cursor = args
+                .cursor
+                .as_ref()
+                .map_or(String::new(), |c| format!("&cursor={c}"));
+            format!(
+                "GET /ws?channel={ch}{cursor} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                 sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+            )
+        }
+        "sse" => {
+            let resume = args
+                .cursor
+                .as_ref()
+                .map_or(String::new(), |c| format!("last-event-id: {c}\r\n"));
+            format!("GET /sse?channel={ch} HTTP/1.1\r\nhost: x\r\n{resume}\r\n")
+        }
+        "floor" => "GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+        t => panic!("unknown transport {t}"),
+    }
+    .into_bytes()
+}
+
+/// Connects (retrying refused connects for a while), sends the request and
+/// reads the response head. Returns the stream and any body bytes read.
+async fn open(args: &ClientArgs, request: &[u8]) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
+    let addr: std::net::SocketAddr = args.addr.parse().expect("addr");
+    let mut tries = 0;
+    let mut s = loop {
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        let _ = sock.set_recv_buffer_size(args.rcvbuf);
+        let _ = sock.set_send_buffer_size(4096);
+        match sock.connect(addr).await {
+            Ok(s) => break s,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return None,
+        }
+    };
+    s.write_all(request).await.ok()?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    loop {
+        let k = s.read(&mut buf).await.ok()?;
+        if k == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..k]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let status_ok = head.starts_with(b"HTTP/1.1 101") || head.starts_with(b"HTTP/1.1 200");
+            if !status_ok {
+                return None;
+            }
+            let rest = head.split_off(i + 4);
+            return Some((s, rest));
+        }
+        if head.len() > 16 * 1024 {
+            return None;
+        }
+    }
+}
+
+const MARK: &[u8] = b"{\"t\":";
+
+async fn read_loop(
+    (mut s, first): (tokio::net::TcpStream, Vec<u8>),
+    expect: u64,
+    _clients: usize,
+    shared: &Mutex<Shared>,
+) {
+    let mut seen = vec![0u64; (expect as usize).div_ceil(64)];
+    let mut distinct = 0u64;
+    let mut acc = first;
+    let mut buf = vec![0u8; 4096];
+    let mut samples: Vec<(u64, u64)> = Vec::with_capacity(64);
+    loop {
+        // Parse every complete `{"t":T,"n":N` in acc.
+        let mut pos = 0;
+        let mut partial = None;
+        while let Some(i) = find(&acc[pos..], MARK) {
+            let at = pos + i;
+            match parse_tn(&acc[at + MARK.len()..]) {
+                Some((t, n, used)) => {
+                    if n != u64::MAX {
+                        samples.push((t, n));
+                    }
+                    pos = at + MARK.len() + used;
+                }
+                None => {
+                    partial = Some(at);
+                    break;
+                }
+            }
+        }
+        let keep_from =
+            partial.unwrap_or_else(|| pos.max(acc.len().saturating_sub(MARK.len() - 1)));
+        if !samples.is_empty() {
+            let now = unix_us();
+            let mut g = shared.lock();
+            for &(t, n) in &samples {
+                g.received += 1;
+                g.hist.record(now.saturating_sub(t));
+                if n < expect {
+                    let (w, b) = ((n / 64) as usize, n % 64);
+                    if seen[w] & (1 << b) != 0 {
+                        g.duplicates += 1;
+                    } else {
+                        seen[w] |= 1 << b;
+                        distinct += 1;
+                        g.distinct += 1;
+                    }
+                }
+            }
+            if expect > 0 && distinct == expect {
+                g.complete += 1;
+                g.all_done_us = now;
+            }
+            samples.clear();
+        }
+        if expect > 0 && distinct == expect {
+            // Keep the socket open (so the server sees no churn) but stop counting.
+            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+            return;
+        }
+        acc.drain(..keep_from.min(acc.len()));
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(k) => acc.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses `T,"n":N` followed by a non-digit; None when incomplete.
+fn parse_tn(b: &[u8]) -> Option<(u64, u64, usize)> {
+    let (t, i) = digits(b, 0)?;
+    let rest = b.get(i..)?;
+    const N: &[u8] = b",\"n\":";
+    if rest.len() < N.len() || &rest[..N.len()] != N {
+        // Not our payload (or incomplete); skip only when clearly not ours.
+        return if rest.len() < N.len() {
+            None
+        } else {
+            Some((0, u64::MAX, i))
+        };
+    }
+    let (n, j) = digits(b, i + N.len())?;
+    Some((t, n, j))
+}
+
+fn digits(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
+    let start = i;
+    let mut v = 0u64;
+    while i < b.len() && b[i].is_ascii_digit() {
+        v = v * 10 + u64::from(b[i] - b'0');
+        i += 1;
+    }
+    if i == b.len() || i == start {
+        return None;
+    }
+    Some((v, i))
+}

@@ -1,0 +1,932 @@
+//! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7) with Herald
+//! as a separate process (the release `herald serve` beside this binary),
+//! clients in worker processes (`herald-bench client`), and the floors in
+//! the same run. Writes `OUT/<scenario>.json`; `report` turns every JSON in
+//! OUT into `summary.md` and `chart.svg`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::client::{Done, unix_us};
+use crate::hist::Hist;
+
+/// At most this many sockets per client worker process (20k fds each).
+const PER_WORKER: usize = 9000;
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub measured: f64,
+    /// "le" (measured ≤ target passes) or "ge".
+    pub cmp: String,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub target: f64,
+    pub floor: Option<f64>,
+    pub unit: String,
+    pub pass: bool,
+}
+
+/// JSON has no NaN (serde_json writes null): read null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn row(
+    scenario: &str,
+    metric: &str,
+    measured: f64,
+    cmp: &str,
+    target: f64,
+    floor: Option<f64>,
+    unit: &str,
+) -> Row {
+    let pass = match cmp {
+        "le" => measured <= target,
+        _ => measured >= target,
+    };
+    Row {
+        scenario: scenario.into(),
+        metric: metric.into(),
+        measured,
+        cmp: cmp.into(),
+        target,
+        floor,
+        unit: unit.into(),
+        pass,
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+fn exe_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("current exe")
+        .parent()
+        .expect("exe dir")
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct HeraldProc {
+    child: Child,
+    pub addr: String,
+}
+
+impl HeraldProc {
+    pub fn start(brokers: &str, topic: &str, start: &str, extra: &str) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let text = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\nstart = \"{start}\"\n{extra_kafka}\
+             [http]\nlisten = \"{addr}\"\ndemo_page = false\n\
+             [limits]\nmax_connections = 19500\n{extra_limits}\
+             [[route]]\ntopic = \"{topic}\"\nchannel = \"bench\"\n",
+            extra_kafka = section(extra, "kafka"),
+            extra_limits = section(extra, "limits"),
+        );
+        let path =
+            std::env::temp_dir().join(format!("herald-bench-{}-{port}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("write config");
+        let child = Command::new(exe_dir().join("herald"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn herald (build it: cargo build --release --bin herald)");
+        let h = Self { child, addr };
+        let t0 = Instant::now();
+        while !http_get(&h.addr, "/readyz").starts_with("HTTP/1.1 200") {
+            assert!(t0.elapsed() < Duration::from_secs(60), "herald not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss_kib(&self) -> f64 {
+        rss_kib(self.pid())
+    }
+
+    pub fn cpu_s(&self) -> f64 {
+        cpu_s(self.pid())
+    }
+
+    pub fn metric(&self, prefix: &str) -> u64 {
+        http_get(&self.addr, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 15 s).
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of `extra` (pairs `section.key = value`) for one section.
+fn section(extra: &str, name: &str) -> String {
+    extra
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}.")))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+pub fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+pub fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime, stime are 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub struct Workers {
+    children: Vec<(Child, BufReader<ChildStdout>)>,
+    pub ready: Vec<Value>,
+}
+
+impl Workers {
+    /// Spawns ceil(total / PER_WORKER) (at least `min_workers`) client
+    /// processes and waits until every one has its sockets open.
+    pub fn spawn(
+        transport: &str,
+        addr: &str,
+        total: usize,
+        expect: u64,
+        duration: f64,
+        cursor: Option<&str>,
+        min_workers: usize,
+    ) -> Self {
+        let n = total.div_ceil(PER_WORKER).max(min_workers).max(1);
+        let mut children = Vec::new();
+        for i in 0..n {
+            let count = total / n + usize::from(i < total % n);
+            let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+            cmd.args(["client", "--transport", transport, "--addr", addr])
+                .args([
+                    "--count",
+                    &count.to_string(),
+                    "--expect",
+                    &expect.to_string(),
+                ])
+                .args(["--duration", &duration.to_string()]);
+            if let Some(c) = cursor {
+                cmd.args(["--cursor", c]);
+            }
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn client worker");
+            let out = BufReader::new(child.stdout.take().expect("stdout"));
+            children.push((child, out));
+        }
+        let mut ready = Vec::new();
+        for (_, out) in &mut children {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("worker ready line");
+            ready.push(serde_json::from_str::<Value>(&line).unwrap_or(Value::Null));
+        }
+        Self { children, ready }
+    }
+
+    pub fn connected(&self) -> u64 {
+        self.ready.iter().filter_map(|v| v["ready"].as_u64()).sum()
+    }
+
+    /// Seconds from the first connect to the last socket open, over workers.
+    pub fn connect_span_s(&self) -> f64 {
+        let start = self
+            .ready
+            .iter()
+            .filter_map(|v| v["connect_start_us"].as_u64())
+            .min()
+            .unwrap_or(0);
+        let end = self
+            .ready
+            .iter()
+            .filter_map(|v| v["connect_end_us"].as_u64())
+            .max()
+            .unwrap_or(0);
+        end.saturating_sub(start) as f64 / 1e6
+    }
+
+    pub fn finish(self) -> Vec<Done> {
+        let mut all = Vec::new();
+        for (mut child, mut out) in self.children {
+            let mut line = String::new();
+            let _ = out.read_line(&mut line);
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Ok(d) = serde_json::from_value::<Done>(v["done"].clone()) {
+                all.push(d);
+            } else {
+                eprintln!("bench: a client worker reported nothing: {line}");
+                all.push(Done::default());
+            }
+            let _ = child.wait();
+        }
+        all
+    }
+}
+
+pub struct Totals {
+    pub connected: usize,
+    pub received: u64,
+    pub distinct: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub complete: usize,
+    pub hist: Hist,
+    pub first_connect_us: u64,
+    pub all_done_us: u64,
+}
+
+pub fn totals(done: &[Done]) -> Totals {
+    let mut hist = Hist::default();
+    for d in done {
+        hist.merge(&d.hist);
+    }
+    Totals {
+        connected: done.iter().map(|d| d.connected).sum(),
+        received: done.iter().map(|d| d.received).sum(),
+        distinct: done.iter().map(|d| d.distinct).sum(),
+        duplicates: done.iter().map(|d| d.duplicates).sum(),
+        // Workers that failed to report count all their clients' records lost.
+        lost: done.iter().map(|d| d.lost).sum(),
+        complete: done.iter().map(|d| d.complete).sum(),
+        hist,
+        first_connect_us: done
+            .iter()
+            .map(|d| d.connect_start_us)
+            .filter(|v| *v > 0)
+            .min()
+            .unwrap_or(0),
+        all_done_us: if done.iter().all(|d| d.all_done_us > 0) {
+            done.iter().map(|d| d.all_done_us).max().unwrap_or(0)
+        } else {
+            0
+        },
+    }
+}
+
+// ---------------------------------------------------------------- Kafka
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(crate::create_topic(brokers, topic, partitions));
+}
+
+/// Produces `n` timestamped 100-byte records at `rate` per second.
+fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    // Warm up (metadata, connection) with a record clients ignore, so the
+    // first timed records do not carry the producer's start-up.
+    producer
+        .send(BaseRecord::to(topic).payload("{\"warmup\":1}").key("k"))
+        .map_err(|(e, _)| e)
+        .expect("warm-up record");
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let started = Instant::now();
+    for i in 0..n {
+        let at = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let payload = crate::payload(i);
+        let mut record = BaseRecord::to(topic).payload(&payload).key("k");
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    started.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------- scenarios
+
+pub struct FanoutResult {
+    pub json: Value,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
+    let (p50, p99, p999) = (
+        t.hist.quantile_ms(0.5),
+        t.hist.quantile_ms(0.99),
+        t.hist.quantile_ms(0.999),
+    );
+    let mut json = json!({
+        "clients": t.connected, "received": t.received, "distinct": t.distinct,
+        "lost": t.lost, "duplicates": t.duplicates, "complete_clients": t.complete,
+        "deliveries_per_s": t.received as f64 / publish_s.max(1e-9),
+        "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+    });
+    if let (Value::Object(a), Value::Object(b)) = (&mut json, extra) {
+        a.extend(b);
+    }
+    FanoutResult {
+        json,
+        p50,
+        p99,
+        p999,
+        lost: t.lost,
+        duplicates: t.duplicates,
+    }
+}
+
+/// Herald fan-out: `clients` on one channel over `transport`, `rate`
+/// records/s for `duration` s.
+pub fn herald_fanout(
+    brokers: &str,
+    transport: &str,
+    clients: usize,
+    rate: u64,
+    duration: f64,
+) -> FanoutResult {
+    let topic = crate::topic_name("fan");
+    create_topic(brokers, &topic, 1);
+    let herald = HeraldProc::start(brokers, &topic, "latest", "");
+    let rss0 = herald.rss_kib();
+    let records = (rate as f64 * duration).round() as u64;
+    let workers = Workers::spawn(
+        transport,
+        &herald.addr,
+        clients,
+        records,
+        duration + 15.0,
+        None,
+        2,
+    );
+    let rss1 = herald.rss_kib();
+    let cpu0 = herald.cpu_s();
+    eprintln!(
+        "bench: {clients} {transport} clients connected to Herald ({:.1}s); producing {records} records at {rate}/s",
+        workers.connect_span_s()
+    );
+    let publish_s = produce_paced(brokers, &topic, rate, records);
+    let done = workers.finish();
+    let cpu = herald.cpu_s() - cpu0;
+    let rss2 = herald.rss_kib();
+    herald.stop();
+    let t = totals(&done);
+    fanout_json(
+        &t,
+        publish_s,
+        json!({
+            "transport": transport, "rate": rate, "records": records, "duration_s": duration,
+            "herald_rss_kib_idle": rss0, "herald_rss_kib_connected": rss1, "herald_rss_kib_end": rss2,
+            "rss_per_conn_kib": (rss1 - rss0) / clients as f64,
+            "herald_cpu_s": cpu, "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
+        }),
+    )
+}
+
+/// The fan-out floor: the same clients and rate against `floor-server`.
+pub fn floor_fanout(clients: usize, rate: u64, duration: f64) -> FanoutResult {
+    let records = (rate as f64 * duration).round() as u64;
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "floor-server",
+            "--clients",
+            &clients.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args(["--records", &records.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn floor server");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("floor listen line");
+    let v: Value = serde_json::from_str(&line).expect("floor json");
+    let addr = v["listen"].as_str().expect("listen").to_owned();
+    let pid = child.id();
+    let workers = Workers::spawn("floor", &addr, clients, records, duration + 15.0, None, 2);
+    let cpu0 = cpu_s(pid);
+    line.clear();
+    out.read_line(&mut line).expect("floor publishing line");
+    let started = Instant::now();
+    let done = workers.finish();
+    let publish_s = started.elapsed().as_secs_f64().min(duration + 1.0);
+    let cpu = cpu_s(pid) - cpu0;
+    let rss = rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = totals(&done);
+    fanout_json(
+        &t,
+        publish_s,
+        json!({
+            "rate": rate, "records": records, "floor_rss_kib": rss, "floor_cpu_s": cpu,
+            "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
+        }),
+    )
+}
+
+fn fanout_rows(
+    name: &str,
+    h: &FanoutResult,
+    p99_target: f64,
+    floor: Option<&FanoutResult>,
+) -> Vec<Row> {
+    vec![
+        row(
+            name,
+            "p50 ms",
+            h.p50,
+            "info",
+            f64::NAN,
+            floor.map(|f| f.p50),
+            "ms",
+        ),
+        row(
+            name,
+            "p99 ms",
+            h.p99,
+            "le",
+            p99_target,
+            floor.map(|f| f.p99),
+            "ms",
+        ),
+        row(
+            name,
+            "p99.9 ms",
+            h.p999,
+            "info",
+            f64::NAN,
+            floor.map(|f| f.p999),
+            "ms",
+        ),
+        row(
+            name,
+            "lost",
+            h.lost as f64,
+            "le",
+            0.0,
+            floor.map(|f| f.lost as f64),
+            "records",
+        ),
+        row(
+            name,
+            "duplicated",
+            h.duplicates as f64,
+            "le",
+            0.0,
+            floor.map(|f| f.duplicates as f64),
+            "records",
+        ),
+        row(
+            name,
+            "deliveries/s",
+            h.json["deliveries_per_s"].as_f64().unwrap_or(0.0),
+            "info",
+            f64::NAN,
+            floor.and_then(|f| f.json["deliveries_per_s"].as_f64()),
+            "/s",
+        ),
+        row(
+            name,
+            "CPU µs per delivery",
+            h.json["cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
+            "info",
+            f64::NAN,
+            floor.and_then(|f| f.json["cpu_us_per_delivery"].as_f64()),
+            "µs",
+        ),
+    ]
+}
+
+pub fn run(
+    brokers: &str,
+    scenario: &str,
+    duration: f64,
+    out: &Path,
+    clients_override: Option<usize>,
+) {
+    std::fs::create_dir_all(out).expect("results dir");
+    let names: Vec<&str> = if scenario == "all" {
+        vec!["p6", "p3", "p2", "p7", "p1", "p4", "smoke"]
+            .into_iter()
+            .filter(|s| *s != "smoke")
+            .collect()
+    } else {
+        vec![scenario]
+    };
+    for name in names {
+        eprintln!("bench: ---- {name} ({duration} s) ----");
+        let started = unix_us();
+        let (rows, details) = match name {
+            "p1" => p1(brokers, clients_override.unwrap_or(19_000)),
+            "p2" => p2_p4(
+                brokers,
+                "ws",
+                clients_override.unwrap_or(10_000),
+                duration,
+                None,
+            ),
+            "p3" | "smoke" => {
+                let (c, d) = if name == "smoke" {
+                    (clients_override.unwrap_or(50), duration.min(3.0))
+                } else {
+                    (clients_override.unwrap_or(1000), duration)
+                };
+                let h = herald_fanout(brokers, "ws", c, 1000, d);
+                let f = floor_fanout(c, 1000, d);
+                (
+                    fanout_rows(name, &h, 15.0, Some(&f)),
+                    json!({"herald": h.json, "floor": f.json}),
+                )
+            }
+            "p4" => {
+                let c = clients_override.unwrap_or(10_000);
+                let ws = herald_fanout(brokers, "ws", c, 50, duration);
+                p2_p4(brokers, "sse", c, duration, Some(ws))
+            }
+            "p6" => p6(brokers, 1_000_000),
+            "p7" => p7(brokers, clients_override.unwrap_or(10_000), 1000),
+            other => panic!("unknown scenario {other} (p1 p2 p3 p4 p6 p7 smoke all)"),
+        };
+        for r in &rows {
+            eprintln!(
+                "bench: {name:<5} {:<24} {:>12.3} {} target {:?} floor {:?} {}",
+                r.metric,
+                r.measured,
+                r.cmp,
+                r.target,
+                r.floor,
+                if r.cmp == "info" {
+                    ""
+                } else if r.pass {
+                    "PASS"
+                } else {
+                    "MISS"
+                }
+            );
+        }
+        let doc = json!({"scenario": name, "started_unix_us": started, "duration_s": duration, "rows": rows, "details": details});
+        std::fs::write(
+            out.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&doc).expect("json"),
+        )
+        .expect("write result");
+    }
+    report(out);
+}
+
+fn p2_p4(
+    brokers: &str,
+    transport: &str,
+    clients: usize,
+    duration: f64,
+    ws: Option<FanoutResult>,
+) -> (Vec<Row>, Value) {
+    let h = herald_fanout(brokers, transport, clients, 50, duration);
+    if let Some(ws) = ws {
+        let mut rows = fanout_rows("p4", &h, 1.1 * ws.p99, None);
+        rows[1].floor = Some(ws.p99);
+        rows[1].metric = "p99 ms (target 1.1× WS p99)".into();
+        (rows, json!({"herald_sse": h.json, "herald_ws": ws.json}))
+    } else {
+        let f = floor_fanout(clients, 50, duration);
+        let rows = fanout_rows("p2", &h, 1.2 * f.p99, Some(&f));
+        (rows, json!({"herald": h.json, "floor": f.json}))
+    }
+}
+
+fn p1(brokers: &str, clients: usize) -> (Vec<Row>, Value) {
+    let topic = crate::topic_name("idle");
+    create_topic(brokers, &topic, 1);
+    let mut rows = Vec::new();
+    let mut details = serde_json::Map::new();
+    for transport in ["ws", "sse"] {
+        let herald = HeraldProc::start(brokers, &topic, "latest", "");
+        let rss0 = herald.rss_kib();
+        let workers = Workers::spawn(transport, &herald.addr, clients, 0, 3.0, None, 3);
+        std::thread::sleep(Duration::from_millis(500));
+        let rss1 = herald.rss_kib();
+        let connected = workers.connected();
+        let span = workers.connect_span_s();
+        let _ = workers.finish();
+        herald.stop();
+        let per_conn = (rss1 - rss0) / connected.max(1) as f64;
+        let accepts = connected as f64 / span.max(1e-9);
+        rows.push(row(
+            "p1",
+            &format!("{transport}: connected"),
+            connected as f64,
+            "ge",
+            clients as f64,
+            None,
+            "conns",
+        ));
+        rows.push(row(
+            "p1",
+            &format!("{transport}: RSS KiB per conn"),
+            per_conn,
+            "le",
+            4.0,
+            None,
+            "KiB",
+        ));
+        rows.push(row(
+            "p1",
+            &format!("{transport}: accepts/s"),
+            accepts,
+            "ge",
+            5000.0,
+            None,
+            "/s",
+        ));
+        details.insert(transport.into(), json!({"connected": connected, "rss_kib_idle": rss0, "rss_kib_connected": rss1, "connect_span_s": span}));
+    }
+    (rows, Value::Object(details))
+}
+
+fn p6(brokers: &str, n: u64) -> (Vec<Row>, Value) {
+    let topic = crate::topic_name("ingest");
+    create_topic(brokers, &topic, 3);
+    let took = crate::produce(brokers, &topic, n);
+    eprintln!("bench: produced {n} records in {:.1}s", took.as_secs_f64());
+    let floor = crate::bare_base_consumer(brokers, &topic, 3, n);
+    let herald = HeraldProc::start(brokers, &topic, "earliest", "");
+    let started = Instant::now();
+    let cpu0 = herald.cpu_s();
+    while herald.metric("herald_messages_consumed_total") < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "herald ingest stalled"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = herald.cpu_s() - cpu0;
+    herald.stop();
+    let rows = vec![
+        row(
+            "p6",
+            "ingest records/s",
+            rate,
+            "ge",
+            500_000.0,
+            Some(floor),
+            "/s",
+        ),
+        row(
+            "p6",
+            "ingest % of floor",
+            100.0 * rate / floor,
+            "ge",
+            80.0,
+            Some(100.0),
+            "%",
+        ),
+    ];
+    (
+        rows,
+        json!({"records": n, "herald_records_per_s": rate, "floor_base_consumer_per_s": floor, "herald_cpu_s": cpu}),
+    )
+}
+
+fn p7(brokers: &str, clients: usize, behind: u64) -> (Vec<Row>, Value) {
+    let topic = crate::topic_name("resume");
+    create_topic(brokers, &topic, 1);
+    let first = HeraldProc::start(brokers, &topic, "latest", "");
+    let body = http_get(&first.addr, "/poll?channel=bench");
+    let cursor = body
+        .split("\"cursor\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("cursor from /poll")
+        .to_owned();
+    first.stop();
+    produce_paced(brokers, &topic, 1_000_000, behind);
+    let second = HeraldProc::start(brokers, &topic, "latest", "");
+    let workers = Workers::spawn("ws", &second.addr, clients, behind, 60.0, Some(&cursor), 2);
+    let span = workers.connect_span_s();
+    let done = workers.finish();
+    let t = totals(&done);
+    let caught_up = if t.all_done_us > 0 {
+        (t.all_done_us - t.first_connect_us) as f64 / 1e6
+    } else {
+        f64::INFINITY
+    };
+    let consumed = second.metric("herald_messages_consumed_total");
+    let replayed = second.metric("herald_replay_records_total");
+    second.stop();
+    let reads = (consumed + replayed) as f64 / behind as f64;
+    let rows = vec![
+        row("p7", "all caught up s", caught_up, "le", 5.0, None, "s"),
+        row(
+            "p7",
+            "Kafka reads per record",
+            reads,
+            "le",
+            2.0,
+            None,
+            "reads",
+        ),
+        row("p7", "lost", t.lost as f64, "le", 0.0, None, "records"),
+        row(
+            "p7",
+            "duplicated",
+            t.duplicates as f64,
+            "le",
+            0.0,
+            None,
+            "records",
+        ),
+    ];
+    (
+        rows,
+        json!({"clients": t.connected, "behind": behind, "connect_span_s": span, "consumed": consumed, "replayed": replayed,
+        "complete_clients": t.complete, "received": t.received}),
+    )
+}
+
+// ---------------------------------------------------------------- report
+
+pub fn report(dir: &Path) {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        if f.extension().is_some_and(|e| e == "json")
+            && let Ok(text) = std::fs::read_to_string(&f)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Ok(r) = serde_json::from_value::<Vec<Row>>(v["rows"].clone())
+        {
+            rows.extend(r);
+        }
+    }
+    let mut md = String::from(
+        "| scenario | figure | measured | target | floor | |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let target = match r.cmp.as_str() {
+            "le" => format!("≤ {}", fmt(r.target)),
+            "ge" => format!("≥ {}", fmt(r.target)),
+            _ => "—".into(),
+        };
+        let verdict = match (r.cmp.as_str(), r.pass) {
+            ("info", _) => "",
+            (_, true) => "met",
+            _ => "**missed**",
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.metric,
+            fmt(r.measured),
+            target,
+            r.floor.map_or("—".into(), fmt),
+            verdict
+        ));
+    }
+    std::fs::write(dir.join("summary.md"), &md).expect("summary.md");
+    std::fs::write(dir.join("chart.svg"), svg(&rows)).expect("chart.svg");
+    print!("{md}");
+}
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else if v.is_infinite() {
+        "∞".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{:.0}", v)
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Horizontal bars: each figure as a ratio of its target (the target is the
+/// dashed line at 1×; a floor, when there is one, a black tick).
+fn svg(rows: &[Row]) -> String {
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.cmp != "info" && r.target > 0.0)
+        .collect();
+    let (left, width, h) = (300.0, 500.0, 22.0);
+    let max_ratio = 3.0;
+    let height = 50.0 + h * rows.len() as f64;
+    let x = |ratio: f64| left + width * (ratio.clamp(0.0, max_ratio) / max_ratio);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"18\" font-weight=\"bold\">herald-bench: measured ÷ target (dashed line = target; black tick = floor; green met, red missed)</text>\n",
+        left + width + 120.0
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = 35.0 + h * i as f64;
+        let ratio = r.measured / r.target;
+        let color = if r.pass { "#3a3" } else { "#c33" };
+        s.push_str(&format!(
+            "<text x=\"10\" y=\"{}\">{} {}</text>\n",
+            y + 14.0,
+            r.scenario,
+            xml(&r.metric)
+        ));
+        s.push_str(&format!(
+            "<rect x=\"{left}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"/>\n",
+            y + 3.0,
+            x(ratio) - left,
+            h - 6.0
+        ));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\">{}</text>\n",
+            x(ratio) + 4.0,
+            y + 14.0,
+            xml(&fmt(r.measured))
+        ));
+        if let Some(f) = r.floor {
+            let fx = x(f / r.target);
+            s.push_str(&format!("<line x1=\"{fx:.1}\" x2=\"{fx:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"black\" stroke-width=\"2\"/>\n", y + 1.0, y + h - 1.0));
+        }
+    }
+    let tx = x(1.0);
+    s.push_str(&format!("<line x1=\"{tx}\" x2=\"{tx}\" y1=\"28\" y2=\"{height}\" stroke=\"#555\" stroke-dasharray=\"4 3\"/>\n"));
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
