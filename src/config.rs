@@ -117,6 +117,11 @@ pub struct HttpConfig {
     /// sooner.
     #[serde(default)]
     pub send_buffer_bytes: Option<usize>,
+    /// A connection whose socket takes no data for this long while Herald has
+    /// data to send is closed: a client that stopped reading (or vanished
+    /// without closing) cannot hold its connection and buffers forever.
+    #[serde(default = "defaults::write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// On SIGTERM, how long open connections get to finish after they have
     /// been told to reconnect elsewhere. Past it they are dropped and a
     /// warning is logged.
@@ -289,6 +294,9 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn write_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }
@@ -364,6 +372,7 @@ impl Default for HttpConfig {
             cors_allow_origin: defaults::cors(),
             demo_page: true,
             send_buffer_bytes: None,
+            write_timeout: defaults::write_timeout(),
             shutdown_grace: defaults::shutdown_grace(),
         }
     }

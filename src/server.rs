@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -349,17 +351,25 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
             req.extensions_mut().insert(slot.clone());
             async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
         });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let writes = Arc::new(WriteWatch::default());
+        let io = WatchedIo {
+            inner: TokioIo::new(stream),
+            watch: writes.clone(),
+        };
+        let conn = http.serve_connection(io, service).with_upgrades();
         let shutdown = app.shutdown.clone();
+        let write_timeout = app.config.http.write_timeout;
         app.tasks.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             // On shutdown, finish the request in flight (streams end
             // themselves) and close; an upgraded socket lives on in its own
-            // task.
+            // task (with its own ping timeout).
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
+                _ = writes.stalled_for(write_timeout) => {
+                    tracing::debug!(%peer, "closing a connection that took no data for {write_timeout:?}");
+                    return;
+                }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -378,6 +388,93 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace period ran out; dropping remaining connections");
         }
+    }
+}
+
+/// When writes to a socket last made no progress.
+#[derive(Default)]
+struct WriteWatch {
+    /// When a write started waiting for the socket, if one is waiting.
+    blocked_since: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl WriteWatch {
+    fn observe<T>(&self, result: &Poll<T>) {
+        let mut since = self.blocked_since.lock();
+        match result {
+            Poll::Pending => {
+                since.get_or_insert_with(Instant::now);
+            }
+            Poll::Ready(_) => *since = None,
+        }
+    }
+
+    /// Resolves once a write has waited longer than `limit`.
+    async fn stalled_for(&self, limit: Duration) {
+        let check = (limit / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(check).await;
+            if self
+                .blocked_since
+                .lock()
+                .is_some_and(|t| t.elapsed() >= limit)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The connection's socket, noting when writes wait on a client that does
+/// not read.
+struct WatchedIo<T> {
+    inner: T,
+    watch: Arc<WriteWatch>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for WatchedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WatchedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch.observe(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch.observe(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch.observe(&result);
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -4,10 +4,15 @@
 mod common;
 
 use common::*;
+
+/// These tests flood sockets on purpose; run one at a time so the "fast"
+/// readers of one are not starved of CPU by the other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
+    let _serial = SERIAL.lock().await;
     let topic = unique_topic("slow");
     create_topic(&topic, 1).await;
     let mut cfg = config(&[(&topic, "s")]);
@@ -122,4 +127,91 @@ fn dechunk(mut body: &str) -> String {
         body = body.strip_prefix("\r\n").unwrap_or(body);
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_closed_after_the_write_timeout() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("stalled");
+    create_topic(&topic, 1).await;
+    let mut cfg = config(&[(&topic, "s")]);
+    cfg.hub.subscriber_queue = 64;
+    cfg.http.send_buffer_bytes = Some(64 * 1024);
+    cfg.http.write_timeout = std::time::Duration::from_secs(1);
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /sse?channel=s HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // Wait until the stream is registered, then flood it.
+    wait_until_metric(addr, "herald_connections{transport=\"sse\"}", 1.0).await;
+    const N: u64 = 300;
+    let pad = "x".repeat(16 * 1024);
+    let producer = Producer::new();
+    for n in 0..N {
+        let payload = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+        producer
+            .send(&topic, None, None, Some(payload.as_bytes()), None)
+            .await;
+    }
+    // Herald gives up on it without the client doing anything.
+    wait_until_metric(
+        addr,
+        "herald_slow_client_disconnects_total{transport=\"sse\"}",
+        1.0,
+    )
+    .await;
+    wait_until_metric(addr, "herald_connections{transport=\"sse\"}", 0.0).await;
+
+    // What reached the client is an exact prefix; it resumes from the last
+    // complete event with exactly the rest.
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stalled.read_to_end(&mut raw))
+        .await
+        .expect("the connection was closed")
+        .ok();
+    let text = String::from_utf8_lossy(&raw);
+    let body = dechunk(&text[text.find("\r\n\r\n").unwrap() + 4..]);
+    let complete = &body[..body.rfind("\n\n").map_or(0, |i| i + 2)];
+    let mut last_id = None;
+    let mut got = Vec::new();
+    for block in complete.split("\n\n") {
+        for line in block.lines() {
+            if let Some(id) = line.strip_prefix("id: ") {
+                last_id = Some(id.to_owned());
+            }
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+                && let Some(n) = v["data"]["n"].as_u64()
+            {
+                got.push(n);
+            }
+        }
+    }
+    assert!((got.len() as u64) < N);
+    assert_eq!(
+        got,
+        (0..got.len() as u64).collect::<Vec<_>>(),
+        "an exact prefix"
+    );
+    let mut back = Sse::connect(addr, "channel=s", last_id.as_deref()).await;
+    got.extend(ns(&back.messages((N as usize) - got.len()).await));
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    herald.stop().await;
+}
+
+async fn wait_until_metric(addr: std::net::SocketAddr, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metric(addr, series).await != value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

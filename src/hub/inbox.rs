@@ -118,6 +118,11 @@ impl Inbox {
         self.state.lock().queue.len()
     }
 
+    /// Why the inbox closed, if it has (queued publications may remain).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

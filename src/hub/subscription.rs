@@ -89,6 +89,12 @@ impl Subscription {
         self.failure.as_deref()
     }
 
+    /// Whether the hub has cut this subscriber off as slow (its queue
+    /// overflowed), even if it has not read to that point yet.
+    pub fn is_cut_off_as_slow(&self) -> bool {
+        self.inbox.close_reason() == Some(CloseReason::Slow)
+    }
+
     /// Waits for at least one message (or a gap, see [`Subscription::take_gaps`])
     /// and appends up to `max` messages to `out`. Returns the reason once the
     /// subscription can deliver nothing more; everything accepted before
