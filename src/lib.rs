@@ -3,17 +3,23 @@
 //! Records flow one way, one module per step:
 //!
 //! ```text
-//! Kafka ─▶ kafka::ingest ─▶ router ─▶ hub ─▶ transport::{sse, …} ─▶ clients
+//! Kafka ─▶ kafka::ingest ─▶ router ─▶ hub ─▶ transport::{ws, sse, poll} ─▶ clients
+//!                                      ▲
+//!             kafka::replay ───────────┘  (history older than memory)
 //! ```
 //!
 //! - [`kafka`] — one consumer per node, assigned every partition of the
-//!   routed topics; turns each record into an owned [`kafka::record::Record`].
+//!   routed topics, turning each record into an owned
+//!   [`kafka::record::Record`]; and replay, which reads older ranges back for
+//!   resuming clients, shared between clients that need the same range.
 //! - [`router`] — maps a record to channel names through the configured
 //!   templates, and a channel name back to the topics that feed it.
 //! - [`hub`] — channel registry, bounded history, live fan-out, cursors and
 //!   every rule about resuming; transports get a [`hub::Subscription`].
-//! - [`transport`] — thin adapters from a subscription to a wire format.
-//! - [`server`] — HTTP routing, limits, errors, `/metrics`, health.
+//! - [`transport`] — thin adapters from a subscription to a wire format:
+//!   WebSocket, Server-Sent Events, short and long polling.
+//! - [`server`] — HTTP routing, connection limits, errors, `/metrics`,
+//!   health, phased shutdown.
 //! - [`dev`] — `herald dev`: an embedded Kafka and a demo.
 //!
 //! [`run`] wires them together for `herald serve`.
