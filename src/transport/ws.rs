@@ -17,8 +17,8 @@
 //! writes instead of one per message.
 //!
 //! **Memory.** tungstenite's defaults (128 KiB read buffer) would cost
-//! ~133 KB per connection. Here the read buffer is [`READ_BUFFER`] and the
-//! write buffer grows only while frames wait, to about [`WRITE_BUFFER`]
+//! ~133 KB per connection. Here the read buffer is `READ_BUFFER` (4 KiB) and the
+//! write buffer grows only while frames wait, to about `WRITE_BUFFER` (8 KiB)
 //! before it is written out; what an idle connection costs is measured in
 //! `docs/protocol.md`.
 
