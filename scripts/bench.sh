@@ -8,8 +8,8 @@
 # Builds herald and herald-bench in release once, starts the local broker
 # (scripts/kafka.sh) when KAFKA_BOOTSTRAP is unset, and writes
 # bench/results/<scenario>.json, summary.md and chart.svg
-# (BENCH_OUT overrides the directory). Exits 1 when a smoke run loses or
-# duplicates messages.
+# (BENCH_OUT overrides the directory). The smoke scenario exits 1 when it
+# loses or duplicates messages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,13 +38,4 @@ fi
 
 target/release/herald-bench --brokers "$KAFKA_BOOTSTRAP" suite "$scenario" --out "$out" "$@"
 
-if [[ $scenario == smoke ]]; then
-  # The smoke run must deliver everything exactly once.
-  python3 - "$out/smoke.json" <<'PY' || { log "smoke: lost or duplicated messages"; exit 1; }
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-bad = [r for r in rows if r["metric"] in ("lost", "duplicated") and r["measured"] != 0]
-sys.exit(1 if bad else 0)
-PY
-fi
 log "results in $out/"

@@ -90,7 +90,9 @@ async fn run_async(args: ClientArgs) {
     let request = Arc::new(request_for(&args));
     let start_us = unix_us();
     let permits = Arc::new(tokio::sync::Semaphore::new(128));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     for _ in 0..args.count {
+        let first_error = first_error.clone();
         let (shared, connected, failed, request, permits) = (
             shared.clone(),
             connected.clone(),
@@ -101,10 +103,23 @@ async fn run_async(args: ClientArgs) {
         let args = args.clone();
         tokio::spawn(async move {
             let permit = permits.acquire_owned().await.expect("semaphore");
-            let stream = match open(&args, &request).await {
-                Some(s) => s,
-                None => {
+            // A 503 (replay_busy, not_ready) is retried as a browser would
+            // reconnect: after 100 ms, up to 300 times.
+            let mut attempt = 0;
+            let stream = loop {
+                match open(&args, &request).await {
+                    Err(e) if e.contains(" 503 ") && attempt < 300 => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => break other,
+                }
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
                     failed.fetch_add(1, Ordering::Relaxed);
+                    first_error.lock().get_or_insert(e);
                     return;
                 }
             };
@@ -120,7 +135,8 @@ async fn run_async(args: ClientArgs) {
     println!(
         "{}",
         serde_json::json!({"ready": connected.load(Ordering::Relaxed), "failed": failed.load(Ordering::Relaxed),
-            "connect_start_us": start_us, "connect_end_us": end_us})
+            "connect_start_us": start_us, "connect_end_us": end_us,
+            "first_error": first_error.lock().clone()})
     );
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let n_ok = connected.load(Ordering::Relaxed);
@@ -179,11 +195,14 @@ fn request_for(args: &ClientArgs) -> Vec<u8> {
 
 /// Connects (retrying refused connects for a while), sends the request and
 /// reads the response head. Returns the stream and any body bytes read.
-async fn open(args: &ClientArgs, request: &[u8]) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
+async fn open(
+    args: &ClientArgs,
+    request: &[u8],
+) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
     let addr: std::net::SocketAddr = args.addr.parse().expect("addr");
     let mut tries = 0;
     let mut s = loop {
-        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        let sock = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
         let _ = sock.set_recv_buffer_size(args.rcvbuf);
         let _ = sock.set_send_buffer_size(4096);
         match sock.connect(addr).await {
@@ -192,28 +211,31 @@ async fn open(args: &ClientArgs, request: &[u8]) -> Option<(tokio::net::TcpStrea
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => return None,
+            Err(e) => return Err(format!("connect: {e}")),
         }
     };
-    s.write_all(request).await.ok()?;
+    s.write_all(request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     loop {
-        let k = s.read(&mut buf).await.ok()?;
+        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
         if k == 0 {
-            return None;
+            return Err("closed before a response".into());
         }
         head.extend_from_slice(&buf[..k]);
         if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             let status_ok = head.starts_with(b"HTTP/1.1 101") || head.starts_with(b"HTTP/1.1 200");
             if !status_ok {
-                return None;
+                let line = String::from_utf8_lossy(&head[..i]);
+                return Err(line.lines().next().unwrap_or("").to_owned());
             }
             let rest = head.split_off(i + 4);
-            return Some((s, rest));
+            return Ok((s, rest));
         }
         if head.len() > 16 * 1024 {
-            return None;
+            return Err("response head too long".into());
         }
     }
 }
