@@ -164,9 +164,9 @@ async fn a_replay_beyond_its_bounds_is_refused_with_the_documented_error() {
         producer.send_n(&topic, "k", n).await;
     }
     let mut sse = Sse::connect(addr, "channel=b", None).await;
-    // Wait until the records are in (the live stream sees the next one).
+    // Wait until every record is in: the live stream reaches the next one.
     producer.send_n(&topic, "k", 50).await;
-    sse.next_message().await;
+    while ns(&[sse.next_message().await]) != [50] {}
     let refused = Sse::connect(addr, "channel=b", Some(&opening)).await;
     assert_eq!(refused.status, 409);
     let body = refused.error_body().await;
