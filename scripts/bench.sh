@@ -2,7 +2,7 @@
 # Runs herald-bench's issue-6 scenarios against a real Kafka broker.
 #
 #   scripts/bench.sh SCENARIO [--duration S] [--clients N]
-#     SCENARIO: p1 p2 p3 p4 p6 p7 smoke, or all (p6 p3 p2 p7 p1 p4)
+#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 smoke, or all (p6 p3 p2 p7 p1 p4 p5)
 #   KAFKA_BOOTSTRAP=host:9092 scripts/bench.sh p3   # uses an existing broker
 #
 # Builds herald and herald-bench in release once, starts the local broker

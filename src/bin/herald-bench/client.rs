@@ -103,6 +103,20 @@ async fn run_async(args: ClientArgs) {
         let args = args.clone();
         tokio::spawn(async move {
             let permit = permits.acquire_owned().await.expect("semaphore");
+            if args.transport == "poll" {
+                match poll_open(&args).await {
+                    Ok((s, cursor)) => {
+                        drop(permit);
+                        connected.fetch_add(1, Ordering::Relaxed);
+                        poll_loop(s, cursor, &args, &shared).await;
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        first_error.lock().get_or_insert(e);
+                    }
+                }
+                return;
+            }
             // A 503 (replay_busy, not_ready) is retried as a browser would
             // reconnect: after 100 ms, up to 300 times.
             let mut attempt = 0;
@@ -188,6 +202,7 @@ fn request_for(args: &ClientArgs) -> Vec<u8> {
             format!("GET /sse?channel={ch} HTTP/1.1\r\nhost: x\r\n{resume}\r\n")
         }
         "floor" => "GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+        "poll" => String::new(),
         t => panic!("unknown transport {t}"),
     }
     .into_bytes()
@@ -242,19 +257,31 @@ async fn open(
 
 const MARK: &[u8] = b"{\"t\":";
 
-async fn read_loop(
-    (mut s, first): (tokio::net::TcpStream, Vec<u8>),
+/// One client's view: which `n` it has seen, and what it found in bytes.
+struct Tracker {
+    seen: Vec<u64>,
+    distinct: u64,
     expect: u64,
-    _clients: usize,
-    shared: &Mutex<Shared>,
-) {
-    let mut seen = vec![0u64; (expect as usize).div_ceil(64)];
-    let mut distinct = 0u64;
-    let mut acc = first;
-    let mut buf = vec![0u8; 4096];
-    let mut samples: Vec<(u64, u64)> = Vec::with_capacity(64);
-    loop {
-        // Parse every complete `{"t":T,"n":N` in acc.
+    samples: Vec<(u64, u64)>,
+}
+
+impl Tracker {
+    fn new(expect: u64) -> Self {
+        Self {
+            seen: vec![0u64; (expect as usize).div_ceil(64)],
+            distinct: 0,
+            expect,
+            samples: Vec::with_capacity(64),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.expect > 0 && self.distinct == self.expect
+    }
+
+    /// Records every complete `{"t":T,"n":N` in `acc`; returns where an
+    /// incomplete one starts (the bytes to keep for the next read).
+    fn scan(&mut self, acc: &[u8], shared: &Mutex<Shared>) -> usize {
         let mut pos = 0;
         let mut partial = None;
         while let Some(i) = find(&acc[pos..], MARK) {
@@ -262,7 +289,7 @@ async fn read_loop(
             match parse_tn(&acc[at + MARK.len()..]) {
                 Some((t, n, used)) => {
                     if n != u64::MAX {
-                        samples.push((t, n));
+                        self.samples.push((t, n));
                     }
                     pos = at + MARK.len() + used;
                 }
@@ -272,32 +299,45 @@ async fn read_loop(
                 }
             }
         }
-        let keep_from =
-            partial.unwrap_or_else(|| pos.max(acc.len().saturating_sub(MARK.len() - 1)));
-        if !samples.is_empty() {
+        if !self.samples.is_empty() {
             let now = unix_us();
             let mut g = shared.lock();
-            for &(t, n) in &samples {
+            for &(t, n) in &self.samples {
                 g.received += 1;
                 g.hist.record(now.saturating_sub(t));
-                if n < expect {
+                if n < self.expect {
                     let (w, b) = ((n / 64) as usize, n % 64);
-                    if seen[w] & (1 << b) != 0 {
+                    if self.seen[w] & (1 << b) != 0 {
                         g.duplicates += 1;
                     } else {
-                        seen[w] |= 1 << b;
-                        distinct += 1;
+                        self.seen[w] |= 1 << b;
+                        self.distinct += 1;
                         g.distinct += 1;
                     }
                 }
             }
-            if expect > 0 && distinct == expect {
+            if self.done() {
                 g.complete += 1;
                 g.all_done_us = now;
             }
-            samples.clear();
+            self.samples.clear();
         }
-        if expect > 0 && distinct == expect {
+        partial.unwrap_or_else(|| pos.max(acc.len().saturating_sub(MARK.len() - 1)))
+    }
+}
+
+async fn read_loop(
+    (mut s, first): (tokio::net::TcpStream, Vec<u8>),
+    expect: u64,
+    _clients: usize,
+    shared: &Mutex<Shared>,
+) {
+    let mut tracker = Tracker::new(expect);
+    let mut acc = first;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let keep_from = tracker.scan(&acc, shared);
+        if tracker.done() {
             // Keep the socket open (so the server sees no churn) but stop counting.
             let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
             return;
@@ -306,6 +346,99 @@ async fn read_loop(
         match s.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(k) => acc.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 GET; returns the status line and the body
+/// (Content-Length bodies only, as Herald sends).
+async fn http_request(
+    s: &mut tokio::net::TcpStream,
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut acc = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    let (head_end, len) = loop {
+        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return Err("closed".into());
+        }
+        acc.extend_from_slice(&buf[..k]);
+        if let Some(i) = find(&acc, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&acc[..i]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    format!("no content-length: {}", head.lines().next().unwrap_or(""))
+                })?;
+            break (i + 4, len);
+        }
+    };
+    while acc.len() < head_end + len {
+        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return Err("closed in body".into());
+        }
+        acc.extend_from_slice(&buf[..k]);
+    }
+    let status = String::from_utf8_lossy(&acc[..acc.iter().position(|b| *b == b'\r').unwrap_or(0)])
+        .into_owned();
+    Ok((status, acc[head_end..head_end + len].to_vec()))
+}
+
+/// The last `"cursor":"…"` of a poll response (the top-level one).
+fn last_cursor(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let i = text.rfind("\"cursor\":\"")? + 10;
+    Some(text[i..i + text[i..].find('"')?].to_owned())
+}
+
+/// Connects and short-polls the live end for a starting cursor.
+async fn poll_open(args: &ClientArgs) -> Result<(tokio::net::TcpStream, String), String> {
+    let addr: std::net::SocketAddr = args.addr.parse().expect("addr");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (status, body) = http_request(&mut s, &format!("/poll?channel={}", args.channel)).await?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(status);
+    }
+    let cursor = args
+        .cursor
+        .clone()
+        .or_else(|| last_cursor(&body))
+        .ok_or("no cursor")?;
+    Ok((s, cursor))
+}
+
+/// Long-polls from `cursor` until every expected record has come.
+async fn poll_loop(
+    mut s: tokio::net::TcpStream,
+    mut cursor: String,
+    args: &ClientArgs,
+    shared: &Mutex<Shared>,
+) {
+    let mut tracker = Tracker::new(args.expect);
+    while !tracker.done() {
+        let path = format!(
+            "/poll?channel={}&cursor={cursor}&wait=25&limit=1000",
+            args.channel
+        );
+        let Ok((status, body)) = http_request(&mut s, &path).await else {
+            return;
+        };
+        if !status.starts_with("HTTP/1.1 200") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        tracker.scan(&body, shared);
+        if let Some(c) = last_cursor(&body) {
+            cursor = c;
         }
     }
 }

@@ -588,7 +588,7 @@ pub fn run(
 ) {
     std::fs::create_dir_all(out).expect("results dir");
     let names: Vec<&str> = if scenario == "all" {
-        vec!["p6", "p3", "p2", "p7", "p1", "p4", "smoke"]
+        vec!["p6", "p3", "p2", "p7", "p1", "p4", "p5", "smoke"]
             .into_iter()
             .filter(|s| *s != "smoke")
             .collect()
@@ -626,9 +626,17 @@ pub fn run(
                 let ws = herald_fanout(brokers, "ws", c, 50, duration);
                 p2_p4(brokers, "sse", c, duration, Some(ws))
             }
+            "p5" => {
+                let c = clients_override.unwrap_or(5000);
+                let h = herald_fanout(brokers, "poll", c, 20, duration);
+                (
+                    fanout_rows("p5", &h, c, 250.0, None),
+                    json!({"herald": h.json}),
+                )
+            }
             "p6" => p6(brokers, 1_000_000),
             "p7" => p7(brokers, clients_override.unwrap_or(10_000), 1000),
-            other => panic!("unknown scenario {other} (p1 p2 p3 p4 p6 p7 smoke all)"),
+            other => panic!("unknown scenario {other} (p1 p2 p3 p4 p5 p6 p7 smoke all)"),
         };
         for r in &rows {
             eprintln!(
