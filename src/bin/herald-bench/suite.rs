@@ -93,10 +93,15 @@ impl HeraldProc {
         let text = format!(
             "[kafka]\nbrokers = \"{brokers}\"\nstart = \"{start}\"\n{extra_kafka}\
              [http]\nlisten = \"{addr}\"\ndemo_page = false\n\
-             [limits]\nmax_connections = 19500\n{extra_limits}\
+             [limits]\nmax_connections = 19500\n{extra_limits}{env_extra}\n\
              [[route]]\ntopic = \"{topic}\"\nchannel = \"bench\"\n",
             extra_kafka = section(extra, "kafka"),
             extra_limits = section(extra, "limits"),
+            // BENCH_HERALD_CONFIG: more TOML tables (`\n`-separated), e.g.
+            // "[replay]\nmax_concurrent = 10000", to try settings.
+            env_extra = std::env::var("BENCH_HERALD_CONFIG")
+                .unwrap_or_default()
+                .replace("\\n", "\n"),
         );
         let path =
             std::env::temp_dir().join(format!("herald-bench-{}-{port}.toml", std::process::id()));
