@@ -114,27 +114,21 @@ pub fn spawn(
         metrics: metrics.clone(),
         last_logged: Mutex::new(HashMap::new()),
     };
-    let mut cc = super::client_config(config);
-    cc.set("group.id", format!("{}-ingest", config.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "20")
-        // Larger fetches: with librdkafka's defaults (1 MiB per partition,
-        // 100k queued messages) a consumer of 100-byte records stalls at
-        // ~200k records/s on this class of machine; with these it reads
-        // ~800k/s (herald-bench ingest). Prefetch memory stays bounded by
-        // queued.max.messages.kbytes (64 MiB by default).
-        .set("max.partition.fetch.bytes", "10485760")
-        .set("fetch.max.bytes", "104857600")
-        .set("queued.min.messages", "1000000")
-        .set(
-            "statistics.interval.ms",
-            config.stats_interval.as_millis().to_string(),
-        );
-    for (k, v) in &config.options {
-        cc.set(k, v);
-    }
+    let cc = super::consumer_config(
+        config,
+        "ingest",
+        &[
+            ("enable.partition.eof", "false".into()),
+            // Low latency when traffic is light.
+            ("fetch.wait.max.ms", "20".into()),
+            ("fetch.max.bytes", "104857600".into()),
+            ("queued.min.messages", "1000000".into()),
+            (
+                "statistics.interval.ms",
+                config.stats_interval.as_millis().to_string(),
+            ),
+        ],
+    );
     let consumer: BaseConsumer<IngestContext> = cc.create_with_context(context)?;
     let mut ingest = Ingest {
         consumer,

@@ -136,19 +136,16 @@ impl Replayer {
 }
 
 fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = super::client_config(kafka);
-    cc.set("group.id", format!("{}-replay", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        // Below the low watermark is reported as a gap, never reset.
-        .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", "10")
-        .set("max.partition.fetch.bytes", "10485760");
-    for (k, v) in &kafka.options {
-        cc.set(k, v);
-    }
-    cc
+    super::consumer_config(
+        kafka,
+        "replay",
+        &[
+            ("enable.partition.eof", "true".into()),
+            // Below the low watermark is reported as a gap, never reset.
+            ("auto.offset.reset", "error".into()),
+            ("fetch.wait.max.ms", "10".into()),
+        ],
+    )
 }
 
 impl ReplaySource for Replayer {
@@ -243,9 +240,6 @@ struct Job {
     empty: Arc<Positions>,
     _permit: OwnedSemaphorePermit,
 }
-
-/// The client went away: stop quietly.
-struct Gone;
 
 impl Job {
     fn run(mut self) {
@@ -469,12 +463,6 @@ enum Outcome {
     Gone,
     /// Kafka could not be read; the client is told why.
     Failed(String),
-}
-
-impl From<Gone> for Outcome {
-    fn from(_: Gone) -> Self {
-        Outcome::Gone
-    }
 }
 
 fn failed(message: String) -> Outcome {
