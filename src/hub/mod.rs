@@ -66,18 +66,10 @@ pub enum Start {
     Since(i64),
 }
 
-/// A partition range to read back from Kafka: offsets `from..to`.
+/// Offsets `from..to` of one partition: a range to read back from Kafka,
+/// or (in a gap) one Kafka no longer holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayRange {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub from: i64,
-    pub to: i64,
-}
-
-/// Offsets `from..to` of a partition that Kafka no longer holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GapRange {
+pub struct PartitionRange {
     pub topic: Arc<str>,
     pub partition: i32,
     pub from: i64,
@@ -87,7 +79,7 @@ pub struct GapRange {
 /// What a replay hands to its subscription, in this order: gaps (if any),
 /// record batches, then the channel closes (or `Failed`).
 pub enum ReplayEvent {
-    Gaps(Vec<GapRange>),
+    Gaps(Vec<PartitionRange>),
     Records(Vec<Arc<Publication>>),
     Failed(String),
 }
@@ -99,7 +91,7 @@ pub trait ReplaySource: Send + Sync {
     /// Refuses at once when over the replay limits.
     fn start(
         &self,
-        ranges: Vec<ReplayRange>,
+        ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
     ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError>;
 
@@ -404,22 +396,13 @@ impl Hub {
             return Err(SubscribeError::NotReady);
         }
         let positions = self.positions();
+        let (_, feeds) = self.resolve_channels(channels, &positions)?;
+        let topics: BTreeSet<&String> = feeds.iter().flatten().collect();
         let mut partitions = Vec::new();
-        for channel in channels {
-            let topics = self
-                .inner
-                .router
-                .topics_for_channel(channel, positions.topics())
-                .ok_or_else(|| SubscribeError::UnknownChannel(channel.clone()))?;
-            for topic in topics {
-                let count = positions.topic(&topic).map_or(0, <[i64]>::len);
-                let topic: Arc<str> = Arc::from(topic.as_str());
-                for p in 0..count as i32 {
-                    if !partitions.contains(&(topic.clone(), p)) {
-                        partitions.push((topic.clone(), p));
-                    }
-                }
-            }
+        for topic in topics {
+            let count = positions.topic(topic).map_or(0, <[i64]>::len);
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            partitions.extend((0..count as i32).map(|p| (topic.clone(), p)));
         }
         let lookup = partitions.clone();
         let offsets = tokio::task::spawn_blocking(move || source.offsets_for_time(&lookup, ts))
@@ -430,6 +413,44 @@ impl Hub {
             cursor.set(topic, *partition, offset);
         }
         self.subscribe(channels, Start::Cursor(cursor))
+    }
+
+    /// Validates and deduplicates channel names, and finds the topics that
+    /// feed each (among the topics the ingest knows).
+    fn resolve_channels(
+        &self,
+        channels: &[String],
+        positions: &Positions,
+    ) -> Result<(Vec<Arc<str>>, Vec<BTreeSet<String>>), SubscribeError> {
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(channels.len());
+        for c in channels {
+            if !is_valid_channel(c) {
+                return Err(SubscribeError::InvalidChannel(c.clone()));
+            }
+            if !names.iter().any(|n| **n == **c) {
+                names.push(Arc::from(c.as_str()));
+            }
+        }
+        if names.is_empty() {
+            return Err(SubscribeError::NoChannels);
+        }
+        let max = self.inner.max_channels;
+        if names.len() > max {
+            return Err(SubscribeError::TooManyChannels {
+                given: names.len(),
+                max,
+            });
+        }
+        let feeds = names
+            .iter()
+            .map(|name| {
+                self.inner
+                    .router
+                    .topics_for_channel(name, positions.topics())
+                    .ok_or_else(|| SubscribeError::UnknownChannel(name.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((names, feeds))
     }
 
     /// Subscribes to `channels` from `start`. All checks happen before
@@ -443,40 +464,12 @@ impl Hub {
         if !self.is_ready() {
             return Err(SubscribeError::NotReady);
         }
-        let mut names: Vec<Arc<str>> = Vec::with_capacity(channels.len());
-        for c in channels {
-            if !is_valid_channel(c) {
-                return Err(SubscribeError::InvalidChannel(c.clone()));
-            }
-            if !names.iter().any(|n| **n == **c) {
-                names.push(Arc::from(c.as_str()));
-            }
-        }
-        if names.is_empty() {
-            return Err(SubscribeError::NoChannels);
-        }
-        let max = inner.max_channels;
-        if names.len() > max {
-            return Err(SubscribeError::TooManyChannels {
-                given: names.len(),
-                max,
-            });
-        }
-
         let positions = self.positions();
-        // Topics feeding each channel.
-        let mut feeds: Vec<BTreeSet<String>> = Vec::with_capacity(names.len());
-        for name in &names {
-            let topics = inner
-                .router
-                .topics_for_channel(name, positions.topics())
-                .ok_or_else(|| SubscribeError::UnknownChannel(name.to_string()))?;
-            feeds.push(topics);
-        }
+        let (names, feeds) = self.resolve_channels(channels, &positions)?;
         let all_topics: BTreeSet<&String> = feeds.iter().flatten().collect();
 
         // Starting positions for every partition feeding the subscription.
-        let live_end = inner.live_end.read().clone();
+        let live_end = inner.live_end.read();
         let mut start_at = Positions::new();
         for topic in &all_topics {
             let Some(offsets) = positions.topic(topic) else {
@@ -495,6 +488,7 @@ impl Hub {
                 start_at.set(&topic, p as i32, at);
             }
         }
+        drop(live_end);
         if let Start::Cursor(c) = &start {
             for (topic, partition, _) in c.iter() {
                 if !all_topics.iter().any(|t| t.as_str() == topic) {
@@ -599,7 +593,7 @@ impl Hub {
             (Some(source), false) => {
                 let ranges = replay_to
                     .into_iter()
-                    .map(|((topic, partition), to)| ReplayRange {
+                    .map(|((topic, partition), to)| PartitionRange {
                         from: start_at.get(&topic, partition).unwrap_or(0),
                         topic,
                         partition,

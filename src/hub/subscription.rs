@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::inbox::{CloseReason, Inbox};
 use super::positions::Positions;
 use super::publication::Publication;
-use super::{GapRange, Inner, ReplayEvent};
+use super::{Inner, PartitionRange, ReplayEvent};
 
 /// A batch stops growing past this many bytes of records, so a transport
 /// that writes a batch as one chunk never hands its HTTP layer more than
@@ -30,7 +30,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
     pub channel: Arc<str>,
-    pub partitions: Vec<GapRange>,
+    pub partitions: Vec<PartitionRange>,
 }
 
 impl Gap {
@@ -188,13 +188,13 @@ impl Subscription {
         }
     }
 
-    fn note_gaps(&mut self, ranges: Vec<GapRange>) {
+    fn note_gaps(&mut self, ranges: Vec<PartitionRange>) {
         for r in &ranges {
             // Those offsets are gone: the cursor moves past them.
             self.positions.raise(&r.topic, r.partition, r.to);
         }
         for (channel, topics) in &self.feeds {
-            let partitions: Vec<GapRange> = ranges
+            let partitions: Vec<PartitionRange> = ranges
                 .iter()
                 .filter(|r| topics.contains(&*r.topic))
                 .cloned()

@@ -33,7 +33,7 @@ use super::record::Record;
 use crate::config::{KafkaConfig, ReplayConfig};
 use crate::hub::positions::Positions;
 use crate::hub::publication::Publication;
-use crate::hub::{GapRange, ReplayEvent, ReplayRange, ReplaySource, SubscribeError};
+use crate::hub::{PartitionRange, ReplayEvent, ReplaySource, SubscribeError};
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -151,7 +151,7 @@ fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
 impl ReplaySource for Replayer {
     fn start(
         &self,
-        ranges: Vec<ReplayRange>,
+        ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
     ) -> Result<mpsc::Receiver<ReplayEvent>, SubscribeError> {
         let total: i64 = ranges.iter().map(|r| r.to - r.from).sum();
@@ -227,7 +227,7 @@ impl ReplaySource for Replayer {
 struct Job {
     kafka: ClientConfig,
     cache: Arc<Cache>,
-    ranges: Vec<ReplayRange>,
+    ranges: Vec<PartitionRange>,
     channels: Vec<Arc<str>>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
@@ -258,7 +258,7 @@ impl Job {
             let low = self.low_watermark(&r.topic, r.partition)?;
             let mut from = r.from;
             if from < low {
-                gaps.push(GapRange {
+                gaps.push(PartitionRange {
                     topic: r.topic.clone(),
                     partition: r.partition,
                     from,
