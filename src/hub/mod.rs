@@ -48,6 +48,9 @@ use positions::Positions;
 use publication::Publication;
 pub use subscription::{Delivery, Gap, Subscription};
 
+/// The topics that feed each of a subscription's channels, in its order.
+type Feeds = Vec<BTreeSet<String>>;
+
 /// How long a subscription waits for a starting node to become ready
 /// before it is refused with `not_ready`.
 pub const READY_WAIT: Duration = Duration::from_secs(10);
@@ -421,7 +424,7 @@ impl Hub {
         &self,
         channels: &[String],
         positions: &Positions,
-    ) -> Result<(Vec<Arc<str>>, Vec<BTreeSet<String>>), SubscribeError> {
+    ) -> Result<(Vec<Arc<str>>, Feeds), SubscribeError> {
         let mut names: Vec<Arc<str>> = Vec::with_capacity(channels.len());
         for c in channels {
             if !is_valid_channel(c) {
