@@ -49,7 +49,7 @@ use publication::Publication;
 pub use subscription::{Delivery, Gap, Subscription};
 
 /// The topics that feed each of a subscription's channels, in its order.
-type Feeds = Vec<BTreeSet<String>>;
+pub(crate) type Feeds = Vec<BTreeSet<String>>;
 
 /// How long a subscription waits for a starting node to become ready
 /// before it is refused with `not_ready`.
@@ -614,7 +614,6 @@ impl Hub {
             }
             _ => None,
         };
-        let feeds = names.iter().cloned().zip(feeds).collect();
 
         Ok(Subscription {
             hub: self.inner.clone(),

@@ -2,7 +2,7 @@
 //! record reaches the subscriber once and in partition order, with the cursor
 //! after every message.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::inbox::{CloseReason, Inbox};
 use super::positions::Positions;
 use super::publication::Publication;
-use super::{Inner, PartitionRange, ReplayEvent};
+use super::{Feeds, Inner, PartitionRange, ReplayEvent};
 
 /// A batch stops growing past this many bytes of records, so a transport
 /// that writes a batch as one chunk never hands its HTTP layer more than
@@ -48,8 +48,9 @@ impl Gap {
 pub struct Subscription {
     pub(super) hub: Arc<Inner>,
     pub(super) channels: Vec<Arc<str>>,
-    /// The topics feeding each channel, to say which channel a gap hits.
-    pub(super) feeds: Vec<(Arc<str>, BTreeSet<String>)>,
+    /// The topics feeding each channel (same order), to say which channel
+    /// a gap hits.
+    pub(super) feeds: Feeds,
     /// Records older than the hub's memory, being read back from Kafka;
     /// delivered before the backlog.
     pub(super) replay: Option<mpsc::Receiver<ReplayEvent>>,
@@ -193,7 +194,7 @@ impl Subscription {
             // Those offsets are gone: the cursor moves past them.
             self.positions.raise(&r.topic, r.partition, r.to);
         }
-        for (channel, topics) in &self.feeds {
+        for (channel, topics) in self.channels.iter().zip(&self.feeds) {
             let partitions: Vec<PartitionRange> = ranges
                 .iter()
                 .filter(|r| topics.contains(&*r.topic))
