@@ -120,13 +120,18 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    fn into_response(self, metrics: &Metrics) -> Response<Body> {
+    /// Counts the error in `herald_http_errors_total` and renders its body.
+    fn counted_body(&self, metrics: &Metrics) -> String {
         metrics
             .http_errors
             .with_label_values(&[self.status.as_str(), self.code])
             .inc();
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = full(self.status, "application/json", body.to_string());
+        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    }
+
+    fn into_response(self, metrics: &Metrics) -> Response<Body> {
+        let body = self.counted_body(metrics);
+        let mut response = full(self.status, "application/json", body);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -313,13 +318,12 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
                 "this Herald node holds its limit of {} connections; retry later or elsewhere",
                 app.config.limits.max_connections
             );
-            tokio::spawn(refuse(
-                stream,
-                app.clone(),
+            let error = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 message,
-            ));
+            );
+            tokio::spawn(refuse(stream, app.clone(), error));
             continue;
         };
         let per_ip_max = app.config.limits.max_connections_per_ip;
@@ -332,13 +336,12 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
                 "{} holds its limit of {per_ip_max} connections to this node (limits.max_connections_per_ip)",
                 peer.ip()
             );
-            tokio::spawn(refuse(
-                stream,
-                app.clone(),
+            let error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections_per_ip",
                 message,
-            ));
+            );
+            tokio::spawn(refuse(stream, app.clone(), error));
             continue;
         };
         let app2 = app.clone();
@@ -349,7 +352,7 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
         let service = service_fn(move |mut req: Request<Incoming>| {
             let app = app2.clone();
             req.extensions_mut().insert(slot.clone());
-            async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+            async move { Ok::<_, Infallible>(route(&app, req).await) }
         });
         let writes = Arc::new(WriteWatch::default());
         let io = WatchedIo {
@@ -480,17 +483,7 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WatchedIo<T> {
 
 /// Over a connection limit: answer with the error and close, without
 /// reading the request.
-async fn refuse(
-    mut stream: TcpStream,
-    app: Arc<App>,
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-) {
-    app.metrics
-        .http_errors
-        .with_label_values(&[status.as_str(), code])
-        .inc();
+async fn refuse(mut stream: TcpStream, app: Arc<App>, error: ApiError) {
     // Read the request head first (briefly, bounded): a client that is
     // still writing when the answer arrives may take it for garbage.
     let mut head = Vec::with_capacity(1024);
@@ -504,7 +497,8 @@ async fn refuse(
         }
     })
     .await;
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let body = error.counted_body(&app.metrics);
+    let status = error.status;
     let response = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         status.as_u16(),
@@ -519,7 +513,7 @@ async fn refuse(
     let _ = stream.shutdown().await;
 }
 
-async fn route(app: &Arc<App>, mut req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/sse") => transport::sse::handle(app, &req).await,
         (&Method::GET, "/ws") => transport::ws::handle(app, &mut req).await,
