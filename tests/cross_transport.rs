@@ -5,13 +5,6 @@ mod common;
 
 use common::*;
 
-/// Produces `range` to `topic` with keys spread over its partitions.
-async fn produce(producer: &Producer, topic: &str, range: std::ops::Range<u64>) {
-    for n in range {
-        producer.send_n(topic, &format!("k{}", n % 7), n).await;
-    }
-}
-
 /// Every record after `cursor` on channel `x`, read over WebSocket, then
 /// over polling; both must be exactly `expected` (in partition order).
 async fn resume_on_ws_and_poll(addr: std::net::SocketAddr, cursor: &str, expected: &[u64]) {
@@ -40,17 +33,15 @@ async fn resume_on_ws_and_poll(addr: std::net::SocketAddr, cursor: &str, expecte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_from_sse_resumes_on_websocket_and_polling() {
-    let topic = unique_topic("x-sse");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "x")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("x-sse", 3, "x").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
     let mut sse = Sse::connect(addr, "channel=x", None).await;
-    produce(&producer, &topic, 0..60).await;
+    producer.send_keyed(&topic, 0..60, 7).await;
     let seen = sse.messages(25).await;
     let cursor = sse.last_id.clone().unwrap();
     drop(sse);
-    produce(&producer, &topic, 60..90).await;
+    producer.send_keyed(&topic, 60..90, 7).await;
 
     let mut expected: Vec<u64> = (0..90).filter(|n| !ns(&seen).contains(n)).collect();
     expected.sort_unstable();
@@ -61,20 +52,18 @@ async fn a_cursor_from_sse_resumes_on_websocket_and_polling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursors_from_websocket_and_polling_resume_on_the_others() {
-    let topic = unique_topic("x-ws");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "x")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("x-ws", 3, "x").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
 
     // A WebSocket cursor → SSE and polling.
     let mut ws = Ws::connect(addr, "channel=x").await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
-    produce(&producer, &topic, 0..50).await;
+    producer.send_keyed(&topic, 0..50, 7).await;
     let seen = ws.messages(20).await;
     let ws_cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
     drop(ws);
-    produce(&producer, &topic, 50..70).await;
+    producer.send_keyed(&topic, 50..70, 7).await;
     let seen = ns_json(&seen);
     let mut after_ws: Vec<u64> = (0..70).filter(|n| !seen.contains(n)).collect();
     after_ws.sort_unstable();

@@ -9,10 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 struct Broker {
     port: u16,
@@ -72,44 +68,21 @@ async fn a_broker_restart_under_live_clients_loses_nothing() {
     broker.kafka_sh("start");
     let brokers = broker.bootstrap();
     let topic = unique_topic("outage");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    create_topic_on(&brokers, &topic, 3).await;
     let mut cfg = config(&[(&topic, "o")]);
     cfg.kafka.brokers = brokers.clone();
     let herald = start(cfg, &[(&topic, 3)]).await;
     let addr = herald.local_addr();
     let mut sse = Sse::connect(addr, "channel=o", None).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("message.timeout.ms", "120000")
-        .create()
-        .unwrap();
+    // Records are keyed `k{n}`, spreading them over the partitions. A
+    // record produced while the broker is down waits in the producer's
+    // queue (message.timeout.ms: 5 minutes) until it is back.
+    let producer = Producer::with_brokers(&brokers);
     let send = move |n: u64| {
-        let payload = format!("{{\"n\":{n}}}");
-        let key = format!("k{n}");
         let producer = producer.clone();
         let topic = topic.clone();
         async move {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(120),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produce");
+            producer.send_n(&topic, &format!("k{n}"), n).await;
         }
     };
     for n in 0..20 {

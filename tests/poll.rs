@@ -40,9 +40,7 @@ async fn poll_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_deliver_every_record_once_across_three_partitions() {
-    let topic = unique_topic("poll-exact");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "all")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("poll-exact", 3, "all").await;
     let addr = herald.local_addr();
 
     // No cursor: the live end, no messages, a cursor naming every partition.
@@ -55,11 +53,9 @@ async fn polls_deliver_every_record_once_across_three_partitions() {
 
     let producer = Producer::new();
     const N: u64 = 300;
-    let mut produced: HashMap<u64, (i32, i64)> = HashMap::new();
-    for n in 0..N {
-        let at = producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-        produced.insert(n, at);
-    }
+    let produced: HashMap<u64, (i32, i64)> = (0..N)
+        .zip(producer.send_keyed(&topic, 0..N, 10).await)
+        .collect();
     let (messages, end) = poll_until(addr, "all", start.clone(), 50, N as usize).await;
     assert_eq!(messages.len(), N as usize, "nothing repeated");
     let mut got = ns_json(&messages);
@@ -91,19 +87,13 @@ async fn polls_deliver_every_record_once_across_three_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_a_poll_mid_stream_is_exact() {
-    let topic = unique_topic("poll-resume");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "feed")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("poll-resume", 3, "feed").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
     let (_, start) = poll_ok(addr, "channel=feed").await;
-    for n in 0..100 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 0..100, 7).await;
     let (first, mid) = poll_until(addr, "feed", start, 40, 40).await;
-    for n in 100..160 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 100..160, 7).await;
     let (rest, _) = poll_until(addr, "feed", mid.clone(), 7, 120).await;
     let mut all: Vec<u64> = ns_json(&first).into_iter().chain(ns_json(&rest)).collect();
     all.sort_unstable();
@@ -120,15 +110,11 @@ async fn resuming_a_poll_mid_stream_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_channel_polls_only_its_key() {
-    let topic = unique_topic("poll-users");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "user.{key}")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("poll-users", 3, "user.{key}").await;
     let addr = herald.local_addr();
     let (_, start) = poll_ok(addr, "channel=user.k7").await;
     let producer = Producer::new();
-    for n in 0..200 {
-        producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-    }
+    producer.send_keyed(&topic, 0..200, 10).await;
     let (messages, cursor) = poll_until(addr, "user.k7", start, 1000, 20).await;
     assert_eq!(
         ns_json(&messages),
@@ -145,9 +131,7 @@ async fn per_key_channel_polls_only_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_returns_as_soon_as_a_record_arrives() {
-    let topic = unique_topic("poll-long");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "l")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("poll-long", 3, "l").await;
     let addr = herald.local_addr();
     let (_, cursor) = poll_ok(addr, "channel=l").await;
 
@@ -174,17 +158,6 @@ async fn a_long_poll_returns_as_soon_as_a_record_arrives() {
         wait_until_metric(addr, "herald_connections{transport=\"poll\"}", 0.0).await;
     }
     herald.stop().await;
-}
-
-async fn wait_until_metric(addr: std::net::SocketAddr, series: &str, value: f64) {
-    let deadline = Instant::now() + TIMEOUT;
-    while metric(addr, series).await != value {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {series} = {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,9 +198,7 @@ async fn long_polls_are_limited_and_end_on_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_get_400_naming_them() {
-    let topic = unique_topic("poll-bad");
-    create_topic(&topic, 1).await;
-    let herald = start(config(&[(&topic, "b")]), &[(&topic, 1)]).await;
+    let (_topic, herald) = herald_with_topic("poll-bad", 1, "b").await;
     let addr = herald.local_addr();
     for (query, code, needle) in [
         ("channel=b&limit=0", "invalid_limit", "limit=\"0\""),
@@ -274,9 +245,7 @@ async fn polls_read_back_from_kafka_honour_limit_and_stay_exact() {
     let addr = herald.local_addr();
     let (_, start) = poll_ok(addr, "channel=r").await;
     let producer = Producer::new();
-    for n in 0..120 {
-        producer.send_n(&topic, &format!("k{}", n % 11), n).await;
-    }
+    producer.send_keyed(&topic, 0..120, 11).await;
     let (messages, _) = poll_until(addr, "r", start, 7, 120).await;
     assert_eq!(messages.len(), 120, "nothing repeated");
     let mut got = ns_json(&messages);

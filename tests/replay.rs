@@ -19,17 +19,13 @@ async fn a_cursor_older_than_memory_is_replayed_from_kafka_exactly() {
     let addr = herald.local_addr();
     let opening = Sse::connect(addr, "channel=r", None).await.last_id.unwrap();
     let producer = Producer::new();
-    for n in 0..120 {
-        producer.send_n(&topic, &format!("k{}", n % 11), n).await;
-    }
+    producer.send_keyed(&topic, 0..120, 11).await;
     // Memory holds 5 of them; the rest come back from Kafka, then live
     // records follow with no seam.
     let mut sse = Sse::connect(addr, "channel=r", Some(&opening)).await;
     let live = tokio::spawn(async move {
         let producer = Producer::new();
-        for n in 120..160 {
-            producer.send_n(&topic, &format!("k{}", n % 11), n).await;
-        }
+        producer.send_keyed(&topic, 120..160, 11).await;
     });
     let events = sse.messages(160).await;
     live.await.unwrap();

@@ -24,13 +24,7 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
     let addr = herald.local_addr();
 
     // The stalled client: a socket with a small receive buffer that is not read.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(addr).await.unwrap();
-    stalled
-        .write_all(b"GET /sse?channel=s HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = stalled_sse_client(addr).await;
 
     let mut fast: Vec<Sse> = Vec::new();
     for _ in 0..50 {
@@ -71,17 +65,55 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
     })
     .await
     .expect("the stalled stream ends once it reads");
-    let text = String::from_utf8_lossy(&raw);
-    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
-    let body = dechunk(body);
+    let body = sse_body(&raw);
     assert!(
         body.contains("event: reconnect\ndata: {\"reason\":\"slow_consumer\"}"),
         "{}",
         &body[body.len().saturating_sub(300)..]
     );
+    let (mut got, last_id) = parse_complete_events(&body);
+    assert!((got.len() as u64) < N, "it was cut off before the end");
+    assert_eq!(
+        metric(
+            addr,
+            "herald_slow_client_disconnects_total{transport=\"sse\"}"
+        )
+        .await,
+        1.0
+    );
+    // …then resumes from its last id with exactly the rest.
+    let mut back = Sse::connect(addr, "channel=s", last_id.as_deref()).await;
+    got.extend(ns(&back.messages((N as usize) - got.len()).await));
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    herald.stop().await;
+}
+
+/// Opens `GET /sse?channel=s` on a socket with a small receive buffer and
+/// returns it unread: a client that has stalled.
+async fn stalled_sse_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /sse?channel=s HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    stalled
+}
+
+/// The SSE body of a raw HTTP/1.1 response: headers cut, chunks joined.
+fn sse_body(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    dechunk(&text[text.find("\r\n\r\n").unwrap() + 4..])
+}
+
+/// The `n` of every complete event (one ended by a blank line) in an SSE
+/// body, and the last `id:` among them; a cut-off last event is ignored.
+fn parse_complete_events(body: &str) -> (Vec<u64>, Option<String>) {
+    let complete = &body[..body.rfind("\n\n").map_or(0, |i| i + 2)];
     let mut last_id = None;
     let mut got = Vec::new();
-    for block in body.split("\n\n") {
+    for block in complete.split("\n\n") {
         for line in block.lines() {
             if let Some(id) = line.strip_prefix("id: ") {
                 last_id = Some(id.to_owned());
@@ -94,24 +126,7 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
             }
         }
     }
-    assert!((got.len() as u64) < N, "it was cut off before the end");
-    let metrics = parse_metrics(
-        &reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        metrics["herald_slow_client_disconnects_total{transport=\"sse\"}"],
-        1.0
-    );
-    // …then resumes from its last id with exactly the rest.
-    let mut back = Sse::connect(addr, "channel=s", last_id.as_deref()).await;
-    got.extend(ns(&back.messages((N as usize) - got.len()).await));
-    assert_eq!(got, (0..N).collect::<Vec<_>>());
-    herald.stop().await;
+    (got, last_id)
 }
 
 /// Removes HTTP/1.1 chunked framing.
@@ -144,13 +159,7 @@ async fn a_client_that_never_reads_again_is_closed_after_the_write_timeout() {
     let herald = start(cfg, &[(&topic, 1)]).await;
     let addr = herald.local_addr();
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(addr).await.unwrap();
-    stalled
-        .write_all(b"GET /sse?channel=s HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = stalled_sse_client(addr).await;
     // Wait until the stream is registered, then flood it.
     wait_until_metric(addr, "herald_connections{transport=\"sse\"}", 1.0).await;
     const N: u64 = 300;
@@ -178,24 +187,7 @@ async fn a_client_that_never_reads_again_is_closed_after_the_write_timeout() {
         .await
         .expect("the connection was closed")
         .ok();
-    let text = String::from_utf8_lossy(&raw);
-    let body = dechunk(&text[text.find("\r\n\r\n").unwrap() + 4..]);
-    let complete = &body[..body.rfind("\n\n").map_or(0, |i| i + 2)];
-    let mut last_id = None;
-    let mut got = Vec::new();
-    for block in complete.split("\n\n") {
-        for line in block.lines() {
-            if let Some(id) = line.strip_prefix("id: ") {
-                last_id = Some(id.to_owned());
-            }
-            if let Some(data) = line.strip_prefix("data: ")
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
-                && let Some(n) = v["data"]["n"].as_u64()
-            {
-                got.push(n);
-            }
-        }
-    }
+    let (mut got, last_id) = parse_complete_events(&sse_body(&raw));
     assert!((got.len() as u64) < N);
     assert_eq!(
         got,
@@ -206,15 +198,4 @@ async fn a_client_that_never_reads_again_is_closed_after_the_write_timeout() {
     got.extend(ns(&back.messages((N as usize) - got.len()).await));
     assert_eq!(got, (0..N).collect::<Vec<_>>());
     herald.stop().await;
-}
-
-async fn wait_until_metric(addr: std::net::SocketAddr, series: &str, value: f64) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while metric(addr, series).await != value {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {value}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }

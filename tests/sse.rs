@@ -10,18 +10,14 @@ use herald::hub::cursor::Cursor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
-    let topic = unique_topic("exact");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "all")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("exact", 3, "all").await;
     let mut sse = Sse::connect(herald.local_addr(), "channel=all", None).await;
 
     let producer = Producer::new();
     const N: u64 = 300;
-    let mut produced: HashMap<u64, (i32, i64)> = HashMap::new();
-    for n in 0..N {
-        let at = producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-        produced.insert(n, at);
-    }
+    let produced: HashMap<u64, (i32, i64)> = (0..N)
+        .zip(producer.send_keyed(&topic, 0..N, 10).await)
+        .collect();
     let events = sse.messages(N as usize).await;
     let mut got = ns(&events);
     got.sort_unstable();
@@ -66,22 +62,16 @@ async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_with_last_event_id_gets_exactly_the_rest() {
-    let topic = unique_topic("resume");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "feed")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("resume", 3, "feed").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
 
     let mut first = Sse::connect(addr, "channel=feed", None).await;
-    for n in 0..100 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 0..100, 7).await;
     let seen = first.messages(40).await;
     let last_id = first.last_id.clone().expect("an id");
     drop(first);
-    for n in 100..160 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 100..160, 7).await;
 
     let mut second = Sse::connect(addr, "channel=feed", Some(&last_id)).await;
     let rest = second.messages(120).await;
@@ -111,9 +101,7 @@ async fn reconnect_with_last_event_id_gets_exactly_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_saw_nothing_still_resumes_from_its_opening_cursor() {
-    let topic = unique_topic("quiet");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "q")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("quiet", 3, "q").await;
     let addr = herald.local_addr();
     let first = Sse::connect(addr, "channel=q", None).await;
     let opening = first.last_id.clone().expect("opening id");
@@ -136,14 +124,10 @@ async fn a_client_that_saw_nothing_still_resumes_from_its_opening_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_channel_receives_only_its_key() {
-    let topic = unique_topic("users");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "user.{key}")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("users", 3, "user.{key}").await;
     let mut k7 = Sse::connect(herald.local_addr(), "channel=user.k7", None).await;
     let producer = Producer::new();
-    for n in 0..200 {
-        producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-    }
+    producer.send_keyed(&topic, 0..200, 10).await;
     let events = k7.messages(20).await;
     assert_eq!(
         ns(&events),
@@ -164,9 +148,7 @@ async fn per_key_channel_receives_only_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_come_out_as_the_contract_says() {
-    let topic = unique_topic("payloads");
-    create_topic(&topic, 1).await;
-    let herald = start(config(&[(&topic, "p")]), &[(&topic, 1)]).await;
+    let (topic, herald) = herald_with_topic("payloads", 1, "p").await;
     let mut sse = Sse::connect(herald.local_addr(), "channel=p", None).await;
     let producer = Producer::new();
     let ts = 1_700_000_000_123;
@@ -217,9 +199,7 @@ async fn payloads_come_out_as_the_contract_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_400_naming_the_problem() {
-    let topic = unique_topic("bad");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "b")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("bad", 3, "b").await;
     let addr = herald.local_addr();
 
     let mut other_topic = Cursor::new();
@@ -289,15 +269,7 @@ async fn bad_requests_get_400_naming_the_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_channels_share_one_stream_and_one_cursor() {
-    let news = unique_topic("news");
-    let users = unique_topic("users");
-    create_topic(&news, 2).await;
-    create_topic(&users, 3).await;
-    let herald = start(
-        config(&[(&news, "news"), (&users, "user.{key}")]),
-        &[(&news, 2), (&users, 3)],
-    )
-    .await;
+    let (news, users, herald) = herald_with_news_and_users("").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
     let mut sse = Sse::connect(addr, "channel=news&channel=user.k1", None).await;
@@ -327,9 +299,7 @@ async fn several_channels_share_one_stream_and_one_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_streams_to_reconnect() {
-    let topic = unique_topic("shutdown");
-    create_topic(&topic, 1).await;
-    let herald = start(config(&[(&topic, "s")]), &[(&topic, 1)]).await;
+    let (_topic, herald) = herald_with_topic("shutdown", 1, "s").await;
     let mut sse = Sse::connect(herald.local_addr(), "channel=s", None).await;
     let stop = tokio::spawn(herald.stop());
     let ev = sse.next_raw().await.expect("a reconnect event");

@@ -14,9 +14,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
-    let topic = unique_topic("ws-exact");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "all")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("ws-exact", 3, "all").await;
     let addr = herald.local_addr();
     let mut ws = Ws::connect(addr, "").await;
     let opening = ws.subscribe("all", None).await;
@@ -32,11 +30,9 @@ async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
 
     let producer = Producer::new();
     const N: u64 = 300;
-    let mut produced: HashMap<u64, (i32, i64)> = HashMap::new();
-    for n in 0..N {
-        let at = producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-        produced.insert(n, at);
-    }
+    let produced: HashMap<u64, (i32, i64)> = (0..N)
+        .zip(producer.send_keyed(&topic, 0..N, 10).await)
+        .collect();
     let messages = ws.messages(N as usize).await;
     let mut got = ns_json(&messages);
     got.sort_unstable();
@@ -75,23 +71,17 @@ async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_with_the_last_cursor_gets_exactly_the_rest() {
-    let topic = unique_topic("ws-resume");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "feed")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("ws-resume", 3, "feed").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
 
     let mut first = Ws::connect(addr, "").await;
     first.subscribe("feed", None).await;
-    for n in 0..100 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 0..100, 7).await;
     let seen = first.messages(40).await;
     let last = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
     drop(first);
-    for n in 100..160 {
-        producer.send_n(&topic, &format!("k{}", n % 7), n).await;
-    }
+    producer.send_keyed(&topic, 100..160, 7).await;
 
     // By a subscribe message …
     let mut second = Ws::connect(addr, "").await;
@@ -123,15 +113,11 @@ async fn reconnect_with_the_last_cursor_gets_exactly_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_channel_receives_only_its_key() {
-    let topic = unique_topic("ws-users");
-    create_topic(&topic, 3).await;
-    let herald = start(config(&[(&topic, "user.{key}")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic("ws-users", 3, "user.{key}").await;
     let mut ws = Ws::connect(herald.local_addr(), "channel=user.k7").await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
     let producer = Producer::new();
-    for n in 0..200 {
-        producer.send_n(&topic, &format!("k{}", n % 10), n).await;
-    }
+    producer.send_keyed(&topic, 0..200, 10).await;
     let messages = ws.messages(20).await;
     assert_eq!(
         ns_json(&messages),
@@ -155,15 +141,7 @@ async fn per_key_channel_receives_only_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscription_has_its_own_cursor_and_unsubscribe_stops_it() {
-    let news = unique_topic("ws-news");
-    let users = unique_topic("ws-users");
-    create_topic(&news, 2).await;
-    create_topic(&users, 3).await;
-    let herald = start(
-        config(&[(&news, "news"), (&users, "user.{key}")]),
-        &[(&news, 2), (&users, 3)],
-    )
-    .await;
+    let (news, users, herald) = herald_with_news_and_users("ws-").await;
     let addr = herald.local_addr();
     let producer = Producer::new();
     let mut ws = Ws::connect(addr, "channel=news").await;
@@ -381,9 +359,7 @@ async fn refused_upgrades_are_json_400s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_message_closes_with_1009() {
-    let topic = unique_topic("ws-big");
-    create_topic(&topic, 1).await;
-    let herald = start(config(&[(&topic, "big")]), &[(&topic, 1)]).await;
+    let (_topic, herald) = herald_with_topic("ws-big", 1, "big").await;
     let mut ws = Ws::connect(herald.local_addr(), "").await;
     ws.subscribe("big", None).await;
     // Just under the limit is fine (an ordinary bad message) …
@@ -403,9 +379,7 @@ async fn an_oversize_message_closes_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_with_1001() {
-    let topic = unique_topic("ws-shutdown");
-    create_topic(&topic, 1).await;
-    let herald = start(config(&[(&topic, "s")]), &[(&topic, 1)]).await;
+    let (_topic, herald) = herald_with_topic("ws-shutdown", 1, "s").await;
     let mut ws = Ws::connect(herald.local_addr(), "channel=s").await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
     let stop = tokio::spawn(herald.stop());
@@ -496,9 +470,10 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes_exactly() {
             )
             .await;
     }
-    wait_until_metric(
+    wait_until_metric_at_least(
         addr,
         "herald_slow_client_disconnects_total{transport=\"ws\"}",
+        1.0,
     )
     .await;
 
@@ -531,16 +506,4 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes_exactly() {
     all.sort_unstable();
     assert_eq!(all, (0..N).collect::<Vec<_>>(), "none missing, none twice");
     herald.stop().await;
-}
-
-/// Waits until a counter is at least 1.
-async fn wait_until_metric(addr: std::net::SocketAddr, series: &str) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while metric(addr, series).await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {series}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

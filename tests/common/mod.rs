@@ -41,8 +41,13 @@ pub fn unique_topic(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&bootstrap(), name, partitions).await;
+}
+
+/// [`create_topic`] on the broker at `brokers` rather than the shared one.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let results = admin
@@ -74,14 +79,20 @@ pub async fn delete_records_below(topic: &str, partition: i32, offset: i64) {
         .expect("delete records");
 }
 
+#[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
 }
 
 impl Producer {
     pub fn new() -> Producer {
+        Producer::with_brokers(&bootstrap())
+    }
+
+    /// A producer to the broker at `brokers` rather than the shared one.
+    pub fn with_brokers(brokers: &str) -> Producer {
         let inner = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", "0")
             .create()
             .expect("producer");
@@ -130,6 +141,22 @@ impl Producer {
         )
         .await
     }
+
+    /// Produces `{"n": n}` for every `n` in `range`, keyed `k{n % keys}` so
+    /// the records spread over the partitions; returns each one's
+    /// `(partition, offset)`, in `range` order.
+    pub async fn send_keyed(
+        &self,
+        topic: &str,
+        range: std::ops::Range<u64>,
+        keys: u64,
+    ) -> Vec<(i32, i64)> {
+        let mut positions = Vec::with_capacity(range.clone().count());
+        for n in range {
+            positions.push(self.send_n(topic, &format!("k{}", n % keys), n).await);
+        }
+        positions
+    }
 }
 
 /// Herald config for tests: port 0, fast metadata and stats, given routes
@@ -162,6 +189,31 @@ pub async fn start(config: Config, topics: &[(&str, i32)]) -> Herald {
     })
     .await;
     herald
+}
+
+/// Creates a fresh topic named after `prefix` with `partitions` partitions
+/// and starts Herald with the one route topic → `channel`.
+pub async fn herald_with_topic(prefix: &str, partitions: i32, channel: &str) -> (String, Herald) {
+    let topic = unique_topic(prefix);
+    create_topic(&topic, partitions).await;
+    let herald = start(config(&[(&topic, channel)]), &[(&topic, partitions)]).await;
+    (topic, herald)
+}
+
+/// Two fresh topics, `news` (2 partitions, channel `news`) and `users`
+/// (3 partitions, channels `user.{key}`), and Herald routing both. Returns
+/// `(news, users, herald)`.
+pub async fn herald_with_news_and_users(prefix: &str) -> (String, String, Herald) {
+    let news = unique_topic(&format!("{prefix}news"));
+    let users = unique_topic(&format!("{prefix}users"));
+    create_topic(&news, 2).await;
+    create_topic(&users, 3).await;
+    let herald = start(
+        config(&[(&news, "news"), (&users, "user.{key}")]),
+        &[(&news, 2), (&users, 3)],
+    )
+    .await;
+    (news, users, herald)
 }
 
 /// Polls `condition` until it holds; fails the test after [`TIMEOUT`].
@@ -552,4 +604,36 @@ pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
         .await
         .expect("metrics body");
     parse_metrics(&text).get(series).copied().unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` is exactly `value` (absent counts as 0);
+/// fails the test after [`TIMEOUT`].
+pub async fn wait_until_metric(addr: std::net::SocketAddr, series: &str, value: f64) {
+    wait_until_metric_is(addr, series, &format!("= {value}"), |v| v == value).await;
+}
+
+/// Polls `/metrics` until `series` is at least `min`; fails the test after
+/// [`TIMEOUT`].
+pub async fn wait_until_metric_at_least(addr: std::net::SocketAddr, series: &str, min: f64) {
+    wait_until_metric_is(addr, series, &format!(">= {min}"), |v| v >= min).await;
+}
+
+async fn wait_until_metric_is(
+    addr: std::net::SocketAddr,
+    series: &str,
+    what: &str,
+    holds: impl Fn(f64) -> bool,
+) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let v = metric(addr, series).await;
+        if holds(v) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {series} {what} (last {v})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
