@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -40,20 +40,6 @@ impl Drop for Broker {
             .env("KAFKA_STATE_DIR", &self.state)
             .status();
         let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-async fn readyz(addr: std::net::SocketAddr) -> u16 {
-    reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
-async fn wait_ready(addr: std::net::SocketAddr, want: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(addr).await != want {
-        assert!(Instant::now() < deadline, "/readyz never answered {want}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -91,7 +77,7 @@ async fn a_broker_restart_under_live_clients_loses_nothing() {
     let mut got = ns(&sse.messages(20).await);
 
     broker.kafka_sh("stop");
-    wait_ready(addr, 503).await;
+    wait_readyz(addr, 503, Duration::from_secs(60)).await;
     // Produced while the broker is down: queued by the producer, delivered
     // once it is back.
     let pending = tokio::spawn({
@@ -104,7 +90,7 @@ async fn a_broker_restart_under_live_clients_loses_nothing() {
     });
     broker.kafka_sh("start");
     pending.await.unwrap();
-    wait_ready(addr, 200).await;
+    wait_readyz(addr, 200, Duration::from_secs(60)).await;
     for n in 40..50 {
         send(n).await;
     }

@@ -7,7 +7,6 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
 use common::*;
 
@@ -52,16 +51,7 @@ async fn spawn(topic: &str, warm_history: u64) -> Process {
         .stdout(Stdio::null())
         .spawn()
         .expect("start herald");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "herald never became ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_readyz(addr, 200, TIMEOUT).await;
     Process {
         child,
         addr,

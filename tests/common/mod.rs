@@ -637,3 +637,19 @@ async fn wait_until_metric_is(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `/readyz`'s status, 0 when nothing answers.
+pub async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Polls `/readyz` until it answers `want`; fails the test after `within`.
+pub async fn wait_readyz(addr: std::net::SocketAddr, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while readyz(addr).await != want {
+        assert!(Instant::now() < deadline, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
