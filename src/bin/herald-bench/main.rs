@@ -178,7 +178,7 @@ fn produce(brokers: &str, topic: &str, n: u64) -> Duration {
         .expect("producer");
     let started = Instant::now();
     for i in 0..n {
-        let payload = format!("{{\"n\":{i:>10},\"pad\":\"{}\"}}", "x".repeat(72));
+        let payload = format!("{{\"n\":{i:>10},\"pad\":\"{}\"}}", "x".repeat(75));
         debug_assert_eq!(payload.len(), 100);
         let key = format!("k{}", i % 1000);
         let mut record = BaseRecord::to(topic).payload(&payload).key(&key);
@@ -444,11 +444,11 @@ async fn wait_ready(herald: &Herald, topic: &str) {
     }
 }
 
-/// `clients` SSE clients resume `behind` records back after a restart, with
-/// the restarted node's history warmed (`warm_history`) or cold (0, so every
-/// client's resume is a replay from Kafka).
-async fn resume_storm(brokers: &str, clients: usize, behind: u64, warm_history: u64) {
-    let topic = topic_name("storm");
+/// Starts a node, takes the opening cursor of channel `bench`, stops the
+/// node and produces `behind` records while it is down. Returns the topic,
+/// the cursor and how long producing took.
+async fn cursor_behind(brokers: &str, prefix: &str, behind: u64) -> (String, String, Duration) {
+    let topic = topic_name(prefix);
     create_topic(brokers, &topic, 3).await;
     let first = Herald::start(herald_config(brokers, &topic, "latest"))
         .await
@@ -457,38 +457,58 @@ async fn resume_storm(brokers: &str, clients: usize, behind: u64, warm_history: 
     let cursor = opening_cursor(first.local_addr()).await;
     first.stop().await;
     let took = produce(brokers, &topic, behind);
-    println!(
-        "{behind} records produced while the node was down ({:.2}s)",
-        took.as_secs_f64()
-    );
+    (topic, cursor, took)
+}
 
-    let mut config = herald_config(brokers, &topic, "latest");
-    config.kafka.warm_history = warm_history;
-    config.replay.max_concurrent = clients.max(1);
+/// Starts a node with `config` and resumes `clients` SSE clients from
+/// `cursor` until each has `behind` messages. Returns the node, how long it
+/// took to be ready, and how long the clients took to catch up.
+async fn resume_clients(
+    config: Config,
+    topic: &str,
+    cursor: &str,
+    clients: usize,
+    behind: u64,
+) -> (Herald, Duration, Duration) {
     let started = Instant::now();
-    let second = Herald::start(config).await.expect("herald");
-    wait_ready(&second, &topic).await;
+    let node = Herald::start(config).await.expect("herald");
+    wait_ready(&node, topic).await;
     let ready = started.elapsed();
-    let addr = second.local_addr();
     let received = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(tokio::sync::Barrier::new(clients + 1));
-    let resumed = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             tokio::spawn(sse_client(
-                addr,
-                Some(cursor.clone()),
+                node.local_addr(),
+                Some(cursor.to_owned()),
                 behind,
                 received.clone(),
                 connected.clone(),
             ))
         })
         .collect();
+    let resumed = Instant::now();
     connected.wait().await;
     for t in tasks {
         t.await.expect("client");
     }
-    let caught_up = resumed.elapsed();
+    (node, ready, resumed.elapsed())
+}
+
+/// `clients` SSE clients resume `behind` records back after a restart, with
+/// the restarted node's history warmed (`warm_history`) or cold (0, so every
+/// client's resume is a replay from Kafka).
+async fn resume_storm(brokers: &str, clients: usize, behind: u64, warm_history: u64) {
+    let (topic, cursor, took) = cursor_behind(brokers, "storm", behind).await;
+    println!(
+        "{behind} records produced while the node was down ({:.2}s)",
+        took.as_secs_f64()
+    );
+    let mut config = herald_config(brokers, &topic, "latest");
+    config.kafka.warm_history = warm_history;
+    config.replay.max_concurrent = clients.max(1);
+    let (node, ready, caught_up) = resume_clients(config, &topic, &cursor, clients, behind).await;
+    let addr = node.local_addr();
     let consumed = metric_sum(addr, "herald_messages_consumed_total").await;
     let replayed = metric_sum(addr, "herald_replay_records_total").await;
     println!(
@@ -501,43 +521,21 @@ async fn resume_storm(brokers: &str, clients: usize, behind: u64, warm_history: 
         "reads from Kafka: ingest {consumed} + replay {replayed} = {:.2} per record",
         (consumed + replayed) as f64 / behind as f64
     );
-    second.stop().await;
+    node.stop().await;
 }
 
 /// One client resumes `behind` records back from a cold node: replay
 /// throughput from Kafka.
 async fn replay_one(brokers: &str, behind: u64) {
-    let topic = topic_name("replay");
-    create_topic(brokers, &topic, 3).await;
-    let first = Herald::start(herald_config(brokers, &topic, "latest"))
-        .await
-        .expect("herald");
-    wait_ready(&first, &topic).await;
-    let cursor = opening_cursor(first.local_addr()).await;
-    first.stop().await;
-    produce(brokers, &topic, behind);
+    let (topic, cursor, _) = cursor_behind(brokers, "replay", behind).await;
     let mut config = herald_config(brokers, &topic, "latest");
     config.kafka.warm_history = 0;
     config.replay.max_records = behind + 1;
-    let second = Herald::start(config).await.expect("herald");
-    wait_ready(&second, &topic).await;
-    let received = Arc::new(AtomicU64::new(0));
-    let connected = Arc::new(tokio::sync::Barrier::new(2));
-    let started = Instant::now();
-    let client = tokio::spawn(sse_client(
-        second.local_addr(),
-        Some(cursor),
-        behind,
-        received,
-        connected.clone(),
-    ));
-    connected.wait().await;
-    client.await.expect("client");
-    let took = started.elapsed();
+    let (node, _, took) = resume_clients(config, &topic, &cursor, 1, behind).await;
     println!(
         "one client replayed {behind} records from Kafka in {:.2}s: {:.0} records/s",
         took.as_secs_f64(),
         behind as f64 / took.as_secs_f64()
     );
-    second.stop().await;
+    node.stop().await;
 }
