@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::{ConnectionGauge, StreamParams, WS_PARAMS, observe_delivered, start_at};
-use crate::hub::{CloseReason, Delivery, Gap, Hub, Start, Subscription};
+use crate::hub::{CloseReason, Delivery, Gap, Hub, Start, SubscribeError, Subscription};
 use crate::server::{ApiError, App, Body, ConnectionSlot};
 
 const TRANSPORT: &str = "ws";
@@ -105,15 +105,15 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
             channels.push(c);
         }
     }
+    // Each channel is a subscription of its own, so the hub's per-subscription
+    // limit is checked here for the connection as a whole.
     let max = app.config.limits.max_channels_per_connection;
     if channels.len() > max {
-        return Err(ApiError::bad_request(
-            "too_many_channels",
-            format!(
-                "{} channels requested; the limit is {max} per connection",
-                channels.len()
-            ),
-        ));
+        return Err(SubscribeError::TooManyChannels {
+            given: channels.len(),
+            max,
+        }
+        .into());
     }
     // One-way clients: subscribed before the upgrade, so a refusal is a
     // plain HTTP error.
