@@ -100,159 +100,140 @@ pub struct KafkaConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
     /// Value of `Access-Control-Allow-Origin` on streaming responses; empty
     /// disables CORS headers.
-    #[serde(default = "defaults::cors")]
     pub cors_allow_origin: String,
     /// Serve the demo page at `/`.
-    #[serde(default = "defaults::yes")]
     pub demo_page: bool,
     /// SO_SNDBUF for client sockets, in bytes; unset leaves the kernel's
     /// autotuning (up to several MiB per socket). A small value bounds the
     /// kernel memory a stalled client can pin and makes it count as slow
     /// sooner.
-    #[serde(default)]
     pub send_buffer_bytes: Option<usize>,
     /// A connection whose socket takes no data for this long while Herald has
     /// data to send is closed: a client that stopped reading (or vanished
     /// without closing) cannot hold its connection and buffers forever.
-    #[serde(default = "defaults::write_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// On SIGTERM, how long open connections get to finish after they have
     /// been told to reconnect elsewhere. Past it they are dropped and a
     /// warning is logged.
-    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
     /// Interval of the `: heartbeat` comment that keeps proxies from closing
     /// an idle stream and lets Herald notice dead clients.
-    #[serde(default = "defaults::heartbeat", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// The `retry:` value sent to EventSource: how long a browser waits
     /// before reconnecting.
-    #[serde(default = "defaults::retry", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub retry: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Interval of the server's ping on an open WebSocket. Keeps proxies
     /// from closing idle connections and finds dead peers.
-    #[serde(default = "defaults::ping_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// How long a ping may go unanswered (no pong, nor any other frame)
     /// before the connection is closed as dead (close code 4000). Also the
     /// longest a write may wait on a client that takes no data: past it the
     /// connection is dropped as slow.
-    #[serde(default = "defaults::pong_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
     /// The longest `wait=` a long poll may ask for; above it `400`.
-    #[serde(default = "defaults::poll_max_wait", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
     /// Messages one poll returns when it gives no `limit=`.
-    #[serde(default = "defaults::poll_default_limit")]
     pub default_limit: usize,
     /// The largest `limit=` a poll may ask for; above it `400`. Bounds the
     /// size of one response.
-    #[serde(default = "defaults::poll_max_limit")]
     pub max_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// Number of independently locked shards of the channel registry. More
     /// shards, less contention between the ingest and subscribers.
-    #[serde(default = "defaults::shards")]
     pub shards: usize,
     /// Most messages kept per channel for resume from memory.
-    #[serde(default = "defaults::history_messages")]
     pub history_messages: usize,
     /// Most bytes kept per channel.
-    #[serde(default = "defaults::history_bytes")]
     pub history_bytes: usize,
     /// Oldest message kept, by arrival time.
-    #[serde(default = "defaults::history_age", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub history_age: Duration,
     /// Bytes of history across all channels. Above it the oldest history
     /// goes first, whatever its channel.
-    #[serde(default = "defaults::memory_budget")]
     pub memory_budget: usize,
     /// Messages queued for one subscriber before it counts as slow and is
     /// disconnected (it resumes from its cursor with nothing lost).
-    #[serde(default = "defaults::subscriber_queue")]
     pub subscriber_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Open client connections at once; above it new connections get `503`.
-    #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
     /// Open connections from one client address; above it new ones get
     /// `429`. 0 (the default) disables the check: behind a load balancer or
     /// a NAT many clients share one address.
-    #[serde(default)]
     pub max_connections_per_ip: usize,
     /// Channels one stream (an SSE stream, a poll, a WebSocket connection)
     /// may subscribe to; above it `400` (an `error` message on a WebSocket).
-    #[serde(default = "defaults::max_channels")]
     pub max_channels_per_connection: usize,
     /// Largest WebSocket message (and frame) accepted from a client, in
     /// bytes; a bigger one closes the connection with code 1009. Also sizes
     /// the most a client can make Herald buffer. A subscribe message carries
     /// a cursor of up to 8 KiB, so this is at least 16 KiB.
-    #[serde(default = "defaults::max_message_size")]
     pub max_message_size: usize,
     /// Long polls (`/poll` with `wait=`) waiting at once; above it `503`.
-    #[serde(default = "defaults::max_long_polls")]
     pub max_long_polls: usize,
 }
 
 /// Bounds on reading history back from Kafka for clients whose cursor is
 /// older than the hub's memory.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReplayConfig {
     /// Most records one resume may read back (summed over partitions);
     /// beyond it the client gets `409 replay_too_large`.
-    #[serde(default = "defaults::replay_max_records")]
     pub max_records: u64,
     /// Replays running at once per node; beyond it `503 replay_busy`.
-    #[serde(default = "defaults::replay_max_concurrent")]
     pub max_concurrent: usize,
     /// Longest one replay may take; past it the stream ends with reason
     /// `replay_failed` (the client resumes from where it got to).
-    #[serde(default = "defaults::replay_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Bytes of records read back from Kafka kept for other replays of the
     /// same range, so a burst of clients resuming together reads Kafka once.
-    #[serde(default = "defaults::replay_cache_bytes")]
     pub cache_bytes: usize,
 }
 
 impl Default for ReplayConfig {
     fn default() -> Self {
         Self {
-            max_records: defaults::replay_max_records(),
-            max_concurrent: defaults::replay_max_concurrent(),
-            timeout: defaults::replay_timeout(),
-            cache_bytes: defaults::replay_cache_bytes(),
+            max_records: 1_000_000,
+            max_concurrent: 32,
+            timeout: Duration::from_secs(60),
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -270,7 +251,8 @@ pub struct RouteConfig {
 }
 
 mod defaults {
-    use std::net::SocketAddr;
+    //! Defaults of keys in sections that also have required keys; the
+    //! other sections' defaults are their `Default` impls.
     use std::time::Duration;
 
     pub fn client_id() -> String {
@@ -285,95 +267,17 @@ mod defaults {
     pub fn stats_interval() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn listen() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    }
-    pub fn cors() -> String {
-        "*".into()
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn write_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn shutdown_grace() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn heartbeat() -> Duration {
-        Duration::from_secs(15)
-    }
-    pub fn retry() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub fn ping_interval() -> Duration {
-        Duration::from_secs(25)
-    }
-    pub fn pong_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn poll_max_wait() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn poll_default_limit() -> usize {
-        100
-    }
-    pub fn poll_max_limit() -> usize {
-        1000
-    }
-    pub fn max_message_size() -> usize {
-        64 * 1024
-    }
-    pub fn max_long_polls() -> usize {
-        10_000
-    }
-    pub fn shards() -> usize {
-        64
-    }
-    pub fn history_messages() -> usize {
-        1000
-    }
-    pub fn history_bytes() -> usize {
-        1024 * 1024
-    }
-    pub fn history_age() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub fn memory_budget() -> usize {
-        256 * 1024 * 1024
-    }
-    pub fn subscriber_queue() -> usize {
-        4096
-    }
-    pub fn max_connections() -> usize {
-        19_000
-    }
-    pub fn max_channels() -> usize {
-        64
-    }
-    pub fn replay_max_records() -> u64 {
-        1_000_000
-    }
-    pub fn replay_max_concurrent() -> usize {
-        32
-    }
-    pub fn replay_cache_bytes() -> usize {
-        64 * 1024 * 1024
-    }
-    pub fn replay_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            listen: defaults::listen(),
-            cors_allow_origin: defaults::cors(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cors_allow_origin: "*".into(),
             demo_page: true,
             send_buffer_bytes: None,
-            write_timeout: defaults::write_timeout(),
-            shutdown_grace: defaults::shutdown_grace(),
+            write_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -381,8 +285,8 @@ impl Default for HttpConfig {
 impl Default for SseConfig {
     fn default() -> Self {
         Self {
-            heartbeat: defaults::heartbeat(),
-            retry: defaults::retry(),
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
         }
     }
 }
@@ -390,8 +294,8 @@ impl Default for SseConfig {
 impl Default for WsConfig {
     fn default() -> Self {
         Self {
-            ping_interval: defaults::ping_interval(),
-            pong_timeout: defaults::pong_timeout(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -399,9 +303,9 @@ impl Default for WsConfig {
 impl Default for PollConfig {
     fn default() -> Self {
         Self {
-            max_wait: defaults::poll_max_wait(),
-            default_limit: defaults::poll_default_limit(),
-            max_limit: defaults::poll_max_limit(),
+            max_wait: Duration::from_secs(30),
+            default_limit: 100,
+            max_limit: 1000,
         }
     }
 }
@@ -409,12 +313,12 @@ impl Default for PollConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            shards: defaults::shards(),
-            history_messages: defaults::history_messages(),
-            history_bytes: defaults::history_bytes(),
-            history_age: defaults::history_age(),
-            memory_budget: defaults::memory_budget(),
-            subscriber_queue: defaults::subscriber_queue(),
+            shards: 64,
+            history_messages: 1000,
+            history_bytes: 1024 * 1024,
+            history_age: Duration::from_secs(300),
+            memory_budget: 256 * 1024 * 1024,
+            subscriber_queue: 4096,
         }
     }
 }
@@ -422,10 +326,10 @@ impl Default for HubConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_connections: defaults::max_connections(),
-            max_channels_per_connection: defaults::max_channels(),
-            max_message_size: defaults::max_message_size(),
-            max_long_polls: defaults::max_long_polls(),
+            max_connections: 19_000,
+            max_channels_per_connection: 64,
+            max_message_size: 64 * 1024,
+            max_long_polls: 10_000,
             max_connections_per_ip: 0,
         }
     }
@@ -604,6 +508,19 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn a_partly_given_section_keeps_the_other_defaults() {
+        let text = format!("{MINIMAL}\n[hub]\nshards = 8\n[http]\nwrite_timeout = \"5s\"\n");
+        let c = Config::parse(&text, "test").unwrap();
+        assert_eq!(c.hub.shards, 8);
+        assert_eq!(
+            c.hub.history_messages,
+            HubConfig::default().history_messages
+        );
+        assert_eq!(c.http.write_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.listen, HttpConfig::default().listen);
     }
 
     #[test]
