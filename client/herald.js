@@ -361,27 +361,63 @@ function openWs(herald, hooks) {
   };
 }
 
+// SSE and polling hold one request loop per subscription, each with its own
+// AbortController. This keeps that set, ends every loop when one fails (the
+// transport is then reconnected as a whole), and hands `run(sub,
+// controller, loops)` what it needs: `end(retryAfter)`, `forget(sub)` for a
+// subscription refused for good, and `live(sub, controller)`.
+function perSubscription(herald, hooks, run) {
+  const controllers = new Map(); // sub -> AbortController
+  let ended = false;
+  const abortAll = () => {
+    for (const c of controllers.values()) c.abort();
+    controllers.clear();
+  };
+  const loops = {
+    end(retryAfter) {
+      if (ended) return;
+      ended = true;
+      abortAll();
+      hooks.lost(retryAfter);
+    },
+    forget(sub) {
+      controllers.delete(sub);
+    },
+    live(sub, controller) {
+      return !ended && controllers.get(sub) === controller;
+    },
+  };
+  const add = (sub) => {
+    const controller = new AbortController();
+    controllers.set(sub, controller);
+    run(sub, controller, loops);
+  };
+  for (const sub of herald._subs.values()) add(sub);
+  return {
+    add,
+    remove: (sub) => {
+      const c = controllers.get(sub);
+      if (c) c.abort();
+      controllers.delete(sub);
+    },
+    close: () => {
+      ended = true;
+      abortAll();
+    },
+  };
+}
+
 // ---- SSE: one stream per subscription (each has its own cursor) --------
 //
 // Read with fetch rather than EventSource, so a refusal's status and JSON
 // error are visible (EventSource only reports "error") and reconnects stay
 // under herald.js's own backoff and transport fallback.
-
 function openSse(herald, hooks) {
-  const streams = new Map(); // sub -> AbortController
-  let ended = false;
-  const end = (retryAfter) => {
-    if (ended) return;
-    ended = true;
-    for (const c of streams.values()) c.abort();
-    streams.clear();
-    hooks.lost(retryAfter);
-  };
-  const run = async (sub, controller) => {
+  return perSubscription(herald, hooks, async (sub, controller, loops) => {
     const url = `${herald.url}/sse?${herald._query({ channel: sub.channel, ...sub._startParams() })}`;
     let opened = false;
     const timer = setTimeout(() => {
-      if (!opened && !controller.signal.aborted) end(); // no `subscribed` in time: a proxy is buffering
+      if (!opened && !controller.signal.aborted) loops.end(); // no `subscribed` in time: a proxy is buffering
     }, SSE_OPEN_TIMEOUT_MS);
     try {
       const response = await fetch(url, {
@@ -394,12 +430,12 @@ function openSse(herald, hooks) {
         const err = await httpError(response);
         hooks.opened(); // Herald answered: the transport works
         if (!retryable(response)) {
-          streams.delete(sub);
+          loops.forget(sub);
           sub._fail(err);
           return;
         }
         sub._warn(err);
-        end(retryAfterMs(response));
+        loops.end(retryAfterMs(response));
         return;
       }
       const reason = await readEvents(response.body, (ev) => {
@@ -426,31 +462,12 @@ function openSse(herald, hooks) {
         }
       });
       clearTimeout(timer);
-      if (!controller.signal.aborted && reason !== "aborted") end();
+      if (!controller.signal.aborted && reason !== "aborted") loops.end();
     } catch (e) {
       clearTimeout(timer);
-      if (!controller.signal.aborted) end();
+      if (!controller.signal.aborted) loops.end();
     }
-  };
-  const add = (sub) => {
-    const controller = new AbortController();
-    streams.set(sub, controller);
-    run(sub, controller);
-  };
-  for (const sub of herald._subs.values()) add(sub);
-  return {
-    add,
-    remove: (sub) => {
-      const c = streams.get(sub);
-      if (c) c.abort();
-      streams.delete(sub);
-    },
-    close: () => {
-      ended = true;
-      for (const c of streams.values()) c.abort();
-      streams.clear();
-    },
-  };
+  });
 }
 
 // Parses a text/event-stream body, calling `onEvent({event, data, id})`
@@ -499,17 +516,8 @@ async function readEvents(body, onEvent) {
 // ---- Long polling: one loop per subscription ----------------------------
 
 function openPoll(herald, hooks) {
-  const loops = new Map(); // sub -> AbortController
-  let ended = false;
-  const end = (retryAfter) => {
-    if (ended) return;
-    ended = true;
-    for (const c of loops.values()) c.abort();
-    loops.clear();
-    hooks.lost(retryAfter);
-  };
-  const run = async (sub, controller) => {
-    while (!ended && !sub.closed && loops.get(sub) === controller) {
+  return perSubscription(herald, hooks, async (sub, controller, loops) => {
+    while (!sub.closed && loops.live(sub, controller)) {
       const params = { channel: sub.channel, ...sub._startParams() };
       // The first poll without a cursor returns the live end's cursor at once.
       if (sub.cursor) params.wait = String(herald.pollWait);
@@ -524,43 +532,24 @@ function openPoll(herald, hooks) {
           const err = await httpError(response);
           hooks.opened(); // Herald answered: the transport works
           if (!retryable(response)) {
-            loops.delete(sub);
+            loops.forget(sub);
             sub._fail(err);
             return;
           }
           sub._warn(err);
-          end(retryAfterMs(response));
+          loops.end(retryAfterMs(response));
           return;
         }
         body = await response.json();
       } catch (e) {
-        if (!controller.signal.aborted) end();
+        if (!controller.signal.aborted) loops.end();
         return;
       }
-      if (controller.signal.aborted || loops.get(sub) !== controller) return;
+      if (controller.signal.aborted || !loops.live(sub, controller)) return;
       hooks.opened();
       for (const gap of [].concat(body.gap || [])) sub._gap(gap);
       for (const msg of body.messages || []) sub._deliver(msg);
       if (body.cursor && !sub.closed) sub.cursor = body.cursor;
     }
-  };
-  const add = (sub) => {
-    const controller = new AbortController();
-    loops.set(sub, controller);
-    run(sub, controller);
-  };
-  for (const sub of herald._subs.values()) add(sub);
-  return {
-    add,
-    remove: (sub) => {
-      const c = loops.get(sub);
-      if (c) c.abort();
-      loops.delete(sub);
-    },
-    close: () => {
-      ended = true;
-      for (const c of loops.values()) c.abort();
-      loops.clear();
-    },
-  };
+  });
 }
