@@ -11,6 +11,8 @@ pub mod ws;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use http::StatusCode;
+
 use crate::hub::cursor::Cursor;
 use crate::hub::{Delivery, Start};
 use crate::metrics::Metrics;
@@ -130,6 +132,20 @@ pub fn start_at(cursor: Option<&str>, since: Option<&str>) -> Result<Start, ApiE
         (None, Some(since)) => parse_since(since).map(Start::Since),
         (None, None) => Ok(Start::Live),
     }
+}
+
+/// The refusal for a subscription that ended with
+/// [`CloseReason::ReplayFailed`](crate::hub::CloseReason): reading older
+/// records back from Kafka failed (`failure` says why) or timed out.
+pub fn replay_failed(failure: Option<&str>) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "replay_failed",
+        format!(
+            "reading older records back from Kafka failed: {}",
+            failure.unwrap_or("unknown error")
+        ),
+    )
 }
 
 /// Counts delivered messages and their latency (Kafka timestamp → now,

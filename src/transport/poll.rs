@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use super::{ConnectionGauge, POLL_PARAMS, StreamParams, observe_delivered};
+use super::{ConnectionGauge, POLL_PARAMS, StreamParams, observe_delivered, replay_failed};
 use crate::hub::{CloseReason, Delivery, Gap, Subscription};
 use crate::server::{ApiError, App, Body, full};
 
@@ -71,14 +71,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     if taken.is_empty()
         && let Some(CloseReason::ReplayFailed) = closed
     {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "replay_failed",
-            format!(
-                "reading older records back from Kafka failed: {}",
-                subscription.failure().unwrap_or("unknown error")
-            ),
-        ));
+        return Err(replay_failed(subscription.failure()));
     }
     observe_delivered(&app.metrics, TRANSPORT, &taken.messages);
     let mut response = full(

@@ -42,7 +42,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::{ConnectionGauge, StreamParams, WS_PARAMS, observe_delivered, start_at};
+use super::{ConnectionGauge, StreamParams, WS_PARAMS, observe_delivered, replay_failed, start_at};
 use crate::hub::{CloseReason, Delivery, Gap, Hub, Start, SubscribeError, Subscription};
 use crate::server::{ApiError, App, Body, ConnectionSlot};
 
@@ -470,11 +470,10 @@ impl Connection {
                         ))
                     }
                     CloseReason::ReplayFailed => {
-                        let message = format!(
-                            "reading older records back from Kafka failed: {}; subscribe again from the last cursor",
-                            failure.as_deref().unwrap_or("unknown error")
-                        );
-                        let frame = error_frame("replay_failed", &message, Some(&channel));
+                        let e = replay_failed(failure.as_deref());
+                        let message =
+                            format!("{}; subscribe again from the last cursor", e.message);
+                        let frame = error_frame(e.code, &message, Some(&channel));
                         self.feed_by(frame, deadline).await
                     }
                     CloseReason::Gone => Ok(()),
