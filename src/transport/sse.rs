@@ -56,7 +56,6 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         shutdown: app.shutdown.clone(),
         batch: Vec::new(),
         done: false,
-        counted_slow: false,
         metrics: app.metrics.clone(),
         _connection: ConnectionGauge::new(&app.metrics, TRANSPORT),
     };
@@ -101,10 +100,6 @@ struct SseStream {
     shutdown: CancellationToken,
     batch: Vec<Delivery>,
     done: bool,
-    /// The slow-consumer disconnect was counted (when the stream told the
-    /// client). A stream dropped before it could tell — the connection was
-    /// closed for not taking data at all — is counted on drop.
-    counted_slow: bool,
     metrics: Arc<Metrics>,
     _connection: ConnectionGauge,
 }
@@ -128,8 +123,6 @@ impl SseStream {
                 Ok(()) => Some(self.encode_batch()),
                 Err(CloseReason::Slow) => {
                     self.done = true;
-                    self.counted_slow = true;
-                    self.metrics.slow_disconnects.with_label_values(&[TRANSPORT]).inc();
                     Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"slow_consumer\"}\n\n"))
                 }
                 Err(CloseReason::ReplayFailed) => {
@@ -175,9 +168,12 @@ impl SseStream {
     }
 }
 
+/// A stream whose subscriber the hub cut off as slow is counted once, when it
+/// goes: whether it could still tell the client (`slow_consumer`) or its
+/// connection was closed for taking no data at all (`http.write_timeout`).
 impl Drop for SseStream {
     fn drop(&mut self) {
-        if !self.counted_slow && self.subscription.is_cut_off_as_slow() {
+        if self.subscription.is_cut_off_as_slow() {
             self.metrics
                 .slow_disconnects
                 .with_label_values(&[TRANSPORT])
