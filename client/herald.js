@@ -364,8 +364,8 @@ function openWs(herald, hooks) {
 // SSE and polling hold one request loop per subscription, each with its own
 // AbortController. This keeps that set, ends every loop when one fails (the
 // transport is then reconnected as a whole), and hands `run(sub,
-// controller, loops)` what it needs: `end(retryAfter)`, `forget(sub)` for a
-// subscription refused for good, and `live(sub, controller)`.
+// controller, loops)` what it needs: `end(retryAfter)`, `refused(sub,
+// response)` for an HTTP error, and `live(sub, controller)`.
 function perSubscription(herald, hooks, run) {
   const controllers = new Map(); // sub -> AbortController
   let ended = false;
@@ -380,8 +380,19 @@ function perSubscription(herald, hooks, run) {
       abortAll();
       hooks.lost(retryAfter);
     },
-    forget(sub) {
-      controllers.delete(sub);
+    // Herald refused the request (so the transport itself works): a
+    // refusal retrying cannot fix ends this subscription only; any other
+    // ends the loops, to be retried after Retry-After or backoff.
+    async refused(sub, response) {
+      const err = await httpError(response);
+      hooks.opened();
+      if (!retryable(response)) {
+        controllers.delete(sub);
+        sub._fail(err);
+        return;
+      }
+      sub._warn(err);
+      loops.end(retryAfterMs(response));
     },
     live(sub, controller) {
       return !ended && controllers.get(sub) === controller;
@@ -427,15 +438,7 @@ function openSse(herald, hooks) {
       });
       if (!response.ok) {
         clearTimeout(timer);
-        const err = await httpError(response);
-        hooks.opened(); // Herald answered: the transport works
-        if (!retryable(response)) {
-          loops.forget(sub);
-          sub._fail(err);
-          return;
-        }
-        sub._warn(err);
-        loops.end(retryAfterMs(response));
+        await loops.refused(sub, response);
         return;
       }
       const reason = await readEvents(response.body, (ev) => {
@@ -529,15 +532,7 @@ function openPoll(herald, hooks) {
           cache: "no-store",
         });
         if (!response.ok) {
-          const err = await httpError(response);
-          hooks.opened(); // Herald answered: the transport works
-          if (!retryable(response)) {
-            loops.forget(sub);
-            sub._fail(err);
-            return;
-          }
-          sub._warn(err);
-          loops.end(retryAfterMs(response));
+          await loops.refused(sub, response);
           return;
         }
         body = await response.json();
