@@ -34,35 +34,7 @@ async fn keyed_records_over_three_partitions_arrive_exactly_once_in_order() {
         .zip(producer.send_keyed(&topic, 0..N, 10).await)
         .collect();
     let messages = ws.messages(N as usize).await;
-    let mut got = ns_json(&messages);
-    got.sort_unstable();
-    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every record exactly once");
-    assert_partition_order_json(&messages);
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for m in &messages {
-        let n = m["data"]["n"].as_u64().unwrap();
-        assert_eq!(
-            (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap()
-            ),
-            produced[&n],
-            "position of record {n}"
-        );
-        assert_eq!(m["topic"], topic.as_str());
-        assert_eq!(m["channel"], "all");
-        assert!(m["cursor"].as_str().unwrap().starts_with('h'));
-        per_key
-            .entry(m["key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(n);
-    }
-    for (key, ns) in per_key {
-        assert!(
-            ns.windows(2).all(|w| w[0] < w[1]),
-            "key {key} out of order: {ns:?}"
-        );
-    }
+    assert_exactly_produced(&messages, &produced, &topic, "all");
     producer.send_n(&topic, "k0", 9999).await;
     assert_eq!(ns_json(&ws.messages(1).await), [9999]);
     assert!(metric(addr, "herald_messages_delivered_total{transport=\"ws\"}").await >= 301.0);

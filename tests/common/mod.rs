@@ -653,3 +653,46 @@ pub async fn wait_readyz(addr: std::net::SocketAddr, want: u16, within: Duration
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Asserts `messages` are exactly the records `produced` (`n` → partition
+/// and offset) of `topic` on `channel`: each once, at its Kafka position,
+/// each partition and each key in order, each with a cursor.
+pub fn assert_exactly_produced(
+    messages: &[serde_json::Value],
+    produced: &HashMap<u64, (i32, i64)>,
+    topic: &str,
+    channel: &str,
+) {
+    let mut got = ns_json(messages);
+    got.sort_unstable();
+    let mut want: Vec<u64> = produced.keys().copied().collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "every record exactly once");
+    assert_partition_order_json(messages);
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in messages {
+        let n = m["data"]["n"].as_u64().unwrap();
+        assert_eq!(
+            (
+                m["partition"].as_i64().unwrap() as i32,
+                m["offset"].as_i64().unwrap()
+            ),
+            produced[&n],
+            "position of record {n}"
+        );
+        assert_eq!(m["topic"], topic);
+        assert_eq!(m["channel"], channel);
+        assert!(m["cursor"].as_str().unwrap().starts_with('h'), "{m}");
+        per_key
+            .entry(m["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(n);
+    }
+    // Per key (one partition each), production order is kept.
+    for (key, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {ns:?}"
+        );
+    }
+}
