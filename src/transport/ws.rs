@@ -12,14 +12,18 @@
 //! One task per connection owns the socket. Each subscription is a stream
 //! of events polled inside that task (no task, no channel per
 //! subscription), and a `biased` select drains them before it reads the
-//! client's frames: every ready delivery of every subscription is fed into
-//! tungstenite's write buffer and flushed once, so a burst costs a few
-//! writes instead of one per message.
+//! client's frames. Herald frames its own data frames: every ready delivery
+//! of every subscription is encoded straight into the connection's output
+//! buffer (frame header, then the shared envelope around this subscriber's
+//! cursor: no allocation and no copy per message beyond that one) and the
+//! round goes out in one write. tungstenite reads the client's frames and
+//! sends pings, pongs and the close; it is flushed before each round, so
+//! its frames and Herald's never interleave.
 //!
 //! **Memory.** tungstenite's defaults (128 KiB read buffer) would cost
-//! ~133 KB per connection. Here the read buffer is `READ_BUFFER` (4 KiB) and the
-//! write buffer grows only while frames wait, to about `WRITE_BUFFER` (8 KiB)
-//! before it is written out; what an idle connection costs is measured in
+//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (4 KiB);
+//! the output buffer grows only while a round is written and is kept only
+//! up to `OUT_KEEP`; what an idle connection costs is measured in
 //! `docs/protocol.md`.
 
 use std::collections::HashMap;
@@ -38,7 +42,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
@@ -53,11 +58,14 @@ const TRANSPORT: &str = "ws";
 /// grows the buffer for as long as it takes to read it.
 const READ_BUFFER: usize = 4 * 1024;
 
-/// Frames collect in tungstenite's write buffer until it holds this much,
-/// then go out in one write; a write round ends with a flush. Coalescing a
-/// burst saves a syscall per message; the buffer only grows while frames
-/// wait, so an idle connection does not pay for it up front.
-const WRITE_BUFFER: usize = 8 * 1024;
+/// tungstenite's write buffer: it only ever holds control frames (pings,
+/// pongs, the close), which it writes at once.
+const WRITE_BUFFER: usize = 1024;
+
+/// The output buffer keeps its allocation between rounds up to this size,
+/// so a steady stream of small rounds does not allocate each time; a
+/// bigger one (a burst) is freed once written.
+const OUT_KEEP: usize = 4 * 1024;
 
 /// Messages one subscription hands over per batch.
 const MAX_BATCH: usize = 256;
@@ -332,6 +340,9 @@ struct Connection {
     /// Channels subscribed or being subscribed, to abort them on
     /// `unsubscribe`.
     active: HashMap<Arc<str>, AbortHandle>,
+    /// Text frames encoded by Herald, written together at the end of a
+    /// round.
+    out: Vec<u8>,
     _gauge: ConnectionGauge,
 }
 
@@ -343,6 +354,7 @@ impl Connection {
             socket,
             subscriptions: SelectAll::new(),
             active: HashMap::new(),
+            out: Vec::new(),
             _gauge: gauge,
         }
     }
@@ -387,7 +399,7 @@ impl Connection {
                     streak = 0;
                     match keepalive {
                         Keepalive::Idle => {
-                            if let Err(ending) = Box::pin(self.send(Message::Ping(Bytes::new()))).await {
+                            if let Err(ending) = Box::pin(self.ping()).await {
                                 break ending;
                             }
                             keepalive = Keepalive::AwaitingPong;
@@ -410,32 +422,40 @@ impl Connection {
     /// Writes `first` and whatever else the subscriptions have ready (up to
     /// [`MAX_ROUND`] batches), then flushes once.
     async fn write_round(&mut self, first: Outbound) -> Result<(), Ending> {
-        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
         let mut next = Some(first);
         let mut taken = 0;
+        let mut ended = Ok(());
         while let Some(outbound) = next.take() {
-            self.write_event(outbound, deadline).await?;
+            ended = self.encode_event(outbound);
             taken += 1;
-            if taken < MAX_ROUND {
+            if ended.is_ok() && taken < MAX_ROUND {
                 next = self.subscriptions.next().now_or_never().flatten();
             }
         }
-        self.flush_by(deadline).await
+        // What was encoded before an ending (say, the messages before a
+        // slow-consumer close) still goes out.
+        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        self.write_out(deadline).await?;
+        ended
     }
 
-    async fn write_event(&mut self, outbound: Outbound, deadline: Instant) -> Result<(), Ending> {
+    /// Encodes an event's frames into the output buffer; `Err` when it
+    /// ends the connection.
+    fn encode_event(&mut self, outbound: Outbound) -> Result<(), Ending> {
         let Outbound { channel, event } = outbound;
         match event {
             Event::Subscribed(cursor) => {
                 let frame = serde_json::json!({
                     "type": "subscribed", "channel": &*channel, "cursor": cursor,
                 });
-                self.feed_by(text(frame.to_string()), deadline).await
+                text_frame(&mut self.out, &[frame.to_string().as_bytes()]);
+                Ok(())
             }
             Event::Refused(error) => {
                 self.active.remove(&channel);
-                let frame = error_frame(error.code, &error.message, Some(&channel));
-                self.feed_by(frame, deadline).await
+                let frame = error_json(error.code, &error.message, Some(&channel));
+                text_frame(&mut self.out, &[frame.as_bytes()]);
+                Ok(())
             }
             Event::Batch {
                 gaps,
@@ -445,13 +465,12 @@ impl Connection {
                 for gap in gaps {
                     // {"type":"gap","cursor":…,"channel":…,"partitions":…}
                     let body = gap.to_json().to_string();
-                    let frame =
-                        format!("{{\"type\":\"gap\",\"cursor\":\"{cursor}\",{}", &body[1..]);
-                    self.feed_by(text(frame), deadline).await?;
+                    let head = format!("{{\"type\":\"gap\",\"cursor\":\"{cursor}\",");
+                    text_frame(&mut self.out, &[head.as_bytes(), &body.as_bytes()[1..]]);
                 }
                 observe_delivered(&self.app.metrics, TRANSPORT, &messages);
                 for d in &messages {
-                    self.feed_by(message_frame(d)?, deadline).await?;
+                    message_frame(&mut self.out, d);
                 }
                 Ok(())
             }
@@ -473,8 +492,9 @@ impl Connection {
                         let e = replay_failed(failure.as_deref());
                         let message =
                             format!("{}; subscribe again from the last cursor", e.message);
-                        let frame = error_frame(e.code, &message, Some(&channel));
-                        self.feed_by(frame, deadline).await
+                        let frame = error_json(e.code, &message, Some(&channel));
+                        text_frame(&mut self.out, &[frame.as_bytes()]);
+                        Ok(())
                     }
                     CloseReason::Gone => Ok(()),
                 }
@@ -489,20 +509,17 @@ impl Connection {
             Some(Err(e)) => return Err(read_error(e, self.app.config.limits.max_message_size)),
         };
         match message {
-            Message::Text(text) => {
-                let reply = self.on_text(&text);
-                if let Some(frame) = reply {
-                    self.send(frame).await?;
-                }
-                Ok(())
-            }
+            Message::Text(text) => match self.on_text(&text) {
+                Some(reply) => self.reply(&reply).await,
+                None => Ok(()),
+            },
             Message::Binary(_) => {
-                let frame = error_frame(
+                let reply = error_json(
                     "bad_message",
                     "binary frames are not accepted: send JSON text frames",
                     None,
                 );
-                self.send(frame).await
+                self.reply(&reply).await
             }
             // tungstenite answers pings itself (the pong goes out with the
             // next read or write).
@@ -517,11 +534,11 @@ impl Connection {
 
     /// Acts on a client message; returns the reply to send now, if any
     /// (`subscribed` comes later, from the subscription itself).
-    fn on_text(&mut self, input: &str) -> Option<Message> {
+    fn on_text(&mut self, input: &str) -> Option<String> {
         let request = match ClientMessage::parse(input) {
             Ok(request) => request,
             Err(refusal) => {
-                return Some(error_frame(
+                return Some(error_json(
                     refusal.code,
                     &refusal.message,
                     refusal.channel.as_deref(),
@@ -535,7 +552,7 @@ impl Connection {
                 since,
             } => {
                 if self.active.contains_key(channel.as_str()) {
-                    return Some(error_frame(
+                    return Some(error_json(
                         "already_subscribed",
                         &format!(
                             "channel {channel:?} is already subscribed on this connection; unsubscribe first to start it again"
@@ -545,7 +562,7 @@ impl Connection {
                 }
                 let max = self.app.config.limits.max_channels_per_connection;
                 if self.active.len() >= max {
-                    return Some(error_frame(
+                    return Some(error_json(
                         "too_many_channels",
                         &format!(
                             "this connection holds {max} subscriptions, the limit (limits.max_channels_per_connection)"
@@ -555,7 +572,7 @@ impl Connection {
                 }
                 let start = match start_at(cursor.as_deref(), since.as_deref()) {
                     Ok(start) => start,
-                    Err(e) => return Some(error_frame(e.code, &e.message, Some(&channel))),
+                    Err(e) => return Some(error_json(e.code, &e.message, Some(&channel))),
                 };
                 self.add(
                     Arc::from(channel),
@@ -570,9 +587,9 @@ impl Connection {
                     // is sent.
                     handle.abort();
                     let frame = serde_json::json!({"type": "unsubscribed", "channel": channel});
-                    Some(text(frame.to_string()))
+                    Some(frame.to_string())
                 }
-                None => Some(error_frame(
+                None => Some(error_json(
                     "not_subscribed",
                     &format!("channel {channel:?} is not subscribed on this connection"),
                     Some(&channel),
@@ -581,15 +598,35 @@ impl Connection {
         }
     }
 
-    async fn feed_by(&mut self, message: Message, deadline: Instant) -> Result<(), Ending> {
-        match tokio::time::timeout_at(deadline, self.socket.feed(message)).await {
-            Ok(Ok(())) => Ok(()),
+    /// Writes the output buffer, after anything tungstenite still holds
+    /// (a pong queued while reading), so frames never interleave.
+    async fn write_out(&mut self, deadline: Instant) -> Result<(), Ending> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.flush_by(deadline).await?;
+        let io = self.socket.get_mut();
+        match tokio::time::timeout_at(deadline, io.write_all(&self.out)).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!("WebSocket write failed: {e}");
-                Err(Ending::Drop)
+                return Err(Ending::Drop);
             }
-            Err(_) => Err(self.stalled()),
+            Err(_) => return Err(self.stalled()),
         }
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends one text frame (a reply to the client) now.
+    async fn reply(&mut self, json: &str) -> Result<(), Ending> {
+        text_frame(&mut self.out, &[json.as_bytes()]);
+        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        self.write_out(deadline).await
     }
 
     async fn flush_by(&mut self, deadline: Instant) -> Result<(), Ending> {
@@ -603,10 +640,18 @@ impl Connection {
         }
     }
 
-    /// Sends one frame now.
-    async fn send(&mut self, message: Message) -> Result<(), Ending> {
+    /// Sends a ping now.
+    async fn ping(&mut self) -> Result<(), Ending> {
         let deadline = Instant::now() + self.app.config.ws.pong_timeout;
-        self.feed_by(message, deadline).await?;
+        match tokio::time::timeout_at(deadline, self.socket.feed(Message::Ping(Bytes::new()))).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                return Err(Ending::Drop);
+            }
+            Err(_) => return Err(self.stalled()),
+        }
         self.flush_by(deadline).await
     }
 
@@ -678,34 +723,41 @@ fn read_error(e: WsError, max_message_size: usize) -> Ending {
     }
 }
 
-/// `{"type":"message",…envelope}`, copied from the shared envelope.
-fn message_frame(d: &Delivery) -> Result<Message, Ending> {
-    const TYPE: &[u8] = b"{\"type\":\"message\",";
-    let e = d.publication.envelope();
-    let mut buf = Vec::with_capacity(TYPE.len() + e.head.len() + d.cursor.len() + e.tail.len());
-    buf.extend_from_slice(TYPE);
-    // The envelope's head opens with `{`.
-    buf.extend_from_slice(&e.head[1..]);
-    buf.extend_from_slice(d.cursor.as_bytes());
-    buf.extend_from_slice(&e.tail);
-    Utf8Bytes::try_from(buf).map(Message::Text).map_err(|_| {
-        // The hub encodes envelopes as UTF-8 (base64 otherwise).
-        tracing::error!("envelope is not UTF-8; closing the connection");
-        Ending::Close(CloseCode::Error, "internal error".into())
-    })
+/// Appends one unmasked, unfragmented text frame whose payload is `parts`
+/// in order. Every part is UTF-8 (JSON Herald wrote, or the envelope,
+/// which the hub encodes as UTF-8), so the frame is valid text.
+fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    out.reserve(header.len(len as u64) + len);
+    header
+        .format(len as u64, out)
+        .expect("writing to a Vec cannot fail");
+    for part in parts {
+        debug_assert!(std::str::from_utf8(part).is_ok());
+        out.extend_from_slice(part);
+    }
 }
 
-fn text(s: String) -> Message {
-    Message::Text(Utf8Bytes::from(s))
+/// `{"type":"message",…envelope}`: the shared envelope around this
+/// subscriber's cursor.
+fn message_frame(out: &mut Vec<u8>, d: &Delivery) {
+    const TYPE: &[u8] = b"{\"type\":\"message\",";
+    let e = d.publication.envelope();
+    // The envelope's head opens with `{`.
+    text_frame(out, &[TYPE, &e.head[1..], d.cursor.as_bytes(), &e.tail]);
 }
 
 /// `{"type":"error","code","message"[,"channel"]}`.
-fn error_frame(code: &str, message: &str, channel: Option<&str>) -> Message {
+fn error_json(code: &str, message: &str, channel: Option<&str>) -> String {
     let mut frame = serde_json::json!({"type": "error", "code": code, "message": message});
     if let Some(channel) = channel {
         frame["channel"] = channel.into();
     }
-    text(frame.to_string())
+    frame.to_string()
 }
 
 fn truncate(mut s: String, max: usize) -> String {
