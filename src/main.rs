@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use herald::config::Config;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `EX_USAGE` from sysexits.h: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
 
