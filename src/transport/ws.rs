@@ -21,7 +21,7 @@
 //! its frames and Herald's never interleave.
 //!
 //! **Memory.** tungstenite's defaults (128 KiB read buffer) would cost
-//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (4 KiB);
+//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (512 B);
 //! the output buffer grows only while a round is written and is kept only
 //! up to `OUT_KEEP`; what an idle connection costs is measured in
 //! `docs/protocol.md`.
@@ -53,10 +53,11 @@ use crate::server::{ApiError, App, Body, ConnectionSlot};
 
 const TRANSPORT: &str = "ws";
 
-/// tungstenite's read buffer, allocated up front for every connection. A
-/// client's messages are small (subscribe, unsubscribe); a bigger one
-/// grows the buffer for as long as it takes to read it.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, allocated up front for every connection, and
+/// zeroed by every read: it is resident memory, all of it. A client's
+/// messages are small (subscribe, unsubscribe); a bigger one grows the
+/// buffer as it is read.
+const READ_BUFFER: usize = 512;
 
 /// tungstenite's write buffer: it only ever holds control frames (pings,
 /// pongs, the close), which it writes at once.
