@@ -36,7 +36,8 @@ pub struct ClientArgs {
     /// Resume cursor (ws: `cursor=`, sse: `Last-Event-ID`).
     #[arg(long)]
     pub cursor: Option<String>,
-    /// Kernel receive buffer per socket, bytes.
+    /// Kernel receive buffer per socket, bytes; 0 leaves the kernel's
+    /// default (autotuned, as a browser's socket is).
     #[arg(long, default_value_t = 16384)]
     pub rcvbuf: u32,
 }
@@ -219,7 +220,9 @@ async fn open(
     let mut tries = 0;
     let mut s = loop {
         let sock = socket_for(addr, index)?;
-        let _ = sock.set_recv_buffer_size(args.rcvbuf);
+        if args.rcvbuf > 0 {
+            let _ = sock.set_recv_buffer_size(args.rcvbuf);
+        }
         let _ = sock.set_send_buffer_size(4096);
         match sock.connect(addr).await {
             Ok(s) => break s,
@@ -335,7 +338,7 @@ async fn read_loop(
 ) {
     let mut tracker = Tracker::new(expect);
     let mut acc = first;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 32 * 1024];
     loop {
         let keep_from = tracker.scan(&acc, shared);
         if tracker.done() {
