@@ -4,9 +4,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use super::publication::Publication;
 
@@ -22,9 +23,11 @@ pub enum CloseReason {
     ReplayFailed,
 }
 
+/// One subscriber reads an inbox, so one waker is enough: the task polling
+/// it, woken when the queue stops being empty or the inbox closes.
 pub struct Inbox {
     state: Mutex<State>,
-    notify: Notify,
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -43,7 +46,7 @@ impl Inbox {
                 queue: VecDeque::new(),
                 closed: None,
             }),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity,
         }
     }
@@ -58,14 +61,14 @@ impl Inbox {
         if state.queue.len() >= self.capacity {
             state.closed = Some(CloseReason::Slow);
             drop(state);
-            self.notify.notify_one();
+            self.waker.wake();
             return Err(Rejected);
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(publication);
         drop(state);
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Ok(())
     }
@@ -74,28 +77,30 @@ impl Inbox {
         let mut state = self.state.lock();
         state.closed.get_or_insert(reason);
         drop(state);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
-    /// Waits for publications and moves all of them into `out`. Returns the
-    /// close reason once the inbox is closed and empty.
-    pub async fn recv(&self, out: &mut VecDeque<Arc<Publication>>) -> Result<(), CloseReason> {
-        loop {
-            {
-                let mut state = self.state.lock();
-                if !state.queue.is_empty() {
-                    if out.is_empty() {
-                        std::mem::swap(out, &mut state.queue);
-                    } else {
-                        out.extend(state.queue.drain(..));
-                    }
-                    return Ok(());
-                }
-                if let Some(reason) = state.closed {
-                    return Err(reason);
-                }
+    /// Moves every queued publication into `out` once there are some, or
+    /// returns the close reason once the inbox is closed and empty.
+    pub fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Arc<Publication>>,
+    ) -> Poll<Result<(), CloseReason>> {
+        // Registered before looking, so a push after the look wakes us.
+        self.waker.register(cx.waker());
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() {
+            if out.is_empty() {
+                std::mem::swap(out, &mut state.queue);
+            } else {
+                out.extend(state.queue.drain(..));
             }
-            self.notify.notified().await;
+            return Poll::Ready(Ok(()));
+        }
+        match state.closed {
+            Some(reason) => Poll::Ready(Err(reason)),
+            None => Poll::Pending,
         }
     }
 

@@ -3,7 +3,9 @@
 //! after every message.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use tokio::sync::mpsc;
 
@@ -105,7 +107,7 @@ impl Subscription {
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<(), CloseReason> {
-        self.batch(out, max, true).await
+        poll_fn(|cx| self.poll_batch(cx, out, max, true)).await
     }
 
     /// Like [`Subscription::next_batch`], but never waits for a live record:
@@ -118,35 +120,39 @@ impl Subscription {
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<(), CloseReason> {
-        self.batch(out, max, false).await
+        poll_fn(|cx| self.poll_batch(cx, out, max, false)).await
     }
 
-    async fn batch(
+    /// [`Subscription::next_batch`] (`wait_for_live`) or
+    /// [`Subscription::ready_batch`] as a poll, for a transport that polls
+    /// its subscriptions itself.
+    pub fn poll_batch(
         &mut self,
+        cx: &mut Context<'_>,
         out: &mut Vec<Delivery>,
         max: usize,
         wait_for_live: bool,
-    ) -> Result<(), CloseReason> {
+    ) -> Poll<Result<(), CloseReason>> {
         let start = out.len();
         loop {
             // Read-back records first, each batch up to `max`.
             Self::take(&mut self.replayed, &mut self.positions, out, start, max);
             if out.len() > start {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
             let Some(replay) = &mut self.replay else {
                 break;
             };
-            match replay.recv().await {
+            match ready!(replay.poll_recv(cx)) {
                 Some(ReplayEvent::Gaps(ranges)) => {
                     self.note_gaps(ranges);
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
                 Some(ReplayEvent::Records(batch)) => self.replayed.extend(batch),
                 Some(ReplayEvent::Failed(message)) => {
                     self.replay = None;
                     self.failure = Some(message);
-                    return Err(CloseReason::ReplayFailed);
+                    return Poll::Ready(Err(CloseReason::ReplayFailed));
                 }
                 None => self.replay = None,
             }
@@ -154,12 +160,12 @@ impl Subscription {
         loop {
             Self::take(&mut self.backlog, &mut self.positions, out, start, max);
             if out.len() > start {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
             if wait_for_live {
-                self.inbox.recv(&mut self.backlog).await?;
+                ready!(self.inbox.poll_recv(cx, &mut self.backlog))?;
             } else if !self.inbox.try_recv(&mut self.backlog)? {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
         }
     }

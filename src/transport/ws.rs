@@ -26,14 +26,13 @@
 //! up to `OUT_KEEP`; what an idle connection costs is measured in
 //! `docs/protocol.md`.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::Upgraded;
@@ -48,7 +47,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::{ConnectionGauge, StreamParams, WS_PARAMS, observe_delivered, replay_failed, start_at};
-use crate::hub::{CloseReason, Delivery, Gap, Hub, Start, SubscribeError, Subscription};
+use crate::hub::{CloseReason, Delivery, Gap, SubscribeError, Subscription};
 use crate::server::{ApiError, App, Body, ConnectionSlot};
 
 const TRANSPORT: &str = "ws";
@@ -162,7 +161,13 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
         .await;
         let mut connection = Connection::new(app, socket);
         for (channel, subscription) in initial {
-            connection.add(channel, Begin::Ready(subscription));
+            connection.subscriptions.add(
+                channel,
+                SlotState::Live {
+                    subscription,
+                    announced: false,
+                },
+            );
         }
         Box::pin(connection.run()).await;
         // The place under `limits.max_connections` is freed only now.
@@ -224,12 +229,24 @@ fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// How a subscription stream begins.
-enum Begin {
-    /// Subscribe first (from a `subscribe` message).
-    Subscribe(Hub, Start),
-    /// Already subscribed (from the URL).
-    Ready(Subscription),
+/// A subscription's answer to the hub, while `subscribe` is in progress.
+type Subscribing = Pin<Box<dyn Future<Output = Result<Subscription, SubscribeError>> + Send>>;
+
+/// One subscription of a connection.
+struct Slot {
+    channel: Arc<str>,
+    state: SlotState,
+}
+
+enum SlotState {
+    /// Subscribing (from a `subscribe` message). Boxed: only a subscribing
+    /// slot pays for the future.
+    Subscribing(Subscribing),
+    /// Subscribed; `announced` once `subscribed` has been sent.
+    Live {
+        subscription: Subscription,
+        announced: bool,
+    },
 }
 
 /// What a subscription hands to its connection.
@@ -241,75 +258,132 @@ struct Outbound {
 enum Event {
     /// Subscribed: the starting cursor.
     Subscribed(String),
-    /// The hub refused the subscription; the stream ends.
+    /// The hub refused the subscription; the slot is gone.
     Refused(ApiError),
-    /// Gaps (with the cursor that steps over them), or messages.
-    Batch {
-        gaps: Vec<Gap>,
-        cursor: String,
-        messages: Vec<Delivery>,
-    },
-    /// The subscription ended (`failure` says why a replay failed).
+    /// Gaps (with the cursor that steps over them), then the messages in
+    /// [`Subscriptions::batch`].
+    Batch { gaps: Vec<Gap>, cursor: String },
+    /// The subscription ended (`failure` says why a replay failed); the
+    /// slot is gone.
     Ended {
         reason: CloseReason,
         failure: Option<String>,
     },
 }
 
-enum State {
-    Begin(Begin),
-    Live(Subscription),
-    Done,
+impl Slot {
+    /// The next event, appending a batch's messages to `batch`; `true`
+    /// with it when the slot is finished.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+    ) -> Poll<(Event, bool)> {
+        match &mut self.state {
+            SlotState::Subscribing(answer) => match ready!(answer.as_mut().poll(cx)) {
+                Ok(subscription) => {
+                    let cursor = subscription.cursor();
+                    self.state = SlotState::Live {
+                        subscription,
+                        announced: true,
+                    };
+                    Poll::Ready((Event::Subscribed(cursor), false))
+                }
+                Err(e) => Poll::Ready((Event::Refused(e.into()), true)),
+            },
+            SlotState::Live {
+                subscription,
+                announced,
+            } => {
+                if !*announced {
+                    *announced = true;
+                    return Poll::Ready((Event::Subscribed(subscription.cursor()), false));
+                }
+                match ready!(subscription.poll_batch(cx, batch, MAX_BATCH, true)) {
+                    Ok(()) => {
+                        let gaps = subscription.take_gaps();
+                        let cursor = if gaps.is_empty() {
+                            String::new()
+                        } else {
+                            subscription.cursor()
+                        };
+                        Poll::Ready((Event::Batch { gaps, cursor }, false))
+                    }
+                    Err(reason) => {
+                        let failure = subscription.failure().map(str::to_owned);
+                        Poll::Ready((Event::Ended { reason, failure }, true))
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// One subscription as a stream of events: `Subscribed` (or `Refused`),
-/// then batches until it ends.
-fn events(channel: Arc<str>, begin: Begin) -> BoxStream<'static, Outbound> {
-    futures_util::stream::unfold(State::Begin(begin), move |state| {
-        let channel = channel.clone();
-        async move {
-            let (event, next) = match state {
-                State::Done => return None,
-                State::Begin(Begin::Ready(subscription)) => (
-                    Event::Subscribed(subscription.cursor()),
-                    State::Live(subscription),
-                ),
-                State::Begin(Begin::Subscribe(hub, start)) => {
-                    // Boxed: only a subscribing stream pays for this future.
-                    let names = [channel.to_string()];
-                    match Box::pin(hub.subscribe_from(&names, start)).await {
-                        Ok(s) => (Event::Subscribed(s.cursor()), State::Live(s)),
-                        Err(e) => (Event::Refused(e.into()), State::Done),
-                    }
-                }
-                State::Live(mut subscription) => {
-                    let mut messages = Vec::new();
-                    match subscription.next_batch(&mut messages, MAX_BATCH).await {
-                        Ok(()) => {
-                            let gaps = subscription.take_gaps();
-                            let cursor = if gaps.is_empty() {
-                                String::new()
-                            } else {
-                                subscription.cursor()
-                            };
-                            let event = Event::Batch {
-                                gaps,
-                                cursor,
-                                messages,
-                            };
-                            (event, State::Live(subscription))
-                        }
-                        Err(reason) => {
-                            let failure = subscription.failure().map(str::to_owned);
-                            (Event::Ended { reason, failure }, State::Done)
-                        }
-                    }
-                }
-            };
-            Some((Outbound { channel, event }, next))
+/// A connection's subscriptions, polled by its task: no task, no channel,
+/// no stream combinator per subscription. Each inbox holds the task's
+/// waker; on a wake the slots are polled in turn, starting after the last
+/// one served, so a busy channel cannot starve the others.
+#[derive(Default)]
+struct Subscriptions {
+    slots: Vec<Slot>,
+    turn: usize,
+    /// The messages of the last `Batch` event.
+    batch: Vec<Delivery>,
+}
+
+impl Subscriptions {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn contains(&self, channel: &str) -> bool {
+        self.slots.iter().any(|s| &*s.channel == channel)
+    }
+
+    fn add(&mut self, channel: Arc<str>, state: SlotState) {
+        self.slots.push(Slot { channel, state });
+    }
+
+    /// Drops a subscription (it leaves the hub now); whether there was one.
+    fn remove(&mut self, channel: &str) -> bool {
+        let before = self.slots.len();
+        self.slots.retain(|s| &*s.channel != channel);
+        self.slots.len() < before
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        self.batch.clear();
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            if let Poll::Ready((event, finished)) = self.slots[i].poll_event(cx, &mut self.batch) {
+                let channel = if finished {
+                    self.turn = i;
+                    self.slots.remove(i).channel
+                } else {
+                    self.turn = i + 1;
+                    self.slots[i].channel.clone()
+                };
+                return Poll::Ready(Outbound { channel, event });
+            }
         }
-    })
-    .boxed()
+        Poll::Pending
+    }
+
+    /// The next event if one is ready, registering the task's waker
+    /// otherwise (unlike `now_or_never`, which would leave a no-op waker
+    /// in the inboxes).
+    async fn ready_now(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| match self.poll_next(cx) {
+            Poll::Ready(outbound) => Poll::Ready(Some(outbound)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
 }
 
 /// How a connection ends.
@@ -337,10 +411,7 @@ enum Keepalive {
 struct Connection {
     app: Arc<App>,
     socket: Socket,
-    subscriptions: SelectAll<Abortable<BoxStream<'static, Outbound>>>,
-    /// Channels subscribed or being subscribed, to abort them on
-    /// `unsubscribe`.
-    active: HashMap<Arc<str>, AbortHandle>,
+    subscriptions: Subscriptions,
     /// Text frames encoded by Herald, written together at the end of a
     /// round.
     out: Vec<u8>,
@@ -353,17 +424,10 @@ impl Connection {
         Connection {
             app,
             socket,
-            subscriptions: SelectAll::new(),
-            active: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             out: Vec::new(),
             _gauge: gauge,
         }
-    }
-
-    fn add(&mut self, channel: Arc<str>, begin: Begin) {
-        let (stream, handle) = futures_util::stream::abortable(events(channel.clone(), begin));
-        self.subscriptions.push(stream);
-        self.active.insert(channel, handle);
     }
 
     async fn run(mut self) {
@@ -379,7 +443,7 @@ impl Connection {
                 _ = shutdown.cancelled() => {
                     break Ending::Close(CloseCode::Away, "shutdown".into());
                 }
-                Some(first) = self.subscriptions.next(),
+                first = std::future::poll_fn(|cx| self.subscriptions.poll_next(cx)),
                     if !self.subscriptions.is_empty() && streak < MAX_STREAK =>
                 {
                     streak += 1;
@@ -430,7 +494,7 @@ impl Connection {
             ended = self.encode_event(outbound);
             taken += 1;
             if ended.is_ok() && taken < MAX_ROUND {
-                next = self.subscriptions.next().now_or_never().flatten();
+                next = self.subscriptions.ready_now().await;
             }
         }
         // What was encoded before an ending (say, the messages before a
@@ -453,53 +517,45 @@ impl Connection {
                 Ok(())
             }
             Event::Refused(error) => {
-                self.active.remove(&channel);
                 let frame = error_json(error.code, &error.message, Some(&channel));
                 text_frame(&mut self.out, &[frame.as_bytes()]);
                 Ok(())
             }
-            Event::Batch {
-                gaps,
-                cursor,
-                messages,
-            } => {
+            Event::Batch { gaps, cursor } => {
                 for gap in gaps {
                     // {"type":"gap","cursor":…,"channel":…,"partitions":…}
                     let body = gap.to_json().to_string();
                     let head = format!("{{\"type\":\"gap\",\"cursor\":\"{cursor}\",");
                     text_frame(&mut self.out, &[head.as_bytes(), &body.as_bytes()[1..]]);
                 }
-                observe_delivered(&self.app.metrics, TRANSPORT, &messages);
-                for d in &messages {
+                let messages = &self.subscriptions.batch;
+                observe_delivered(&self.app.metrics, TRANSPORT, messages);
+                for d in messages {
                     message_frame(&mut self.out, d);
                 }
                 Ok(())
             }
-            Event::Ended { reason, failure } => {
-                self.active.remove(&channel);
-                match reason {
-                    CloseReason::Slow => {
-                        self.app
-                            .metrics
-                            .slow_disconnects
-                            .with_label_values(&[TRANSPORT])
-                            .inc();
-                        Err(Ending::Close(
-                            CloseCode::Library(CLOSE_SLOW_CONSUMER),
-                            format!("slow consumer: channel {channel:?} fell too far behind"),
-                        ))
-                    }
-                    CloseReason::ReplayFailed => {
-                        let e = replay_failed(failure.as_deref());
-                        let message =
-                            format!("{}; subscribe again from the last cursor", e.message);
-                        let frame = error_json(e.code, &message, Some(&channel));
-                        text_frame(&mut self.out, &[frame.as_bytes()]);
-                        Ok(())
-                    }
-                    CloseReason::Gone => Ok(()),
+            Event::Ended { reason, failure } => match reason {
+                CloseReason::Slow => {
+                    self.app
+                        .metrics
+                        .slow_disconnects
+                        .with_label_values(&[TRANSPORT])
+                        .inc();
+                    Err(Ending::Close(
+                        CloseCode::Library(CLOSE_SLOW_CONSUMER),
+                        format!("slow consumer: channel {channel:?} fell too far behind"),
+                    ))
                 }
-            }
+                CloseReason::ReplayFailed => {
+                    let e = replay_failed(failure.as_deref());
+                    let message = format!("{}; subscribe again from the last cursor", e.message);
+                    let frame = error_json(e.code, &message, Some(&channel));
+                    text_frame(&mut self.out, &[frame.as_bytes()]);
+                    Ok(())
+                }
+                CloseReason::Gone => Ok(()),
+            },
         }
     }
 
@@ -552,7 +608,7 @@ impl Connection {
                 cursor,
                 since,
             } => {
-                if self.active.contains_key(channel.as_str()) {
+                if self.subscriptions.contains(&channel) {
                     return Some(error_json(
                         "already_subscribed",
                         &format!(
@@ -562,7 +618,7 @@ impl Connection {
                     ));
                 }
                 let max = self.app.config.limits.max_channels_per_connection;
-                if self.active.len() >= max {
+                if self.subscriptions.len() >= max {
                     return Some(error_json(
                         "too_many_channels",
                         &format!(
@@ -575,22 +631,22 @@ impl Connection {
                     Ok(start) => start,
                     Err(e) => return Some(error_json(e.code, &e.message, Some(&channel))),
                 };
-                self.add(
-                    Arc::from(channel),
-                    Begin::Subscribe(self.app.hub.clone(), start),
-                );
+                let hub = self.app.hub.clone();
+                let names = [channel.clone()];
+                let answer: Subscribing =
+                    Box::pin(async move { hub.subscribe_from(&names, start).await });
+                self.subscriptions
+                    .add(Arc::from(channel), SlotState::Subscribing(answer));
                 None
             }
-            ClientMessage::Unsubscribe { channel } => match self.active.remove(channel.as_str()) {
-                Some(handle) => {
-                    // The subscription is dropped (and leaves the hub) the
-                    // next time the streams are polled; nothing more of it
+            ClientMessage::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
+                true => {
+                    // The subscription has left the hub; nothing more of it
                     // is sent.
-                    handle.abort();
                     let frame = serde_json::json!({"type": "unsubscribed", "channel": channel});
                     Some(frame.to_string())
                 }
-                None => Some(error_json(
+                false => Some(error_json(
                     "not_subscribed",
                     &format!("channel {channel:?} is not subscribed on this connection"),
                     Some(&channel),
