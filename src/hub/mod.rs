@@ -49,7 +49,9 @@ use publication::Publication;
 pub use subscription::{Delivery, Gap, Subscription};
 
 /// The topics that feed each of a subscription's channels, in its order.
-pub(crate) type Feeds = Vec<BTreeSet<String>>;
+/// The topics feeding each channel of a subscription (sorted, exact
+/// capacity: a subscription holds them for its whole life).
+pub(crate) type Feeds = Vec<Vec<String>>;
 
 /// How long a subscription waits for a starting node to become ready
 /// before it is refused with `not_ready`.
@@ -450,6 +452,7 @@ impl Hub {
                 self.inner
                     .router
                     .topics_for_channel(name, positions.topics())
+                    .map(|topics| topics.into_iter().collect())
                     .ok_or_else(|| SubscribeError::UnknownChannel(name.to_string()))
             })
             .collect::<Result<_, _>>()?;

@@ -203,7 +203,7 @@ impl Subscription {
         for (channel, topics) in self.channels.iter().zip(&self.feeds) {
             let partitions: Vec<PartitionRange> = ranges
                 .iter()
-                .filter(|r| topics.contains(&*r.topic))
+                .filter(|r| topics.iter().any(|t| **t == *r.topic))
                 .cloned()
                 .collect();
             if !partitions.is_empty() {

@@ -21,7 +21,7 @@
 //! its frames and Herald's never interleave.
 //!
 //! **Memory.** tungstenite's defaults (128 KiB read buffer) would cost
-//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (512 B);
+//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (256 B);
 //! the output buffer grows only while a round is written and is kept only
 //! up to `OUT_KEEP`; what an idle connection costs is measured in
 //! `docs/protocol.md`.
@@ -56,7 +56,7 @@ const TRANSPORT: &str = "ws";
 /// zeroed by every read: it is resident memory, all of it. A client's
 /// messages are small (subscribe, unsubscribe); a bigger one grows the
 /// buffer as it is read.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 
 /// tungstenite's write buffer: it only ever holds control frames (pings,
 /// pongs, the close), which it writes at once.
@@ -138,8 +138,9 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     let upgrade = hyper::upgrade::on(req);
     let app = app.clone();
     let tasks = app.tasks.clone();
-    // The task's futures are boxed one after the other, so the task holds
-    // only what the stage it is in needs: an idle connection costs less.
+    // The task itself holds only what waiting for the upgrade needs; the
+    // connection, built once upgraded, lives in one box: an idle connection
+    // costs less.
     tasks.spawn(async move {
         let upgraded = match upgrade.await {
             Ok(upgraded) => upgraded,
@@ -148,28 +149,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(WRITE_BUFFER)
-            .max_message_size(Some(app.config.limits.max_message_size))
-            .max_frame_size(Some(app.config.limits.max_message_size));
-        let socket = Box::pin(WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(config),
-        ))
-        .await;
-        let mut connection = Connection::new(app, socket);
-        for (channel, subscription) in initial {
-            connection.subscriptions.add(
-                channel,
-                SlotState::Live {
-                    subscription,
-                    announced: false,
-                },
-            );
-        }
-        Box::pin(connection.run()).await;
+        Box::pin(serve(app, upgraded, initial)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -184,6 +164,28 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     Ok(response)
+}
+
+/// Runs an upgraded connection with its subscriptions from the URL.
+async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscription)>) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(app.config.limits.max_message_size))
+        .max_frame_size(Some(app.config.limits.max_message_size));
+    let socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let mut connection = Connection::new(app, socket);
+    for (channel, subscription) in initial {
+        connection.subscriptions.add(
+            channel,
+            SlotState::Live {
+                subscription,
+                announced: false,
+            },
+        );
+    }
+    connection.run().await;
 }
 
 /// Checks the upgrade request (RFC 6455 §4.2.1) and returns the
@@ -345,6 +347,9 @@ impl Subscriptions {
     }
 
     fn add(&mut self, channel: Arc<str>, state: SlotState) {
+        // A slot is a few hundred bytes and most connections hold one:
+        // grow one at a time, not to four at once.
+        self.slots.reserve_exact(1);
         self.slots.push(Slot { channel, state });
     }
 
