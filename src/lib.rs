@@ -19,7 +19,8 @@
 //! - [`transport`] — thin adapters from a subscription to a wire format:
 //!   WebSocket, Server-Sent Events, short and long polling.
 //! - [`server`] — HTTP routing, connection limits, errors, `/metrics`,
-//!   health, phased shutdown.
+//!   health, phased shutdown; [`sse_http`] serves a connection that opens
+//!   with an event-stream request without hyper's per-connection buffers.
 //! - [`dev`] — `herald dev`: an embedded Kafka and a demo.
 //!
 //! [`run`] wires them together for `herald serve`.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod sse_http;
 pub mod transport;
 
 pub use server::{Herald, run};

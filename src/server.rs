@@ -27,7 +27,7 @@ use crate::hub::{Hub, SubscribeError};
 use crate::kafka::ingest::{self, Watermarks};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::transport;
+use crate::{sse_http, transport};
 
 /// Response body type for every route: full bodies and event streams.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -344,42 +344,23 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
             tokio::spawn(refuse(stream, app.clone(), error));
             continue;
         };
-        let app2 = app.clone();
         let slot = ConnectionSlot {
             _permit: Arc::new(permit),
             _per_ip: ip_slot,
         };
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let app = app2.clone();
-            req.extensions_mut().insert(slot.clone());
-            async move { Ok::<_, Infallible>(route(&app, req).await) }
-        });
-        let writes = Arc::new(WriteWatch::default());
-        let io = WatchedIo {
-            inner: TokioIo::new(stream),
-            watch: writes.clone(),
-        };
-        let conn = http.serve_connection(io, service).with_upgrades();
-        let shutdown = app.shutdown.clone();
-        let write_timeout = app.config.http.write_timeout;
+        let (app2, http) = (app.clone(), http.clone());
         app.tasks.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            // On shutdown, finish the request in flight (streams end
-            // themselves) and close; an upgraded socket lives on in its own
-            // task (with its own ping timeout).
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = writes.stalled_for(write_timeout) => {
-                    tracing::debug!(%peer, "closing a connection that took no data for {write_timeout:?}");
-                    return;
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            // A connection that has sent nothing yet is simply closed on
+            // shutdown (browsers open spare ones in advance).
+            let sse = tokio::select! {
+                sse = sse_http::is_sse_request(&stream) => sse,
+                _ = app2.shutdown.cancelled() => return,
             };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "connection ended: {e}");
+            // Each path in its own box: the task holds only the one it takes.
+            if sse {
+                Box::pin(sse_http::serve(app2, stream, slot)).await;
+            } else {
+                Box::pin(serve_http(app2, stream, peer, slot, http)).await;
             }
         });
     }
@@ -391,6 +372,47 @@ async fn serve(app: Arc<App>, listener: TcpListener) {
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace period ran out; dropping remaining connections");
         }
+    }
+}
+
+/// Serves a connection with hyper: any request, keep-alive, upgrades.
+async fn serve_http(
+    app: Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    http: hyper::server::conn::http1::Builder,
+) {
+    let app2 = app.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let app = app2.clone();
+        req.extensions_mut().insert(slot.clone());
+        async move { Ok::<_, Infallible>(route(&app, req).await) }
+    });
+    let writes = Arc::new(WriteWatch::default());
+    let io = WatchedIo {
+        inner: TokioIo::new(stream),
+        watch: writes.clone(),
+    };
+    let conn = http.serve_connection(io, service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let write_timeout = app.config.http.write_timeout;
+    // On shutdown, finish the request in flight (streams end themselves)
+    // and close; an upgraded socket lives on in its own task (with its own
+    // ping timeout).
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = writes.stalled_for(write_timeout) => {
+            tracing::debug!(%peer, "closing a connection that took no data for {write_timeout:?}");
+            return;
+        }
+        _ = app.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, "connection ended: {e}");
     }
 }
 
@@ -551,6 +573,15 @@ async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
             format!("no such endpoint: {path}"),
         )),
     };
+    finish_response(app, result)
+}
+
+/// A handler's result as the response to send: errors rendered as JSON
+/// (and counted), CORS headers added.
+pub(crate) fn finish_response(
+    app: &App,
+    result: Result<Response<Body>, ApiError>,
+) -> Response<Body> {
     let mut response = result.unwrap_or_else(|e| e.into_response(&app.metrics));
     let origin = &app.config.http.cors_allow_origin;
     if !origin.is_empty()

@@ -282,3 +282,66 @@ async fn shutdown_tells_streams_to_reconnect() {
     assert!(sse.next_raw().await.is_none(), "stream ends");
     stop.await.unwrap();
 }
+
+/// A connection whose first request is an event stream is served without
+/// hyper; one that asked for something else first keeps hyper's. Both
+/// stream the same thing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_kept_alive_connection_is_the_same_stream() {
+    let (topic, herald) = herald_with_topic("kept", 1, "k").await;
+    let addr = herald.local_addr();
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    health.bytes().await.unwrap();
+    let mut kept = Sse::connect_with(&client, addr, "channel=k", None).await;
+    let mut fresh = Sse::connect(addr, "channel=k", None).await;
+    let producer = Producer::new();
+    for n in 0..5 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let expected: Vec<u64> = (0..5).collect();
+    assert_eq!(ns(&kept.messages(5).await), expected);
+    assert_eq!(ns(&fresh.messages(5).await), expected);
+    herald.stop().await;
+}
+
+/// What the stream's own request reader refuses, it refuses with a status
+/// and a JSON error, like hyper's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_huge_stream_request_is_refused_with_a_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_topic, herald) = herald_with_topic("malformed", 1, "m").await;
+    let addr = herald.local_addr();
+    let huge = format!(
+        "GET /sse?channel=m HTTP/1.1\r\nx-filler: {}\r\n\r\n",
+        "y".repeat(20 * 1024)
+    );
+    for (request, status, needle) in [
+        (
+            "GET /sse?channel=m HTTP/1.1\r\nbad header: x\r\n\r\n".to_owned(),
+            "400",
+            "malformed HTTP request",
+        ),
+        (huge, "431", "larger than"),
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(TIMEOUT, socket.read_to_end(&mut response))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.contains(needle), "{text}");
+    }
+    // The server streams on.
+    let sse = Sse::connect(addr, "channel=m", None).await;
+    assert_eq!(sse.status, 200);
+    herald.stop().await;
+}

@@ -256,7 +256,18 @@ impl Sse {
         query: &str,
         last_event_id: Option<&str>,
     ) -> Sse {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse?{query}"));
+        Self::connect_with(&reqwest::Client::new(), addr, query, last_event_id).await
+    }
+
+    /// As [`Sse::connect`] through `client`, whose pool may hold a
+    /// kept-alive connection for the request.
+    pub async fn connect_with(
+        client: &reqwest::Client,
+        addr: std::net::SocketAddr,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Sse {
+        let mut req = client.get(format!("http://{addr}/sse?{query}"));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
