@@ -3,9 +3,12 @@
 //! `DESIGN.md` are a contract: dashboards and alerts outside this repo use
 //! them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus::core::{Collector, Desc};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, proto,
 };
 
 /// The `transport` label values, created at start so their series read 0.
@@ -19,10 +22,13 @@ pub struct Metrics {
     pub consumed: IntCounterVec,
     /// Messages written to clients, by transport.
     pub delivered: IntCounterVec,
+    /// `delivered`'s series, one per entry of [`TRANSPORTS`], resolved
+    /// once: counting a delivery takes no label lookup.
+    delivered_by: Vec<IntCounter>,
     /// High watermark minus Herald's position, by topic and partition.
     pub partition_lag: IntGaugeVec,
     /// Kafka record timestamp → written to a client socket.
-    pub delivery_latency: Histogram,
+    pub delivery_latency: LatencyHistogram,
     /// Clients cut off because their queue overflowed, by transport.
     pub slow_disconnects: IntCounterVec,
     /// Records read back from Kafka to serve resuming clients.
@@ -67,8 +73,12 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
-        let metrics = Metrics {
-            connections: gauge_vec("herald_connections", "Open client connections by transport.", &["transport"]),
+        let mut metrics = Metrics {
+            connections: gauge_vec(
+                "herald_connections",
+                "Open client connections by transport.",
+                &["transport"],
+            ),
             consumed: counter_vec(
                 "herald_messages_consumed_total",
                 "Records read from Kafka.",
@@ -86,16 +96,14 @@ impl Metrics {
             ),
             delivery_latency: reg(
                 &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "herald_delivery_latency_seconds",
-                        "Time from the Kafka record timestamp to the message being written to a client.",
-                    )
-                    .buckets(vec![
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ]),
-                )
-                .expect("valid metric"),
+                LatencyHistogram::new(
+                    "herald_delivery_latency_seconds",
+                    "Time from the Kafka record timestamp to the message being written to a client.",
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                ),
             ),
             slow_disconnects: counter_vec(
                 "herald_slow_client_disconnects_total",
@@ -104,22 +112,34 @@ impl Metrics {
             ),
             replay_records: reg(
                 &registry,
-                IntCounter::new("herald_replay_records_total", "Records read back from Kafka for resuming clients.")
-                    .expect("valid metric"),
+                IntCounter::new(
+                    "herald_replay_records_total",
+                    "Records read back from Kafka for resuming clients.",
+                )
+                .expect("valid metric"),
             ),
             unrouted: counter_vec(
                 "herald_unrouted_records_total",
                 "Records that no route maps to a channel.",
                 &["topic"],
             ),
-            kafka_errors: counter_vec("herald_kafka_errors_total", "Errors reported by the Kafka client.", &["kind"]),
+            kafka_errors: counter_vec(
+                "herald_kafka_errors_total",
+                "Errors reported by the Kafka client.",
+                &["kind"],
+            ),
             hub_channels: reg(
                 &registry,
-                IntGauge::new("herald_hub_channels", "Channels held in memory.").expect("valid metric"),
+                IntGauge::new("herald_hub_channels", "Channels held in memory.")
+                    .expect("valid metric"),
             ),
             hub_history_bytes: reg(
                 &registry,
-                IntGauge::new("herald_hub_history_bytes", "Bytes of history held in memory.").expect("valid metric"),
+                IntGauge::new(
+                    "herald_hub_history_bytes",
+                    "Bytes of history held in memory.",
+                )
+                .expect("valid metric"),
             ),
             hub_evictions: counter_vec(
                 "herald_hub_evictions_total",
@@ -131,15 +151,28 @@ impl Metrics {
                 "Requests answered with an error.",
                 &["status", "code"],
             ),
+            delivered_by: Vec::new(),
             registry,
         };
         // Series that exist from the start, so dashboards see zeros, not gaps.
         for transport in TRANSPORTS {
             metrics.connections.with_label_values(&[transport]);
-            metrics.delivered.with_label_values(&[transport]);
             metrics.slow_disconnects.with_label_values(&[transport]);
         }
+        metrics.delivered_by = TRANSPORTS
+            .iter()
+            .map(|t| metrics.delivered.with_label_values(&[t]))
+            .collect();
         metrics
+    }
+
+    /// `herald_messages_delivered_total{transport}`.
+    pub fn delivered_to(&self, transport: &str) -> &IntCounter {
+        let i = TRANSPORTS
+            .iter()
+            .position(|t| *t == transport)
+            .expect("a transport of TRANSPORTS");
+        &self.delivered_by[i]
     }
 
     /// The Prometheus text exposition of every metric.
@@ -149,5 +182,163 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding into memory cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// A histogram observed once per delivered message, up to millions of
+/// times a second from every worker thread. prometheus's `Histogram` does
+/// four atomic operations on shared cache lines per observation (4% of
+/// Herald's CPU at a million deliveries a second); here each thread counts
+/// into its own shard (a batch at a time, in milliseconds, the resolution
+/// of Kafka timestamps) and the shards are summed when `/metrics` is read.
+#[derive(Clone)]
+pub struct LatencyHistogram(Arc<LatencyInner>);
+
+struct LatencyInner {
+    desc: Desc,
+    /// Upper bounds, seconds.
+    bounds: Vec<f64>,
+    shards: Box<[LatencyShard]>,
+}
+
+/// One thread's counts: per bucket (not cumulative; the last is +Inf) and
+/// the sum in milliseconds. Aligned so shards share no cache line.
+#[repr(align(128))]
+struct LatencyShard {
+    buckets: Box<[AtomicU64]>,
+    sum_ms: AtomicU64,
+}
+
+/// Shards: more than the worker threads of a typical node; threads beyond
+/// that share, which is still correct, only slower.
+const LATENCY_SHARDS: usize = 16;
+
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % LATENCY_SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl LatencyHistogram {
+    pub fn new(name: &str, help: &str, bounds: &[f64]) -> Self {
+        let desc = Desc::new(name.into(), help.into(), Vec::new(), Default::default())
+            .expect("valid metric");
+        let shards = (0..LATENCY_SHARDS)
+            .map(|_| LatencyShard {
+                buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_ms: AtomicU64::new(0),
+            })
+            .collect();
+        LatencyHistogram(Arc::new(LatencyInner {
+            desc,
+            bounds: bounds.to_vec(),
+            shards,
+        }))
+    }
+
+    /// Observes latencies given in whole milliseconds.
+    pub fn observe_ms(&self, latencies: impl Iterator<Item = u64>) {
+        let inner = &*self.0;
+        let shard = &inner.shards[shard_index()];
+        let mut sum = 0;
+        for ms in latencies {
+            let seconds = ms as f64 / 1000.0;
+            let bucket = inner.bounds.partition_point(|&b| b < seconds);
+            shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            sum += ms;
+        }
+        if sum > 0 {
+            shard.sum_ms.fetch_add(sum, Ordering::Relaxed);
+        }
+    }
+
+    /// Observations so far (the `_count` series).
+    pub fn count(&self) -> u64 {
+        self.0
+            .shards
+            .iter()
+            .flat_map(|s| s.buckets.iter())
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Collector for LatencyHistogram {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let inner = &*self.0;
+        let mut counts = vec![0u64; inner.bounds.len() + 1];
+        let mut sum_ms = 0;
+        for shard in inner.shards.iter() {
+            for (total, bucket) in counts.iter_mut().zip(shard.buckets.iter()) {
+                *total += bucket.load(Ordering::Relaxed);
+            }
+            sum_ms += shard.sum_ms.load(Ordering::Relaxed);
+        }
+        let mut cumulative = 0;
+        let buckets = inner
+            .bounds
+            .iter()
+            .zip(&counts)
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        // `_count` is the buckets' total (+Inf included), so it always
+        // agrees with them.
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(counts.iter().sum());
+        h.set_sample_sum(sum_ms as f64 / 1000.0);
+        h.set_bucket(buckets);
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        let mut family = proto::MetricFamily::default();
+        family.set_name(inner.desc.fq_name.clone());
+        family.set_help(inner.desc.help.clone());
+        family.set_field_type(proto::MetricType::HISTOGRAM);
+        family.set_metric(vec![m]);
+        vec![family]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_renders_cumulative_buckets() {
+        let metrics = Metrics::new();
+        metrics
+            .delivery_latency
+            .observe_ms([0, 1, 2, 30, 20_000].into_iter());
+        std::thread::spawn({
+            let h = metrics.delivery_latency.clone();
+            move || h.observe_ms([3].into_iter())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(metrics.delivery_latency.count(), 6);
+        let text = metrics.render();
+        for line in [
+            "herald_delivery_latency_seconds_bucket{le=\"0.001\"} 2",
+            "herald_delivery_latency_seconds_bucket{le=\"0.0025\"} 3",
+            "herald_delivery_latency_seconds_bucket{le=\"0.005\"} 4",
+            "herald_delivery_latency_seconds_bucket{le=\"0.05\"} 5",
+            "herald_delivery_latency_seconds_bucket{le=\"10\"} 5",
+            "herald_delivery_latency_seconds_bucket{le=\"+Inf\"} 6",
+            "herald_delivery_latency_seconds_sum 20.036",
+            "herald_delivery_latency_seconds_count 6",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

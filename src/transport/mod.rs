@@ -157,17 +157,13 @@ pub fn observe_delivered(metrics: &Metrics, transport: &str, batch: &[Delivery])
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    for d in batch {
-        if let Some(ts) = d.publication.record.timestamp {
-            metrics
-                .delivery_latency
-                .observe((now_ms - ts).max(0) as f64 / 1000.0);
-        }
-    }
-    metrics
-        .delivered
-        .with_label_values(&[transport])
-        .inc_by(batch.len() as u64);
+    metrics.delivery_latency.observe_ms(
+        batch
+            .iter()
+            .filter_map(|d| d.publication.record.timestamp)
+            .map(|ts| (now_ms - ts).max(0) as u64),
+    );
+    metrics.delivered_to(transport).inc_by(batch.len() as u64);
 }
 
 /// Counts a connection (or a poll in progress) in

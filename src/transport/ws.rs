@@ -439,13 +439,15 @@ impl Connection {
         let ping_interval = self.app.config.ws.ping_interval;
         let pong_timeout = self.app.config.ws.pong_timeout;
         let shutdown = self.app.shutdown.clone();
+        // Registered with the token once, not on every turn of the loop.
+        let mut stopping = std::pin::pin!(shutdown.cancelled());
         let mut keepalive = Keepalive::Idle;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
         let mut streak = 0u32;
         let ending = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut stopping => {
                     break Ending::Close(CloseCode::Away, "shutdown".into());
                 }
                 first = std::future::poll_fn(|cx| self.subscriptions.poll_next(cx)),
