@@ -201,6 +201,13 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// An encoder whose buffer holds `bytes` before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Encoder {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
     pub fn topic_count(&mut self, n: usize) {
         self.varint(n as u64);
     }

@@ -96,18 +96,23 @@ impl Positions {
         }
     }
 
-    /// Encodes the known positions as a cursor string.
+    /// Encodes the known positions as a cursor string. Called for every
+    /// delivery: one allocation for the bytes, one for the text.
     pub fn encode_cursor(&self) -> String {
-        let mut enc = Encoder::default();
-        let topics: Vec<_> = self
-            .topics
-            .iter()
-            .filter(|(_, o)| o.iter().any(|o| *o != UNKNOWN))
-            .collect();
-        enc.topic_count(topics.len());
-        for (topic, offsets) in topics {
-            let known = offsets.iter().filter(|o| **o != UNKNOWN).count();
-            enc.topic(topic, known);
+        let known = || {
+            self.topics
+                .iter()
+                .filter(|(_, o)| o.iter().any(|o| *o != UNKNOWN))
+        };
+        // Varints: at most 10 bytes per number, usually 1-3.
+        let size = 2 + known()
+            .map(|(t, o)| t.len() + 4 + 6 * o.len())
+            .sum::<usize>();
+        let mut enc = Encoder::with_capacity(size);
+        enc.topic_count(known().count());
+        for (topic, offsets) in known() {
+            let count = offsets.iter().filter(|o| **o != UNKNOWN).count();
+            enc.topic(topic, count);
             for (p, o) in offsets.iter().enumerate() {
                 if *o != UNKNOWN {
                     enc.partition(p as i32, *o);

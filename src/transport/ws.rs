@@ -670,13 +670,13 @@ impl Connection {
         }
         self.flush_by(deadline).await?;
         let io = self.socket.get_mut();
-        match tokio::time::timeout_at(deadline, io.write_all(&self.out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        match within(deadline, io.write_all(&self.out)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
                 tracing::debug!("WebSocket write failed: {e}");
                 return Err(Ending::Drop);
             }
-            Err(_) => return Err(self.stalled()),
+            None => return Err(self.stalled()),
         }
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
@@ -694,13 +694,13 @@ impl Connection {
     }
 
     async fn flush_by(&mut self, deadline: Instant) -> Result<(), Ending> {
-        match tokio::time::timeout_at(deadline, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
+        match within(deadline, self.socket.flush()).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
                 tracing::debug!("WebSocket write failed: {e}");
                 Err(Ending::Drop)
             }
-            Err(_) => Err(self.stalled()),
+            None => Err(self.stalled()),
         }
     }
 
@@ -767,6 +767,17 @@ impl Connection {
             }
         }
     }
+}
+
+/// `future`'s output, or `None` past `deadline`. A write that completes at
+/// once (nearly every one) never builds a timer: that cost a runtime-handle
+/// lookup and a timer entry per write.
+async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    if let Some(output) = futures_util::FutureExt::now_or_never(future.as_mut()) {
+        return Some(output);
+    }
+    tokio::time::timeout_at(deadline, future).await.ok()
 }
 
 /// The close for a read error.
