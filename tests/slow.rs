@@ -29,7 +29,8 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
         fast.push(Sse::connect(addr, "channel=s", None).await);
     }
     // 800 records of 4 KiB: far more than the stalled socket's buffers
-    // (64 KiB), hyper's (~400 KiB) and its queue (256) hold. They go out in
+    // (64 KiB), the chunk being written (up to 64 KiB) and its queue (256)
+    // hold. They go out in
     // windows of 50 that every fast reader takes before the next window, so
     // the 50 keep up by construction (however loaded the machine) while the
     // stalled one falls ever further behind.
@@ -53,8 +54,8 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
         assert_eq!(got, &(0..N).collect::<Vec<_>>());
     }
     // The stalled client reads what it had, ending with the reason…
-    // (The response ends with the last chunk; the connection itself stays
-    // open for another request.)
+    // (The response ends with the last chunk, then Herald closes the
+    // connection.)
     let mut raw = Vec::new();
     tokio::time::timeout(TIMEOUT, async {
         let mut buf = vec![0u8; 64 * 1024];
