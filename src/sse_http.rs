@@ -14,8 +14,9 @@
 //! from a connection that dropped), and closes the connection when the
 //! stream ends.
 //!
-//! Every other connection, and a request this module cannot read in one
-//! go, is served by hyper: [`is_sse_request`] only peeks at the socket.
+//! Every other connection (and one whose first nine bytes do not arrive
+//! together) is served by hyper: [`is_sse_request`] only peeks at the
+//! socket.
 
 use std::sync::Arc;
 use std::time::Duration;
