@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use crate::server::{ApiError, App, Body, ConnectionSlot, finish_response};
 use crate::transport;
@@ -93,10 +94,22 @@ fn response_head(response: http::Response<Body>) -> (Vec<u8>, Body, bool) {
 }
 
 /// Writes the body's chunks as the stream yields them (each in one write,
-/// chunk-coded when `chunked`), until it ends or the client stops taking
-/// data.
+/// chunk-coded when `chunked`), until it ends, the client stops taking
+/// data, or the client closes the connection: that is noticed at once (as
+/// hyper would), not at the next heartbeat, so its place under the limits
+/// and its subscription are freed.
 async fn send_body(stream: &mut TcpStream, mut body: Body, chunked: bool, write_timeout: Duration) {
-    while let Some(Ok(frame)) = body.frame().await {
+    let (reader, mut stream) = stream.split();
+    let mut gone = std::pin::pin!(closed(reader));
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = &mut gone => return,
+            frame = body.frame() => frame,
+        };
+        let Some(Ok(frame)) = frame else {
+            break;
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -108,23 +121,44 @@ async fn send_body(stream: &mut TcpStream, mut body: Body, chunked: bool, write_
             coded.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             coded.extend_from_slice(&data);
             coded.extend_from_slice(b"\r\n");
-            write_all(stream, &coded, write_timeout).await
+            write_all(&mut stream, &coded, write_timeout).await
         } else {
-            write_all(stream, &data, write_timeout).await
+            write_all(&mut stream, &data, write_timeout).await
         };
         if sent.is_err() {
             return;
         }
     }
     if chunked {
-        let _ = write_all(stream, b"0\r\n\r\n", write_timeout).await;
+        let _ = write_all(&mut stream, b"0\r\n\r\n", write_timeout).await;
+    }
+}
+
+/// Resolves when the client has closed its side of the connection (or it
+/// failed). Anything it sends meanwhile is read and dropped.
+async fn closed(reader: ReadHalf<'_>) {
+    loop {
+        if reader.readable().await.is_err() {
+            return;
+        }
+        let mut discard = [0u8; 64];
+        match reader.try_read(&mut discard) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 
 /// Writes `bytes`, giving up when one write makes no progress for
 /// `http.write_timeout` (a client that takes no data), as the hyper path
 /// does.
-async fn write_all(stream: &mut TcpStream, mut bytes: &[u8], limit: Duration) -> Result<(), ()> {
+async fn write_all(
+    stream: &mut (impl AsyncWrite + Unpin),
+    mut bytes: &[u8],
+    limit: Duration,
+) -> Result<(), ()> {
     while !bytes.is_empty() {
         match tokio::time::timeout(limit, stream.write(bytes)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
