@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -120,19 +120,20 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    /// Counts the error in `herald_http_errors_total` and renders its body.
-    fn counted_body(&self, metrics: &Metrics) -> String {
+    /// The JSON error response, counted in `herald_http_errors_total`; the
+    /// refusals a client should retry carry `Retry-After`.
+    fn into_response(self, metrics: &Metrics) -> Response<Body> {
         metrics
             .http_errors
             .with_label_values(&[self.status.as_str(), self.code])
             .inc();
-        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
-    }
-
-    fn into_response(self, metrics: &Metrics) -> Response<Body> {
-        let body = self.counted_body(metrics);
+        let body =
+            serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string();
         let mut response = full(self.status, "application/json", body);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -519,20 +520,8 @@ async fn refuse(mut stream: TcpStream, app: Arc<App>, error: ApiError) {
         }
     })
     .await;
-    let body = error.counted_body(&app.metrics);
-    let status = error.status;
-    let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
-    let _ = stream.shutdown().await;
+    let response = error.into_response(&app.metrics);
+    sse_http::write_response(&mut stream, response, Duration::from_secs(1)).await;
 }
 
 async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {

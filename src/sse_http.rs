@@ -57,17 +57,28 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, slot: ConnectionSlot) {
         Ok(None) => return,
         Err(e) => Err(e),
     };
-    let write_timeout = app.config.http.write_timeout;
-    let (head, body, chunked) = response_head(finish_response(&app, result));
-    let sent = write_all(&mut stream, &head, write_timeout).await;
+    let response = finish_response(&app, result);
+    write_response(&mut stream, response, app.config.http.write_timeout).await;
+    drop(slot);
+}
+
+/// Writes `response` on a socket hyper does not hold (a stream, or the
+/// accept loop's refusals), then closes the connection. A write that makes
+/// no progress for `write_timeout` gives up.
+pub(crate) async fn write_response(
+    stream: &mut TcpStream,
+    response: http::Response<Body>,
+    write_timeout: Duration,
+) {
+    let (head, body, chunked) = response_head(response);
+    let sent = write_all(stream, &head, write_timeout).await;
     // Only the body stays for the stream's life; the head and the
     // response's header map are freed now.
     drop(head);
     if sent.is_ok() {
-        send_body(&mut stream, body, chunked, write_timeout).await;
+        send_body(stream, body, chunked, write_timeout).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    drop(slot);
 }
 
 /// The response's status line and headers, its body, and whether the body
