@@ -670,14 +670,8 @@ impl Connection {
         }
         self.flush_by(deadline).await?;
         let io = self.socket.get_mut();
-        match within(deadline, io.write_all(&self.out)).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                tracing::debug!("WebSocket write failed: {e}");
-                return Err(Ending::Drop);
-            }
-            None => return Err(self.stalled()),
-        }
+        let written = within(deadline, io.write_all(&self.out)).await;
+        self.written(written)?;
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
         } else {
@@ -694,41 +688,39 @@ impl Connection {
     }
 
     async fn flush_by(&mut self, deadline: Instant) -> Result<(), Ending> {
-        match within(deadline, self.socket.flush()).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => {
-                tracing::debug!("WebSocket write failed: {e}");
-                Err(Ending::Drop)
-            }
-            None => Err(self.stalled()),
-        }
+        let flushed = within(deadline, self.socket.flush()).await;
+        self.written(flushed)
     }
 
     /// Sends a ping now.
     async fn ping(&mut self) -> Result<(), Ending> {
         let deadline = Instant::now() + self.app.config.ws.pong_timeout;
-        match tokio::time::timeout_at(deadline, self.socket.feed(Message::Ping(Bytes::new()))).await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!("WebSocket write failed: {e}");
-                return Err(Ending::Drop);
-            }
-            Err(_) => return Err(self.stalled()),
-        }
+        let fed = within(deadline, self.socket.feed(Message::Ping(Bytes::new()))).await;
+        self.written(fed)?;
         self.flush_by(deadline).await
     }
 
-    /// A client that takes no data for `ws.pong_timeout` while frames wait
-    /// is dropped as slow; it cannot be sent a close frame.
-    fn stalled(&self) -> Ending {
-        self.app
-            .metrics
-            .slow_disconnects
-            .with_label_values(&[TRANSPORT])
-            .inc();
-        tracing::debug!("WebSocket client took no data for ws.pong_timeout; dropped");
-        Ending::Drop
+    /// How a write within its deadline went (`None`: past it). A failed
+    /// write drops the socket; a client that takes no data for
+    /// `ws.pong_timeout` while frames wait is dropped as slow (it cannot be
+    /// sent a close frame).
+    fn written<E: std::fmt::Display>(&self, result: Option<Result<(), E>>) -> Result<(), Ending> {
+        match result {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                Err(Ending::Drop)
+            }
+            None => {
+                self.app
+                    .metrics
+                    .slow_disconnects
+                    .with_label_values(&[TRANSPORT])
+                    .inc();
+                tracing::debug!("WebSocket client took no data for ws.pong_timeout; dropped");
+                Err(Ending::Drop)
+            }
+        }
     }
 
     async fn finish(mut self, ending: Ending) {
