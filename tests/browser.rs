@@ -312,6 +312,44 @@ fn subscribe_js(transports: Option<&[&str]>, channels: &[&str]) -> String {
 const SUBSCRIBED_JS: &str =
     "window.herald && herald.transport && Object.values(subs).every((s) => s.cursor)";
 
+/// Produces `before` records and waits for the page to have them all;
+/// restarts Herald mid-stream with `down` records produced while it is
+/// down and `after` once it is back; waits for all of them; then produces
+/// one last record that fences the streams (whatever arrived twice or out
+/// of place would be there by the time it is), for the caller to await.
+async fn across_a_restart(
+    browser: &mut Browser,
+    node: &mut Node,
+    topic: &str,
+    produced: &mut Produced,
+    [before, down, after]: [u64; 3],
+) {
+    let producer = Producer::new();
+    produced.send(&producer, topic, 0..before).await;
+    let first = format!("the first {before}");
+    browser
+        .wait(
+            &first,
+            &received_at_least("all", before as usize),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    node.stop().await;
+    produced.send(&producer, topic, before..before + down).await;
+    node.restart().await;
+    let total = before + down + after;
+    produced.send(&producer, topic, before + down..total).await;
+    let all = format!("all {total}");
+    browser
+        .wait(
+            &all,
+            &received_at_least("all", total as usize),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    produced.send(&producer, topic, total..total + 1).await;
+}
+
 fn received_at_least(channel: &str, n: usize) -> String {
     format!("received[{}].length >= {n}", json!(channel))
 }
@@ -371,28 +409,8 @@ async fn herald_js_receives_exactly_over(transport: &str) {
     assert_eq!(refused[0]["fatal"], true, "{refused}");
     assert_eq!(browser.eval("herald.transport").await, transport);
 
-    let producer = Producer::new();
     let mut produced = Produced::default();
-    produced.send(&producer, &topic, 0..40).await;
-    browser
-        .wait(
-            "the first 40",
-            &received_at_least("all", 40),
-            RECEIVE_TIMEOUT,
-        )
-        .await;
-
-    // Restarted mid-stream: some records while it is down, some after.
-    node.stop().await;
-    produced.send(&producer, &topic, 40..60).await;
-    node.restart().await;
-    produced.send(&producer, &topic, 60..80).await;
-    browser
-        .wait("all 80", &received_at_least("all", 80), RECEIVE_TIMEOUT)
-        .await;
-    // A last record fences the streams: whatever arrived twice or out of
-    // place would be there by the time it is.
-    produced.send(&producer, &topic, 80..81).await;
+    across_a_restart(&mut browser, &mut node, &topic, &mut produced, [40, 20, 20]).await;
     browser
         .wait(
             "the fence",
@@ -564,26 +582,9 @@ async fn herald_js_falls_back_to_sse_when_websocket_is_refused_and_resumes_exact
     eprintln!("fell back in {:?}", started.elapsed());
     assert_eq!(browser.eval("herald.transport").await, "sse");
 
-    let producer = Producer::new();
-    let mut produced = Produced::default();
-    produced.send(&producer, &topic, 0..30).await;
-    browser
-        .wait(
-            "the first 30",
-            &received_at_least("all", 30),
-            RECEIVE_TIMEOUT,
-        )
-        .await;
-
     // The SSE connection dies with Herald; records keep coming meanwhile.
-    node.stop().await;
-    produced.send(&producer, &topic, 30..50).await;
-    node.restart().await;
-    produced.send(&producer, &topic, 50..70).await;
-    browser
-        .wait("all 70", &received_at_least("all", 70), RECEIVE_TIMEOUT)
-        .await;
-    produced.send(&producer, &topic, 70..71).await;
+    let mut produced = Produced::default();
+    across_a_restart(&mut browser, &mut node, &topic, &mut produced, [30, 20, 20]).await;
     browser
         .wait("the fence", &received_at_least("all", 71), RECEIVE_TIMEOUT)
         .await;
