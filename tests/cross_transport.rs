@@ -108,11 +108,8 @@ async fn cursors_from_websocket_and_polling_resume_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_below_a_cursor_are_a_gap_on_websocket_and_polling() {
-    let topic = unique_topic("x-gap");
-    create_topic(&topic, 1).await;
-    let mut cfg = config(&[(&topic, "x")]);
-    cfg.hub.history_messages = 5;
-    let herald = start(cfg, &[(&topic, 1)]).await;
+    let (topic, herald) =
+        herald_with_topic_and("x-gap", 1, "x", |c| c.hub.history_messages = 5).await;
     let addr = herald.local_addr();
     let (_, opening) = poll_ok(addr, "channel=x").await;
     let producer = Producer::new();

@@ -162,11 +162,8 @@ async fn a_long_poll_returns_as_soon_as_a_record_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_are_limited_and_end_on_shutdown() {
-    let topic = unique_topic("poll-limit");
-    create_topic(&topic, 1).await;
-    let mut cfg = config(&[(&topic, "m")]);
-    cfg.limits.max_long_polls = 1;
-    let herald = start(cfg, &[(&topic, 1)]).await;
+    let (_topic, herald) =
+        herald_with_topic_and("poll-limit", 1, "m", |c| c.limits.max_long_polls = 1).await;
     let addr = herald.local_addr();
 
     let started = Instant::now();
@@ -236,12 +233,9 @@ async fn bad_parameters_get_400_naming_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_read_back_from_kafka_honour_limit_and_stay_exact() {
-    let topic = unique_topic("poll-replay");
-    create_topic(&topic, 3).await;
-    let mut cfg = config(&[(&topic, "r")]);
     // Memory holds 5 records: the rest is read back from Kafka.
-    cfg.hub.history_messages = 5;
-    let herald = start(cfg, &[(&topic, 3)]).await;
+    let (topic, herald) =
+        herald_with_topic_and("poll-replay", 3, "r", |c| c.hub.history_messages = 5).await;
     let addr = herald.local_addr();
     let (_, start) = poll_ok(addr, "channel=r").await;
     let producer = Producer::new();

@@ -5,17 +5,14 @@ mod common;
 
 use common::*;
 
-fn small_history(routes: &[(&str, &str)]) -> herald::config::Config {
-    let mut cfg = config(routes);
+/// Memory holds 5 records per channel: older ones are read back from Kafka.
+fn small_history(cfg: &mut herald::config::Config) {
     cfg.hub.history_messages = 5;
-    cfg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_older_than_memory_is_replayed_from_kafka_exactly() {
-    let topic = unique_topic("replay");
-    create_topic(&topic, 3).await;
-    let herald = start(small_history(&[(&topic, "r")]), &[(&topic, 3)]).await;
+    let (topic, herald) = herald_with_topic_and("replay", 3, "r", small_history).await;
     let addr = herald.local_addr();
     let opening = Sse::connect(addr, "channel=r", None).await.last_id.unwrap();
     let producer = Producer::new();
@@ -43,9 +40,7 @@ async fn a_cursor_older_than_memory_is_replayed_from_kafka_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_below_the_cursor_are_reported_as_a_gap_first() {
-    let topic = unique_topic("gap");
-    create_topic(&topic, 1).await;
-    let herald = start(small_history(&[(&topic, "g")]), &[(&topic, 1)]).await;
+    let (topic, herald) = herald_with_topic_and("gap", 1, "g", small_history).await;
     let addr = herald.local_addr();
     let opening = Sse::connect(addr, "channel=g", None).await.last_id.unwrap();
     let producer = Producer::new();
@@ -148,11 +143,11 @@ async fn a_client_resumes_on_another_node_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_beyond_its_bounds_is_refused_with_the_documented_error() {
-    let topic = unique_topic("bounds");
-    create_topic(&topic, 1).await;
-    let mut cfg = small_history(&[(&topic, "b")]);
-    cfg.replay.max_records = 10;
-    let herald = start(cfg, &[(&topic, 1)]).await;
+    let (topic, herald) = herald_with_topic_and("bounds", 1, "b", |c| {
+        small_history(c);
+        c.replay.max_records = 10;
+    })
+    .await;
     let addr = herald.local_addr();
     let opening = Sse::connect(addr, "channel=b", None).await.last_id.unwrap();
     let producer = Producer::new();
@@ -190,7 +185,8 @@ async fn clients_resuming_the_same_range_together_share_one_kafka_read() {
         producer.send_n(&topic, &format!("k{n}"), n).await;
     }
     // A cold node: nothing in memory, so every resume is a replay.
-    let mut cfg = small_history(&[(&topic, "s")]);
+    let mut cfg = config(&[(&topic, "s")]);
+    small_history(&mut cfg);
     cfg.kafka.warm_history = 0;
     let b = start(cfg, &[(&topic, 3)]).await;
     let addr = b.local_addr();

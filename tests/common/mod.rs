@@ -194,9 +194,21 @@ pub async fn start(config: Config, topics: &[(&str, i32)]) -> Herald {
 /// Creates a fresh topic named after `prefix` with `partitions` partitions
 /// and starts Herald with the one route topic → `channel`.
 pub async fn herald_with_topic(prefix: &str, partitions: i32, channel: &str) -> (String, Herald) {
+    herald_with_topic_and(prefix, partitions, channel, |_| {}).await
+}
+
+/// As [`herald_with_topic`], with `tweak` applied to the config first.
+pub async fn herald_with_topic_and(
+    prefix: &str,
+    partitions: i32,
+    channel: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (String, Herald) {
     let topic = unique_topic(prefix);
     create_topic(&topic, partitions).await;
-    let herald = start(config(&[(&topic, channel)]), &[(&topic, partitions)]).await;
+    let mut cfg = config(&[(&topic, channel)]);
+    tweak(&mut cfg);
+    let herald = start(cfg, &[(&topic, partitions)]).await;
     (topic, herald)
 }
 
