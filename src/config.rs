@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::router::{Router, RouterError};
+use crate::router::{RouteSpec, Router, RouterError};
 
 /// Why a configuration could not be loaded. The message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub struct Config {
     pub replay: ReplayConfig,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<RouteSpec>,
 }
 
 /// Where the ingest starts reading a partition it has no other position for.
@@ -236,18 +236,6 @@ impl Default for ReplayConfig {
             cache_bytes: 64 * 1024 * 1024,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// A topic name …
-    pub topic: Option<String>,
-    /// … or a regular expression over topic names (exactly one of the two).
-    pub topic_regex: Option<String>,
-    /// Channel template: literal text with `{topic}`, `{key}`, `{partition}`,
-    /// `{header.NAME}` or `{json./pointer}`.
-    pub channel: String,
 }
 
 mod defaults {

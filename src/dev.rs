@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::server::{Herald, StartError};
+use crate::node::{Herald, StartError};
 
 /// Topics created in the embedded Kafka, with their partition counts.
 pub const DEV_TOPICS: &[(&str, i32)] = &[("news", 3), ("users", 3), ("events.clicks", 1)];

@@ -3,39 +3,47 @@
 //! Records flow one way, one module per step:
 //!
 //! ```text
-//! Kafka ─▶ kafka::ingest ─▶ router ─▶ hub ─▶ transport::{ws, sse, poll} ─▶ clients
+//! Kafka ─▶ kafka::ingest ─▶ router ─▶ hub ─▶ transport::{ws, sse, poll} ─▶ http ─▶ clients
 //!                                      ▲
 //!             kafka::replay ───────────┘  (history older than memory)
 //! ```
 //!
+//! - [`record`] — the owned Kafka record every step passes on, and Kafka's
+//!   rule for topic names.
 //! - [`kafka`] — one consumer per node, assigned every partition of the
-//!   routed topics, turning each record into an owned
-//!   [`kafka::record::Record`]; and replay, which reads older ranges back for
-//!   resuming clients, shared between clients that need the same range.
+//!   routed topics, turning each message into a [`record::Record`] at the
+//!   boundary; and replay, which reads older ranges back for resuming
+//!   clients, shared between clients that need the same range.
 //! - [`router`] — maps a record to channel names through the configured
 //!   templates, and a channel name back to the topics that feed it.
 //! - [`hub`] — channel registry, bounded history, live fan-out, cursors and
 //!   every rule about resuming; transports get a [`hub::Subscription`].
 //! - [`transport`] — thin adapters from a subscription to a wire format:
 //!   WebSocket, Server-Sent Events, short and long polling.
-//! - [`server`] — HTTP routing, connection limits, errors, `/metrics`,
-//!   health, phased shutdown; [`sse_http`] serves a connection that opens
-//!   with an event-stream request without hyper's per-connection buffers.
-//! - [`dev`] — `herald dev`: an embedded Kafka and a demo.
+//! - [`http`] — the listener and its limits, request routing, the error
+//!   type, bodies, query parameters, CORS, and the bare event-stream
+//!   connection.
+//! - [`app`] — the state every handler shares; [`node`] starts and stops
+//!   one Herald ([`run`] is `herald serve`); [`dev`] is `herald dev`.
+//! - [`config`], [`metrics`], [`shutdown`] — below everything else.
 //!
-//! [`run`] wires them together for `herald serve`.
+//! Imports point one way: `node → http → transport → hub → (router,
+//! record)`, `kafka → hub`, and `app`, `config`, `metrics` below the
+//! modules that read them. `tests/layout.rs` keeps it so.
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod dev;
+pub mod http;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod node;
+pub mod record;
 pub mod router;
-pub mod server;
 pub mod shutdown;
-pub mod sse_http;
 pub mod transport;
 
-pub use server::{Herald, run};
+pub use node::{Herald, run};

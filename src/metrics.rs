@@ -1,7 +1,7 @@
 //! Prometheus metrics. One [`Metrics`] value is created at start and passed
-//! to every module; nothing is registered globally. The names listed in
-//! `DESIGN.md` are a contract: dashboards and alerts outside this repo use
-//! them.
+//! to every module; nothing is registered globally. The metric names listed
+//! in `docs/protocol.md` are a contract: dashboards and alerts outside this
+//! repo use them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +13,29 @@ use prometheus::{
 
 /// The `transport` label values, created at start so their series read 0.
 pub const TRANSPORTS: &[&str] = &["sse", "ws", "poll"];
+
+/// Low and high watermarks per partition, from librdkafka's statistics
+/// (the ingest writes them; `/metrics` reads them for
+/// `herald_partition_lag`).
+#[derive(Default)]
+pub struct Watermarks {
+    inner: parking_lot::Mutex<std::collections::HashMap<(String, i32), (i64, i64)>>,
+}
+
+impl Watermarks {
+    pub fn get(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        self.inner
+            .lock()
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
+
+    /// Records `((topic, partition), (low, high))` pairs from one
+    /// statistics report.
+    pub fn update(&self, marks: impl IntoIterator<Item = ((String, i32), (i64, i64))>) {
+        self.inner.lock().extend(marks);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,

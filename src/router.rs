@@ -11,13 +11,27 @@
 use std::collections::BTreeSet;
 
 use regex::Regex;
+use serde::Deserialize;
 
-use crate::config::RouteConfig;
-use crate::kafka::record::Record;
+use crate::record::Record;
 
 /// Longest channel name, in bytes. Longer names from record data are not
 /// routed (and counted as unrouted when no other route applies).
 pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// One routing rule as written in config (`[[route]]`): the router's own
+/// type, so that the router needs nothing from `config`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// A topic name …
+    pub topic: Option<String>,
+    /// … or a regular expression over topic names (exactly one of the two).
+    pub topic_regex: Option<String>,
+    /// Channel template: literal text with `{topic}`, `{key}`, `{partition}`,
+    /// `{header.NAME}` or `{json./pointer}`.
+    pub channel: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -31,7 +45,7 @@ pub enum RouterError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+enum TemplatePart {
     Literal(String),
     Topic,
     Key,
@@ -58,7 +72,7 @@ impl TopicMatch {
 #[derive(Debug)]
 struct Route {
     topics: TopicMatch,
-    template: Vec<Segment>,
+    template: Vec<TemplatePart>,
 }
 
 /// The compiled routing table.
@@ -69,7 +83,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(configs: &[RouteConfig]) -> Result<Router, RouterError> {
+    pub fn new(configs: &[RouteSpec]) -> Result<Router, RouterError> {
         let mut routes = Vec::with_capacity(configs.len());
         for (index, rc) in configs.iter().enumerate() {
             let err = |key: &'static str, value: &str, reason: String| RouterError::Route {
@@ -80,7 +94,7 @@ impl Router {
             };
             let topics = match (&rc.topic, &rc.topic_regex) {
                 (Some(t), None) => {
-                    if !crate::hub::cursor::is_valid_topic(t) {
+                    if !crate::record::is_valid_topic(t) {
                         return Err(err("topic", t, "not a valid Kafka topic name".into()));
                     }
                     TopicMatch::Exact(t.clone())
@@ -103,9 +117,11 @@ impl Router {
                 .map_err(|reason| err("channel", &rc.channel, reason))?;
             routes.push(Route { topics, template });
         }
-        let needs_headers = routes
-            .iter()
-            .any(|r| r.template.iter().any(|s| matches!(s, Segment::Header(_))));
+        let needs_headers = routes.iter().any(|r| {
+            r.template
+                .iter()
+                .any(|s| matches!(s, TemplatePart::Header(_)))
+        });
         Ok(Router {
             routes,
             needs_headers,
@@ -160,7 +176,7 @@ impl Router {
         let mut found = false;
         let mut topics = BTreeSet::new();
         for route in &self.routes {
-            let has_topic = route.template.contains(&Segment::Topic);
+            let has_topic = route.template.contains(&TemplatePart::Topic);
             let mut candidates: Vec<&str> =
                 known.clone().filter(|t| route.topics.matches(t)).collect();
             if let TopicMatch::Exact(t) = &route.topics
@@ -202,13 +218,13 @@ pub fn is_valid_channel(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && !name.chars().any(char::is_control)
 }
 
-fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
-    let mut segments = Vec::new();
+fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
         match rest.find(['{', '}']) {
             None => {
-                segments.push(Segment::Literal(rest.to_owned()));
+                parts.push(TemplatePart::Literal(rest.to_owned()));
                 break;
             }
             Some(i) if rest.as_bytes()[i] == b'}' => {
@@ -219,23 +235,23 @@ fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
             }
             Some(i) => {
                 if i > 0 {
-                    segments.push(Segment::Literal(rest[..i].to_owned()));
+                    parts.push(TemplatePart::Literal(rest[..i].to_owned()));
                 }
                 let close = rest[i..]
                     .find('}')
                     .ok_or_else(|| "unclosed `{`".to_owned())?;
                 let var = &rest[i + 1..i + close];
-                segments.push(match var {
-                    "topic" => Segment::Topic,
-                    "key" => Segment::Key,
-                    "partition" => Segment::Partition,
-                    _ if var.starts_with("header.") && var.len() > 7 => Segment::Header(var[7..].to_owned()),
+                parts.push(match var {
+                    "topic" => TemplatePart::Topic,
+                    "key" => TemplatePart::Key,
+                    "partition" => TemplatePart::Partition,
+                    _ if var.starts_with("header.") && var.len() > 7 => TemplatePart::Header(var[7..].to_owned()),
                     _ if var.starts_with("json.") => {
                         let pointer = &var[5..];
                         if !pointer.starts_with('/') {
                             return Err(format!("`{{{var}}}`: a JSON pointer starts with `/`"));
                         }
-                        Segment::Json(pointer.to_owned())
+                        TemplatePart::Json(pointer.to_owned())
                     }
                     _ => {
                         return Err(format!(
@@ -247,26 +263,26 @@ fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
             }
         }
     }
-    if segments.is_empty() {
+    if parts.is_empty() {
         return Err("the channel template is empty".into());
     }
-    Ok(segments)
+    Ok(parts)
 }
 
 fn render(
-    template: &[Segment],
+    template: &[TemplatePart],
     record: &Record,
     json: &mut Option<Option<serde_json::Value>>,
 ) -> Option<String> {
     let mut name = String::new();
     for seg in template {
         match seg {
-            Segment::Literal(s) => name.push_str(s),
-            Segment::Topic => name.push_str(&record.topic),
-            Segment::Partition => name.push_str(&record.partition.to_string()),
-            Segment::Key => push_value(&mut name, record.key.as_deref()?)?,
-            Segment::Header(h) => push_value(&mut name, record.header(h)?)?,
-            Segment::Json(pointer) => {
+            TemplatePart::Literal(s) => name.push_str(s),
+            TemplatePart::Topic => name.push_str(&record.topic),
+            TemplatePart::Partition => name.push_str(&record.partition.to_string()),
+            TemplatePart::Key => push_value(&mut name, record.key.as_deref()?)?,
+            TemplatePart::Header(h) => push_value(&mut name, record.header(h)?)?,
+            TemplatePart::Json(pointer) => {
                 let doc = json.get_or_insert_with(|| {
                     record
                         .payload
@@ -296,16 +312,16 @@ fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
 
 /// Whether `channel` can be produced by `template`. Variables match one or
 /// more characters (`{partition}` only digits, `{topic}` per `topic`).
-/// Backtracking over a handful of segments on names of at most 255 bytes.
-fn template_matches(template: &[Segment], channel: &str, topic: &TopicRule<'_>) -> bool {
+/// Backtracking over a handful of template parts on names of at most 255 bytes.
+fn template_matches(template: &[TemplatePart], channel: &str, topic: &TopicRule<'_>) -> bool {
     let Some((seg, rest)) = template.split_first() else {
         return channel.is_empty();
     };
     match (seg, topic) {
-        (Segment::Literal(lit), _) => channel
+        (TemplatePart::Literal(lit), _) => channel
             .strip_prefix(lit.as_str())
             .is_some_and(|tail| template_matches(rest, tail, topic)),
-        (Segment::Topic, TopicRule::Exact(t)) => channel
+        (TemplatePart::Topic, TopicRule::Exact(t)) => channel
             .strip_prefix(t)
             .is_some_and(|tail| template_matches(rest, tail, topic)),
         _ if channel.is_empty() => false,
@@ -319,13 +335,13 @@ fn template_matches(template: &[Segment], channel: &str, topic: &TopicRule<'_>) 
             for end in ends {
                 let taken = &channel[..end];
                 let fits = match (seg, topic) {
-                    (Segment::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
-                    (Segment::Topic, TopicRule::Pattern(re)) => {
-                        crate::hub::cursor::is_valid_topic(taken) && re.is_match(taken)
+                    (TemplatePart::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
+                    (TemplatePart::Topic, TopicRule::Pattern(re)) => {
+                        crate::record::is_valid_topic(taken) && re.is_match(taken)
                     }
                     _ => true,
                 };
-                if !fits && matches!(seg, Segment::Partition) {
+                if !fits && matches!(seg, TemplatePart::Partition) {
                     break;
                 }
                 if fits && template_matches(rest, &channel[end..], topic) {
@@ -343,16 +359,16 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
-    fn route(topic: &str, channel: &str) -> RouteConfig {
-        RouteConfig {
+    fn route(topic: &str, channel: &str) -> RouteSpec {
+        RouteSpec {
             topic: Some(topic.into()),
             topic_regex: None,
             channel: channel.into(),
         }
     }
 
-    fn regex_route(re: &str, channel: &str) -> RouteConfig {
-        RouteConfig {
+    fn regex_route(re: &str, channel: &str) -> RouteSpec {
+        RouteSpec {
             topic: None,
             topic_regex: Some(re.into()),
             channel: channel.into(),

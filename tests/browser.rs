@@ -23,8 +23,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use herald::Herald;
 use herald::config::Config;
-use herald::server::Herald;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};

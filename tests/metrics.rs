@@ -94,7 +94,7 @@ async fn readyz_waits_for_kafka_positions() {
     // A broker address where nothing listens: never ready.
     let mut cfg = config(&[("nothing", "n")]);
     cfg.kafka.brokers = "127.0.0.1:1".into();
-    let herald = herald::server::Herald::start(cfg).await.unwrap();
+    let herald = herald::Herald::start(cfg).await.unwrap();
     let addr = herald.local_addr();
     let (status, body) = get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");

@@ -24,6 +24,8 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::record::is_valid_topic;
+
 /// The leading character that names the format version. A future format gets
 /// a new letter, and old cursors keep decoding.
 const VERSION_PREFIX: char = 'h';
@@ -32,9 +34,6 @@ const VERSION_PREFIX: char = 'h';
 /// header; anything longer is not a cursor Herald issued (8 KiB covers a
 /// subscription fed by roughly a thousand partitions).
 pub const MAX_CURSOR_LEN: usize = 8 * 1024;
-
-/// Kafka topic names are at most 249 characters of `[a-zA-Z0-9._-]`.
-const MAX_TOPIC_LEN: usize = 249;
 
 /// A decoded cursor: next offset per topic and partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -181,15 +180,6 @@ impl fmt::Display for Cursor {
         }
         Ok(())
     }
-}
-
-/// Kafka's rule for topic names.
-pub fn is_valid_topic(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TOPIC_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Streaming encoder, so the hub can write a cursor straight from its own

@@ -38,8 +38,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
-use crate::kafka::record::Record;
 use crate::metrics::Metrics;
+use crate::record::Record;
 use crate::router::{Router, is_valid_channel};
 use cursor::Cursor;
 pub use inbox::CloseReason;

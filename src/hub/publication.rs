@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::positions::Positions;
-use crate::kafka::record::Record;
+use crate::record::Record;
 
 pub struct Publication {
     /// Node-wide publication order. Subscribers see publications in this

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::config::RouteConfig;
+use crate::router::RouteSpec;
 
 struct Fixture {
     hub: Hub,
@@ -15,8 +15,8 @@ struct Fixture {
     topic: Arc<str>,
 }
 
-fn route(topic: &str, channel: &str) -> RouteConfig {
-    RouteConfig {
+fn route(topic: &str, channel: &str) -> RouteSpec {
+    RouteSpec {
         topic: Some(topic.into()),
         topic_regex: None,
         channel: channel.into(),

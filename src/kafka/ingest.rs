@@ -24,11 +24,11 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::record::Record;
 use crate::config::{KafkaConfig, StartAt};
 use crate::hub::Hub;
 use crate::hub::positions::Positions;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Watermarks};
+use crate::record::Record;
 
 /// Longest a poll waits for a record; bounds how fast the loop notices
 /// shutdown and a due metadata refresh.
@@ -40,21 +40,6 @@ const MAX_BATCH: usize = 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The same Kafka error is logged at most this often (it is always counted).
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Low and high watermarks per partition, from librdkafka's statistics.
-#[derive(Default)]
-pub struct Watermarks {
-    inner: Mutex<HashMap<(String, i32), (i64, i64)>>,
-}
-
-impl Watermarks {
-    pub fn get(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
-        self.inner
-            .lock()
-            .get(&(topic.to_owned(), partition))
-            .copied()
-    }
-}
 
 /// librdkafka callbacks: statistics (watermarks) and client errors.
 struct IngestContext {
@@ -80,14 +65,15 @@ impl IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
-        let mut marks = self.watermarks.inner.lock();
-        for (topic, t) in stats.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.hi_offset >= 0 {
-                    marks.insert((topic.clone(), partition), (p.lo_offset, p.hi_offset));
-                }
-            }
-        }
+        self.watermarks
+            .update(stats.topics.into_iter().flat_map(|(topic, t)| {
+                t.partitions
+                    .into_iter()
+                    .filter(|(partition, p)| *partition >= 0 && p.hi_offset >= 0)
+                    .map(move |(partition, p)| {
+                        ((topic.clone(), partition), (p.lo_offset, p.hi_offset))
+                    })
+            }));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -210,7 +196,7 @@ impl Ingest {
                     None => break,
                     Some(Ok(msg)) => {
                         let topic = intern(&mut self.topics, rdkafka::Message::topic(&msg));
-                        let record = Record::from_message(&msg, topic, self.needs_headers);
+                        let record = super::to_record(&msg, topic, self.needs_headers);
                         drop(msg);
                         self.handle(record);
                         taken += 1;

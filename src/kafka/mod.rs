@@ -1,14 +1,42 @@
-//! Everything that talks to Kafka: the ingest consumer, replay of older
-//! ranges, and the owned record type they produce. Transports never reach in
-//! here.
+//! Everything that talks to Kafka: the ingest consumer and replay of older
+//! ranges, both turning each message into an owned [`Record`] at the
+//! boundary. Transports never reach in here.
 
 pub mod ingest;
-pub mod record;
 pub mod replay;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
 
 use crate::config::KafkaConfig;
+use crate::record::Record;
+
+/// Copies a borrowed message into an owned [`Record`], once, at the
+/// boundary: nothing borrowed from librdkafka outlives the poll that
+/// returned it. `topic` is the interned name; headers are copied only when
+/// some route reads them.
+pub fn to_record(msg: &BorrowedMessage<'_>, topic: Arc<str>, with_headers: bool) -> Record {
+    let headers = match (with_headers, msg.headers()) {
+        (true, Some(h)) => h
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.map(Bytes::copy_from_slice)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Record {
+        topic,
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp: msg.timestamp().to_millis(),
+        key: msg.key().map(Bytes::copy_from_slice),
+        headers,
+        payload: msg.payload().map(Bytes::copy_from_slice),
+    }
+}
 
 /// Settings of every consumer Herald creates: `assign()`-only (the group id
 /// is never joined and nothing is committed), the consumer's own `settings`,

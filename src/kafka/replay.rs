@@ -29,12 +29,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::record::Record;
 use crate::config::{KafkaConfig, ReplayConfig};
 use crate::hub::positions::Positions;
 use crate::hub::publication::Publication;
 use crate::hub::{PartitionRange, ReplayEvent, ReplaySource, SubscribeError};
 use crate::metrics::Metrics;
+use crate::record::Record;
 use crate::router::Router;
 
 /// Records per batch handed to a subscription, and per filler append.
@@ -405,7 +405,7 @@ impl Job {
                     if msg.offset() >= to {
                         return Ok(());
                     }
-                    let record = Arc::new(Record::from_message(&msg, key.0.clone(), true));
+                    let record = Arc::new(super::to_record(&msg, key.0.clone(), true));
                     drop(msg);
                     self.metrics.replay_records.inc();
                     let last = record.offset + 1 >= to;
@@ -517,11 +517,7 @@ impl Filler {
                     }
                     Some(Err(e)) => return Err(format!("reading Kafka: {e}")),
                     Some(Ok(msg)) => {
-                        chunk.push(Arc::new(Record::from_message(
-                            &msg,
-                            self.key.0.clone(),
-                            true,
-                        )));
+                        chunk.push(Arc::new(super::to_record(&msg, self.key.0.clone(), true)));
                     }
                 }
                 timeout = Duration::ZERO;

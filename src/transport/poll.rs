@@ -14,9 +14,12 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use super::{ConnectionGauge, POLL_PARAMS, StreamParams, observe_delivered, replay_failed};
+use super::{ConnectionGauge, observe_delivered};
+use crate::app::App;
+use crate::http::error::{ApiError, replay_failed};
+use crate::http::query::{POLL_PARAMS, StreamParams};
+use crate::http::response::{Body, full};
 use crate::hub::{CloseReason, Delivery, Gap, Subscription};
-use crate::server::{ApiError, App, Body, full};
 
 const TRANSPORT: &str = "poll";
 

@@ -18,10 +18,13 @@ use hyper::body::Frame;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectionGauge, StreamParams, observe_delivered};
+use super::{ConnectionGauge, observe_delivered};
+use crate::app::App;
+use crate::http::error::ApiError;
+use crate::http::query::StreamParams;
+use crate::http::response::Body;
 use crate::hub::{CloseReason, Delivery, Subscription};
 use crate::metrics::Metrics;
-use crate::server::{ApiError, App, Body};
 
 /// Messages encoded into one write. Coalescing a burst into one chunk
 /// saves a syscall per message; the cap bounds the chunk size.

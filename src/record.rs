@@ -1,10 +1,13 @@
-//! The owned form of a Kafka record, made once at the ingest boundary.
+//! The owned form of a Kafka record, and Kafka's rule for topic names.
+//!
+//! It sits below everything that handles records: the ingest and replay
+//! (`kafka`) make one from each message they read
+//! ([`kafka::to_record`](crate::kafka::to_record)), the router maps it to
+//! channels, the hub keeps and fans it out. Nothing here knows librdkafka.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Headers};
 
 /// One Kafka record, owned: nothing borrowed from librdkafka outlives the
 /// poll that returned it.
@@ -23,27 +26,6 @@ pub struct Record {
 }
 
 impl Record {
-    /// Copies a borrowed message. `topic` is the interned name; headers are
-    /// copied only when some route reads them.
-    pub fn from_message(msg: &BorrowedMessage<'_>, topic: Arc<str>, with_headers: bool) -> Self {
-        let headers = match (with_headers, msg.headers()) {
-            (true, Some(h)) => h
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.map(Bytes::copy_from_slice)))
-                .collect(),
-            _ => Vec::new(),
-        };
-        Record {
-            topic,
-            partition: msg.partition(),
-            offset: msg.offset(),
-            timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(Bytes::copy_from_slice),
-            headers,
-            payload: msg.payload().map(Bytes::copy_from_slice),
-        }
-    }
-
     /// Approximate heap cost, for history accounting.
     pub fn size(&self) -> usize {
         const OVERHEAD: usize = 96;
@@ -63,4 +45,17 @@ impl Record {
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| v.as_deref())
     }
+}
+
+/// Kafka topic names are at most 249 characters of `[a-zA-Z0-9._-]`.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// Kafka's rule for topic names: what a route's `topic` and a cursor's
+/// topics must satisfy.
+pub fn is_valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -27,7 +27,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
-use crate::server::{ApiError, App, Body, ConnectionSlot, finish_response};
+use super::cors::finish_response;
+use super::error::ApiError;
+use super::limits::ConnectionPermit;
+use super::response::Body;
+use crate::app::App;
 use crate::transport;
 
 /// A request head larger than this is refused (`431`).
@@ -51,7 +55,7 @@ pub async fn is_sse_request(stream: &TcpStream) -> bool {
 
 /// Serves one SSE request on `stream`, then closes it. `slot` is the
 /// connection's place under the limits, held until the stream ends.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, slot: ConnectionSlot) {
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, slot: ConnectionPermit) {
     let result = match read_request(&mut stream).await {
         Ok(Some(req)) => transport::sse::handle(&app, &req).await,
         Ok(None) => return,

@@ -1,0 +1,35 @@
+//! The shared state of one running Herald, [`App`]: what every HTTP
+//! handler and transport reads (config, hub, metrics, the shutdown signal,
+//! the connection tasks). It sits below `http` and `transport`, which take
+//! it by reference; [`node`](crate::node) builds it and starts the rest.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, Watermarks};
+
+/// Shared state of one running Herald.
+pub struct App {
+    pub config: Config,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// The brokers' watermarks, written by the ingest, read for
+    /// `herald_partition_lag`.
+    pub watermarks: Arc<Watermarks>,
+    /// Cancelled when the server starts shutting down; every long-lived
+    /// stream selects on it.
+    pub shutdown: CancellationToken,
+    /// Extra JSON served at `/dev/info` by `herald dev`.
+    pub dev_info: Option<serde_json::Value>,
+    /// Every connection task, plain HTTP and upgraded WebSocket alike:
+    /// shutdown waits for them (under `http.shutdown_grace`).
+    pub tasks: TaskTracker,
+    /// Long polls waiting at once (`limits.max_long_polls`); a poll that
+    /// finds no permit gets `503 too_many_long_polls`.
+    pub long_polls: Arc<Semaphore>,
+}

@@ -1,0 +1,20 @@
+//! Everything HTTP that is not a transport: the listener and its limits
+//! ([`listener`]), the request router ([`routes`]), the one error type
+//! ([`error`]), response bodies ([`response`]), the transports' query
+//! parameters ([`query`]), CORS ([`cors`]), and the bare connection that
+//! serves an event stream without hyper ([`stream_connection`]).
+//!
+//! Imports point one way: the transports use `http`'s types (errors,
+//! bodies, query parameters, the connection permit); only [`routes`] and
+//! [`stream_connection`] call into the transports, and no transport
+//! imports them.
+
+pub mod cors;
+pub mod error;
+pub mod limits;
+pub mod listener;
+pub mod query;
+pub mod response;
+pub mod routes;
+pub mod stream_connection;
+mod write_watch;

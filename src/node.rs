@@ -1,0 +1,134 @@
+//! One Herald node: [`Herald::start`] wires the ingest, the hub and its
+//! sweeper, replay and the HTTP listener together; [`Herald::stop`] shuts
+//! them down in phases; [`run`] is `herald serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::kafka::ingest;
+use crate::kafka::replay::Replayer;
+use crate::metrics::{Metrics, Watermarks};
+use crate::router::Router;
+
+/// Why Herald could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("invalid routes: {0}")]
+    Routes(#[from] crate::router::RouterError),
+}
+
+/// A running Herald: its address and the means to stop it.
+pub struct Herald {
+    local_addr: SocketAddr,
+    app: Arc<App>,
+    server: tokio::task::JoinHandle<()>,
+    ingest: std::thread::JoinHandle<()>,
+}
+
+impl Herald {
+    /// Binds the listener, starts the ingest, the hub sweeper and the HTTP
+    /// server, and returns at once. Call [`Herald::stop`] to shut down.
+    pub async fn start(config: Config) -> Result<Herald, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    pub(crate) async fn start_with(
+        config: Config,
+        dev_info: Option<serde_json::Value>,
+    ) -> Result<Herald, StartError> {
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(&config.routes)?);
+        let hub = Hub::new(
+            config.hub.clone(),
+            config.limits.max_channels_per_connection,
+            router,
+            metrics.clone(),
+        );
+        let shutdown = CancellationToken::new();
+        let watermarks = Arc::new(Watermarks::default());
+        let ingest = ingest::spawn(
+            &config.kafka,
+            hub.clone(),
+            metrics.clone(),
+            watermarks.clone(),
+            shutdown.clone(),
+        )?;
+        hub.set_replay_source(Arc::new(Replayer::new(
+            config.kafka.clone(),
+            config.replay.clone(),
+            hub.router().clone(),
+            metrics.clone(),
+        )));
+        tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
+        let app = Arc::new(App {
+            long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
+            config,
+            hub,
+            metrics,
+            watermarks,
+            shutdown,
+            dev_info,
+            tasks: TaskTracker::new(),
+        });
+        let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
+        tracing::info!(%local_addr, "listening");
+        Ok(Herald {
+            local_addr,
+            app,
+            server,
+            ingest,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.app.hub
+    }
+
+    /// Shuts down in phases: stop accepting, tell streaming clients to
+    /// reconnect elsewhere, let connections drain for `http.shutdown_grace`,
+    /// then stop the ingest.
+    pub async fn stop(self) {
+        self.app.shutdown.cancel();
+        let _ = self.server.await;
+        let ingest = self.ingest;
+        let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    }
+}
+
+/// Runs Herald until `shutdown` is cancelled (by a signal, in `main`).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let herald = Herald::start(config).await?;
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    herald.stop().await;
+    Ok(())
+}

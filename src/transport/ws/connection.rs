@@ -1,0 +1,458 @@
+//! The loop of one upgraded connection: it owns the socket, drains the
+//! subscriptions' deliveries into write rounds before it reads the
+//! client's frames (`biased`), answers the client's messages, pings, and
+//! closes with a documented code.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::TRANSPORT;
+use super::frame::{message_frame, text_frame, truncate};
+use super::protocol::{ClientMessage, error_json};
+use super::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
+use crate::app::App;
+use crate::http::error::replay_failed;
+use crate::http::query::start_at;
+use crate::hub::CloseReason;
+use crate::transport::{ConnectionGauge, observe_delivered};
+
+/// The output buffer keeps its allocation between rounds up to this size,
+/// so a steady stream of small rounds does not allocate each time; a
+/// bigger one (a burst) is freed once written.
+const OUT_KEEP: usize = 4 * 1024;
+
+/// Batches taken from the subscriptions in one write round, before the
+/// flush: bounds a round's size and how long inbound frames wait.
+const MAX_ROUND: usize = 64;
+
+/// Write rounds in a row before the client's frames, the ping timer and
+/// shutdown get a look even though more deliveries are ready, so a busy
+/// connection still answers (un)subscribe messages and pings.
+const MAX_STREAK: u32 = 8;
+
+/// How long closing may take: sending the close frame and waiting for the
+/// client's close in return (or draining what it still sends). Past it
+/// the socket is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Close code: no pong (nor any other frame) within `ws.pong_timeout`.
+const CLOSE_PONG_TIMEOUT: u16 = 4000;
+
+/// Close code: the client read too slowly and a subscription's queue
+/// (`hub.subscriber_queue`) overflowed. Nothing is lost: it resubscribes
+/// from its cursors.
+const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// The socket of an upgraded connection.
+pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How a connection ends.
+enum Ending {
+    /// Send a close frame with this code and reason, then wait for the
+    /// client's close.
+    Close(CloseCode, String),
+    /// As `Close`, after a read error: tungstenite reads no more, so the
+    /// rest of the client's input is drained raw.
+    CloseAfterReadError(CloseCode, String),
+    /// The client closed (its close was answered) or went away.
+    Closed,
+    /// The socket is unusable or stalled: drop it.
+    Drop,
+}
+
+/// Whether the last ping was answered.
+enum Keepalive {
+    /// The timer is the next ping.
+    Idle,
+    /// The timer is the pong deadline.
+    AwaitingPong,
+}
+
+pub(super) struct Connection {
+    app: Arc<App>,
+    socket: Socket,
+    pub(super) subscriptions: Subscriptions,
+    /// Text frames encoded by Herald, written together at the end of a
+    /// round.
+    out: Vec<u8>,
+    _gauge: ConnectionGauge,
+}
+
+impl Connection {
+    pub(super) fn new(app: Arc<App>, socket: Socket) -> Self {
+        let gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
+        Connection {
+            app,
+            socket,
+            subscriptions: Subscriptions::default(),
+            out: Vec::new(),
+            _gauge: gauge,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let ping_interval = self.app.config.ws.ping_interval;
+        let pong_timeout = self.app.config.ws.pong_timeout;
+        let shutdown = self.app.shutdown.clone();
+        // Registered with the token once, not on every turn of the loop.
+        let mut stopping = std::pin::pin!(shutdown.cancelled());
+        let mut keepalive = Keepalive::Idle;
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
+        let mut streak = 0u32;
+        let ending = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopping => {
+                    break Ending::Close(CloseCode::Away, "shutdown".into());
+                }
+                first = std::future::poll_fn(|cx| self.subscriptions.poll_next(cx)),
+                    if !self.subscriptions.is_empty() && streak < MAX_STREAK =>
+                {
+                    streak += 1;
+                    if let Err(ending) = Box::pin(self.write_round(first)).await {
+                        break ending;
+                    }
+                }
+                frame = self.socket.next() => {
+                    streak = 0;
+                    // Any frame shows the client is alive.
+                    keepalive = Keepalive::Idle;
+                    timer.as_mut().reset(Instant::now() + ping_interval);
+                    if let Err(ending) = Box::pin(self.on_frame(frame)).await {
+                        break ending;
+                    }
+                }
+                _ = timer.as_mut() => {
+                    streak = 0;
+                    match keepalive {
+                        Keepalive::Idle => {
+                            if let Err(ending) = Box::pin(self.ping()).await {
+                                break ending;
+                            }
+                            keepalive = Keepalive::AwaitingPong;
+                            timer.as_mut().reset(Instant::now() + pong_timeout);
+                        }
+                        Keepalive::AwaitingPong => {
+                            break Ending::Close(
+                                CloseCode::Library(CLOSE_PONG_TIMEOUT),
+                                format!("no pong within {pong_timeout:?} (ws.pong_timeout)"),
+                            );
+                        }
+                    }
+                }
+                _ = std::future::ready(()), if streak >= MAX_STREAK => streak = 0,
+            }
+        };
+        Box::pin(self.finish(ending)).await;
+    }
+
+    /// Writes `first` and whatever else the subscriptions have ready (up to
+    /// [`MAX_ROUND`] batches), then flushes once.
+    async fn write_round(&mut self, first: Outbound) -> Result<(), Ending> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        let mut ended = Ok(());
+        while let Some(outbound) = next.take() {
+            ended = self.encode_event(outbound);
+            taken += 1;
+            if ended.is_ok() && taken < MAX_ROUND {
+                next = self.subscriptions.ready_now().await;
+            }
+        }
+        // What was encoded before an ending (say, the messages before a
+        // slow-consumer close) still goes out.
+        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        self.write_out(deadline).await?;
+        ended
+    }
+
+    /// Encodes an event's frames into the output buffer; `Err` when it
+    /// ends the connection.
+    fn encode_event(&mut self, outbound: Outbound) -> Result<(), Ending> {
+        let Outbound { channel, event } = outbound;
+        match event {
+            Event::Subscribed(cursor) => {
+                let frame = serde_json::json!({
+                    "type": "subscribed", "channel": &*channel, "cursor": cursor,
+                });
+                text_frame(&mut self.out, &[frame.to_string().as_bytes()]);
+                Ok(())
+            }
+            Event::Refused(error) => {
+                let frame = error_json(error.code, &error.message, Some(&channel));
+                text_frame(&mut self.out, &[frame.as_bytes()]);
+                Ok(())
+            }
+            Event::Batch { gaps, cursor } => {
+                for gap in gaps {
+                    // {"type":"gap","cursor":…,"channel":…,"partitions":…}
+                    let body = gap.to_json().to_string();
+                    let head = format!("{{\"type\":\"gap\",\"cursor\":\"{cursor}\",");
+                    text_frame(&mut self.out, &[head.as_bytes(), &body.as_bytes()[1..]]);
+                }
+                let messages = &self.subscriptions.batch;
+                observe_delivered(&self.app.metrics, TRANSPORT, messages);
+                for d in messages {
+                    message_frame(&mut self.out, d);
+                }
+                Ok(())
+            }
+            Event::Ended { reason, failure } => match reason {
+                CloseReason::Slow => {
+                    self.app
+                        .metrics
+                        .slow_disconnects
+                        .with_label_values(&[TRANSPORT])
+                        .inc();
+                    Err(Ending::Close(
+                        CloseCode::Library(CLOSE_SLOW_CONSUMER),
+                        format!("slow consumer: channel {channel:?} fell too far behind"),
+                    ))
+                }
+                CloseReason::ReplayFailed => {
+                    let e = replay_failed(failure.as_deref());
+                    let message = format!("{}; subscribe again from the last cursor", e.message);
+                    let frame = error_json(e.code, &message, Some(&channel));
+                    text_frame(&mut self.out, &[frame.as_bytes()]);
+                    Ok(())
+                }
+                CloseReason::Gone => Ok(()),
+            },
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        let message = match frame {
+            None => return Err(Ending::Closed),
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(read_error(e, self.app.config.limits.max_message_size)),
+        };
+        match message {
+            Message::Text(text) => match self.on_text(&text) {
+                Some(reply) => self.reply(&reply).await,
+                None => Ok(()),
+            },
+            Message::Binary(_) => {
+                let reply = error_json(
+                    "bad_message",
+                    "binary frames are not accepted: send JSON text frames",
+                    None,
+                );
+                self.reply(&reply).await
+            }
+            // tungstenite answers pings itself (the pong goes out with the
+            // next read or write).
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => {
+                // tungstenite queued the reply; send it.
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.flush()).await;
+                Err(Ending::Closed)
+            }
+        }
+    }
+
+    /// Acts on a client message; returns the reply to send now, if any
+    /// (`subscribed` comes later, from the subscription itself).
+    fn on_text(&mut self, input: &str) -> Option<String> {
+        let request = match ClientMessage::parse(input) {
+            Ok(request) => request,
+            Err(refusal) => {
+                return Some(error_json(
+                    refusal.code,
+                    &refusal.message,
+                    refusal.channel.as_deref(),
+                ));
+            }
+        };
+        match request {
+            ClientMessage::Subscribe {
+                channel,
+                cursor,
+                since,
+            } => {
+                if self.subscriptions.contains(&channel) {
+                    return Some(error_json(
+                        "already_subscribed",
+                        &format!(
+                            "channel {channel:?} is already subscribed on this connection; unsubscribe first to start it again"
+                        ),
+                        Some(&channel),
+                    ));
+                }
+                let max = self.app.config.limits.max_channels_per_connection;
+                if self.subscriptions.len() >= max {
+                    return Some(error_json(
+                        "too_many_channels",
+                        &format!(
+                            "this connection holds {max} subscriptions, the limit (limits.max_channels_per_connection)"
+                        ),
+                        Some(&channel),
+                    ));
+                }
+                let start = match start_at(cursor.as_deref(), since.as_deref()) {
+                    Ok(start) => start,
+                    Err(e) => return Some(error_json(e.code, &e.message, Some(&channel))),
+                };
+                let hub = self.app.hub.clone();
+                let names = [channel.clone()];
+                let answer: Subscribing =
+                    Box::pin(async move { hub.subscribe_from(&names, start).await });
+                self.subscriptions
+                    .add(Arc::from(channel), EntryState::Subscribing(answer));
+                None
+            }
+            ClientMessage::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
+                true => {
+                    // The subscription has left the hub; nothing more of it
+                    // is sent.
+                    let frame = serde_json::json!({"type": "unsubscribed", "channel": channel});
+                    Some(frame.to_string())
+                }
+                false => Some(error_json(
+                    "not_subscribed",
+                    &format!("channel {channel:?} is not subscribed on this connection"),
+                    Some(&channel),
+                )),
+            },
+        }
+    }
+
+    /// Writes the output buffer, after anything tungstenite still holds
+    /// (a pong queued while reading), so frames never interleave.
+    async fn write_out(&mut self, deadline: Instant) -> Result<(), Ending> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.flush_by(deadline).await?;
+        let io = self.socket.get_mut();
+        let written = within(deadline, io.write_all(&self.out)).await;
+        self.written(written)?;
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends one text frame (a reply to the client) now.
+    async fn reply(&mut self, json: &str) -> Result<(), Ending> {
+        text_frame(&mut self.out, &[json.as_bytes()]);
+        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        self.write_out(deadline).await
+    }
+
+    async fn flush_by(&mut self, deadline: Instant) -> Result<(), Ending> {
+        let flushed = within(deadline, self.socket.flush()).await;
+        self.written(flushed)
+    }
+
+    /// Sends a ping now.
+    async fn ping(&mut self) -> Result<(), Ending> {
+        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        let fed = within(deadline, self.socket.feed(Message::Ping(Bytes::new()))).await;
+        self.written(fed)?;
+        self.flush_by(deadline).await
+    }
+
+    /// How a write within its deadline went (`None`: past it). A failed
+    /// write drops the socket; a client that takes no data for
+    /// `ws.pong_timeout` while frames wait is dropped as slow (it cannot be
+    /// sent a close frame).
+    fn written<E: std::fmt::Display>(&self, result: Option<Result<(), E>>) -> Result<(), Ending> {
+        match result {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                Err(Ending::Drop)
+            }
+            None => {
+                self.app
+                    .metrics
+                    .slow_disconnects
+                    .with_label_values(&[TRANSPORT])
+                    .inc();
+                tracing::debug!("WebSocket client took no data for ws.pong_timeout; dropped");
+                Err(Ending::Drop)
+            }
+        }
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        let deadline = Instant::now() + CLOSE_LINGER;
+        let (code, reason, drain_raw) = match ending {
+            Ending::Closed | Ending::Drop => return,
+            Ending::Close(code, reason) => (code, reason, false),
+            Ending::CloseAfterReadError(code, reason) => (code, reason, true),
+        };
+        tracing::debug!(code = u16::from(code), reason, "closing WebSocket");
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(truncate(reason, 123)),
+        };
+        let sent = tokio::time::timeout_at(deadline, self.socket.send(Message::Close(Some(frame))))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !sent {
+            return;
+        }
+        if drain_raw {
+            // Let the client read the close before the socket goes: end
+            // our side, then discard what it still sends until it closes.
+            let io = self.socket.get_mut();
+            let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
+            let mut sink = [0u8; 1024];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            // The close handshake: wait for the client's close.
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.socket.next()).await
+            {
+            }
+        }
+    }
+}
+
+/// `future`'s output, or `None` past `deadline`. A write that completes at
+/// once (nearly every one) never builds a timer: that cost a runtime-handle
+/// lookup and a timer entry per write.
+async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    if let Some(output) = futures_util::FutureExt::now_or_never(future.as_mut()) {
+        return Some(output);
+    }
+    tokio::time::timeout_at(deadline, future).await.ok()
+}
+
+/// The close for a read error.
+fn read_error(e: WsError, max_message_size: usize) -> Ending {
+    match e {
+        WsError::Capacity(_) => Ending::CloseAfterReadError(
+            CloseCode::Size,
+            format!("message too big: the limit is {max_message_size} bytes"),
+        ),
+        WsError::Utf8(_) => {
+            Ending::CloseAfterReadError(CloseCode::Invalid, "text frame is not UTF-8".into())
+        }
+        WsError::Protocol(p) => Ending::CloseAfterReadError(CloseCode::Protocol, p.to_string()),
+        e => {
+            tracing::debug!("WebSocket read failed: {e}");
+            Ending::Drop
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The frames Herald encodes itself: unmasked, unfragmented text frames
+//! written straight into a connection's output buffer, and the close
+//! reason cut to fit a control frame.
+
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use crate::hub::Delivery;
+
+/// Appends one unmasked, unfragmented text frame whose payload is `parts`
+/// in order. Every part is UTF-8 (JSON Herald wrote, or the envelope,
+/// which the hub encodes as UTF-8), so the frame is valid text.
+pub(super) fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    out.reserve(header.len(len as u64) + len);
+    header
+        .format(len as u64, out)
+        .expect("writing to a Vec cannot fail");
+    for part in parts {
+        debug_assert!(std::str::from_utf8(part).is_ok());
+        out.extend_from_slice(part);
+    }
+}
+
+/// `{"type":"message",…envelope}`: the shared envelope around this
+/// subscriber's cursor.
+pub(super) fn message_frame(out: &mut Vec<u8>, d: &Delivery) {
+    const TYPE: &[u8] = b"{\"type\":\"message\",";
+    let e = d.publication.envelope();
+    // The envelope's head opens with `{`.
+    text_frame(out, &[TYPE, &e.head[1..], d.cursor.as_bytes(), &e.tail]);
+}
+
+/// `s` cut to at most `max` bytes on a character boundary (a close
+/// frame's reason is at most 123 bytes).
+pub(super) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(truncate("é".repeat(100), 123).len(), 122);
+        assert_eq!(truncate("ok".into(), 123), "ok");
+    }
+}

@@ -1,0 +1,154 @@
+//! WebSocket: `GET /ws[?channel=…[&cursor=…|&since=…]]`, JSON text frames.
+//!
+//! A connection holds up to `limits.max_channels_per_connection`
+//! subscriptions, one per channel, each a hub [`Subscription`] with its own
+//! cursor. The client sends `subscribe` / `unsubscribe`; Herald answers
+//! `subscribed` (with the starting cursor), then `message` and `gap` frames
+//! for that channel, `unsubscribed`, and `error` for anything it refuses —
+//! the connection stays open after an error message. Channels in the query
+//! are subscribed before the upgrade, for one-way clients (a refusal is then
+//! an HTTP `400`, like SSE). See `docs/protocol.md` for the close codes.
+//!
+//! One task per connection owns the socket. Each subscription is a stream
+//! of events polled inside that task (no task, no channel per
+//! subscription), and a `biased` select drains them before it reads the
+//! client's frames. Herald frames its own data frames: every ready delivery
+//! of every subscription is encoded straight into the connection's output
+//! buffer (frame header, then the shared envelope around this subscriber's
+//! cursor: no allocation and no copy per message beyond that one) and the
+//! round goes out in one write. tungstenite reads the client's frames and
+//! sends pings, pongs and the close; it is flushed before each round, so
+//! its frames and Herald's never interleave.
+//!
+//! **Memory.** tungstenite's defaults (128 KiB read buffer) would cost
+//! ~133 KB per connection. Here its read buffer is `READ_BUFFER` (256 B);
+//! the output buffer grows only while a round is written and is kept only
+//! up to `OUT_KEEP`; what an idle connection costs is measured in
+//! `docs/protocol.md`.
+
+//!
+//! The module's parts: [`handshake`] checks the upgrade request,
+//! [`protocol`] parses the client's messages, [`subscriptions`] is the
+//! connection's table of subscriptions, [`connection`] the loop that owns
+//! the socket, and [`frame`] encodes Herald's own frames.
+
+mod connection;
+mod frame;
+mod handshake;
+mod protocol;
+mod subscriptions;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use self::connection::Connection;
+use self::subscriptions::EntryState;
+use crate::app::App;
+use crate::http::error::ApiError;
+use crate::http::limits::ConnectionPermit;
+use crate::http::query::{StreamParams, WS_PARAMS};
+use crate::http::response::Body;
+use crate::hub::{SubscribeError, Subscription};
+
+/// The `transport` label of this transport's metrics.
+const TRANSPORT: &str = "ws";
+
+/// tungstenite's read buffer, allocated up front for every connection, and
+/// zeroed by every read: it is resident memory, all of it. A client's
+/// messages are small (subscribe, unsubscribe); a bigger one grows the
+/// buffer as it is read.
+const READ_BUFFER: usize = 256;
+
+/// tungstenite's write buffer: it only ever holds control frames (pings,
+/// pongs, the close), which it writes at once.
+const WRITE_BUFFER: usize = 1024;
+
+pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<Body>, ApiError> {
+    let accept = handshake::accept_key(req.headers())?;
+    let params = StreamParams::parse_for(req.uri().query(), &WS_PARAMS)?;
+    if params.cursor.is_some() && params.channels.len() != 1 {
+        return Err(ApiError::bad_request(
+            "conflicting_parameters",
+            format!(
+                "cursor= in the /ws URL needs exactly one channel= ({} given): each WebSocket subscription has its own cursor; subscribe to the others with messages",
+                params.channels.len()
+            ),
+        ));
+    }
+    let start = params.start(None)?;
+    let mut channels: Vec<String> = Vec::new();
+    for c in params.channels {
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    // Each channel is a subscription of its own, so the hub's per-subscription
+    // limit is checked here for the connection as a whole.
+    let max = app.config.limits.max_channels_per_connection;
+    if channels.len() > max {
+        return Err(SubscribeError::TooManyChannels {
+            given: channels.len(),
+            max,
+        }
+        .into());
+    }
+    // One-way clients: subscribed before the upgrade, so a refusal is a
+    // plain HTTP error.
+    let mut initial = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let subscription = app
+            .hub
+            .subscribe_from(std::slice::from_ref(&channel), start.clone())
+            .await?;
+        initial.push((Arc::<str>::from(channel), subscription));
+    }
+
+    let slot = req.extensions().get::<ConnectionPermit>().cloned();
+    let upgrade = hyper::upgrade::on(req);
+    let app = app.clone();
+    let tasks = app.tasks.clone();
+    // The task itself holds only what waiting for the upgrade needs; the
+    // connection, built once upgraded, lives in one box: an idle connection
+    // costs less.
+    tasks.spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade failed: {e}");
+                return;
+            }
+        };
+        Box::pin(serve(app, upgraded, initial)).await;
+        // The place under `limits.max_connections` is freed only now.
+        drop(slot);
+    });
+
+    Ok(handshake::switching_protocols(&accept))
+}
+
+/// Runs an upgraded connection with its subscriptions from the URL.
+async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscription)>) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(app.config.limits.max_message_size))
+        .max_frame_size(Some(app.config.limits.max_message_size));
+    let socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let mut connection = Connection::new(app, socket);
+    for (channel, subscription) in initial {
+        connection.subscriptions.add(
+            channel,
+            EntryState::Live {
+                subscription,
+                announced: false,
+            },
+        );
+    }
+    connection.run().await;
+}

@@ -1,0 +1,175 @@
+//! A connection's table of subscriptions, one per channel, polled by the
+//! connection's task itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use crate::http::error::ApiError;
+use crate::hub::{CloseReason, Delivery, Gap, SubscribeError, Subscription};
+
+/// Messages one subscription hands over per batch.
+const MAX_BATCH: usize = 256;
+
+/// A subscription's answer to the hub, while `subscribe` is in progress.
+pub(super) type Subscribing =
+    Pin<Box<dyn Future<Output = Result<Subscription, SubscribeError>> + Send>>;
+
+/// One subscription of a connection: its channel, and the hub's answer
+/// or the subscription itself.
+struct Entry {
+    channel: Arc<str>,
+    state: EntryState,
+}
+
+pub(super) enum EntryState {
+    /// Subscribing (from a `subscribe` message). Boxed: only a subscribing
+    /// slot pays for the future.
+    Subscribing(Subscribing),
+    /// Subscribed; `announced` once `subscribed` has been sent.
+    Live {
+        subscription: Subscription,
+        announced: bool,
+    },
+}
+
+/// What a subscription hands to its connection.
+pub(super) struct Outbound {
+    pub(super) channel: Arc<str>,
+    pub(super) event: Event,
+}
+
+pub(super) enum Event {
+    /// Subscribed: the starting cursor.
+    Subscribed(String),
+    /// The hub refused the subscription; the slot is gone.
+    Refused(ApiError),
+    /// Gaps (with the cursor that steps over them), then the messages in
+    /// [`Subscriptions::batch`].
+    Batch { gaps: Vec<Gap>, cursor: String },
+    /// The subscription ended (`failure` says why a replay failed); the
+    /// slot is gone.
+    Ended {
+        reason: CloseReason,
+        failure: Option<String>,
+    },
+}
+
+impl Entry {
+    /// The next event, appending a batch's messages to `batch`; `true`
+    /// with it when the slot is finished.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+    ) -> Poll<(Event, bool)> {
+        match &mut self.state {
+            EntryState::Subscribing(answer) => match ready!(answer.as_mut().poll(cx)) {
+                Ok(subscription) => {
+                    let cursor = subscription.cursor();
+                    self.state = EntryState::Live {
+                        subscription,
+                        announced: true,
+                    };
+                    Poll::Ready((Event::Subscribed(cursor), false))
+                }
+                Err(e) => Poll::Ready((Event::Refused(e.into()), true)),
+            },
+            EntryState::Live {
+                subscription,
+                announced,
+            } => {
+                if !*announced {
+                    *announced = true;
+                    return Poll::Ready((Event::Subscribed(subscription.cursor()), false));
+                }
+                match ready!(subscription.poll_batch(cx, batch, MAX_BATCH, true)) {
+                    Ok(()) => {
+                        let gaps = subscription.take_gaps();
+                        let cursor = if gaps.is_empty() {
+                            String::new()
+                        } else {
+                            subscription.cursor()
+                        };
+                        Poll::Ready((Event::Batch { gaps, cursor }, false))
+                    }
+                    Err(reason) => {
+                        let failure = subscription.failure().map(str::to_owned);
+                        Poll::Ready((Event::Ended { reason, failure }, true))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connection's subscriptions, polled by its task: no task, no channel,
+/// no stream combinator per subscription. Each inbox holds the task's
+/// waker; on a wake the entries are polled in turn, starting after the last
+/// one served, so a busy channel cannot starve the others.
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    entries: Vec<Entry>,
+    turn: usize,
+    /// The messages of the last `Batch` event.
+    pub(super) batch: Vec<Delivery>,
+}
+
+impl Subscriptions {
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn contains(&self, channel: &str) -> bool {
+        self.entries.iter().any(|s| &*s.channel == channel)
+    }
+
+    pub(super) fn add(&mut self, channel: Arc<str>, state: EntryState) {
+        // A slot is a few hundred bytes and most connections hold one:
+        // grow one at a time, not to four at once.
+        self.entries.reserve_exact(1);
+        self.entries.push(Entry { channel, state });
+    }
+
+    /// Drops a subscription (it leaves the hub now); whether there was one.
+    pub(super) fn remove(&mut self, channel: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|s| &*s.channel != channel);
+        self.entries.len() < before
+    }
+
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        self.batch.clear();
+        let n = self.entries.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            if let Poll::Ready((event, finished)) = self.entries[i].poll_event(cx, &mut self.batch)
+            {
+                let channel = if finished {
+                    self.turn = i;
+                    self.entries.remove(i).channel
+                } else {
+                    self.turn = i + 1;
+                    self.entries[i].channel.clone()
+                };
+                return Poll::Ready(Outbound { channel, event });
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The next event if one is ready, registering the task's waker
+    /// otherwise (unlike `now_or_never`, which would leave a no-op waker
+    /// in the inboxes).
+    pub(super) async fn ready_now(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| match self.poll_next(cx) {
+            Poll::Ready(outbound) => Poll::Ready(Some(outbound)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+}
