@@ -19,8 +19,9 @@ scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}
 
-log "cargo build --release --bin herald --bin herald-bench"
-cargo build --release --locked --bin herald --bin herald-bench
+# Both land in target/release/: the suite starts the herald beside itself.
+log "cargo build --release -p herald -p herald-bench"
+cargo build --release --locked -p herald -p herald-bench
 
 started_here=0
 if [[ -n ${KAFKA_BOOTSTRAP:-} ]]; then
