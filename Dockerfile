@@ -11,8 +11,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The whole workspace: cargo loads bench/ (herald-bench, a member) to
+# resolve it, but builds only herald and herald's dependencies.
 COPY . .
-RUN cargo build --release --locked --bin herald \
+RUN cargo build --release --locked -p herald --bin herald \
  && strip target/release/herald
 
 # ---- runtime ----------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Runs herald-bench's issue-6 scenarios against a real Kafka broker.
 #
 #   scripts/bench.sh SCENARIO [--duration S] [--clients N]
-#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 smoke, or all (p6 p3 p2 p7 p1 p4 p5)
+#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 smoke, or all (p6 p3 p2 p7 p1 p4 p5);
+#     any case, another name exits 64
 #   KAFKA_BOOTSTRAP=host:9092 scripts/bench.sh p3   # uses an existing broker
 #
 # Builds herald and herald-bench in release once, starts the local broker
@@ -14,13 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
-[[ $# -ge 1 ]] || { sed -n '2,12p' "$0" >&2; exit 64; }
+[[ $# -ge 1 ]] || { sed -n '2,13p' "$0" >&2; exit 64; }
 scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}
 
-log "cargo build --release --bin herald --bin herald-bench"
-cargo build --release --locked --bin herald --bin herald-bench
+# Both land in target/release/: the suite starts the herald beside itself.
+log "cargo build --release -p herald -p herald-bench"
+cargo build --release --locked -p herald -p herald-bench
 
 started_here=0
 if [[ -n ${KAFKA_BOOTSTRAP:-} ]]; then

@@ -14,8 +14,8 @@ log() { printf 'test.sh: %s\n' "$*" >&2; }
 if [[ ${HERALD_LINT:-1} != 0 ]]; then
   log "cargo fmt --check"
   cargo fmt --all -- --check
-  log "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets --locked -- -D warnings
+  log "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
 # The browser tests (tests/browser.rs) drive Debian's chromium with
@@ -43,9 +43,12 @@ setup_browser() {
 }
 setup_browser
 
-# Build before starting Kafka, so the broker is not kept waiting.
-log "building tests"
-cargo test --all-targets --locked --no-run
+# Build before starting Kafka, so the broker is not kept waiting. The
+# smoke run at the end needs target/debug/herald-bench and the herald it
+# starts beside itself; the tests alone do not build herald-bench's binary.
+log "building tests, herald and herald-bench"
+cargo test --workspace --all-targets --locked --no-run
+cargo build --locked -p herald -p herald-bench
 
 started_here=0
 if [[ -n ${KAFKA_BOOTSTRAP:-} ]]; then
@@ -62,8 +65,8 @@ if [[ $started_here == 1 ]]; then
   trap 'scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 
-log "cargo test --all-targets"
-cargo test --all-targets --locked "$@"
+log "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets --locked "$@"
 
 # A short bench run (debug build, 50 WebSocket clients for 3 s, and the
 # fan-out floor) keeps herald-bench working: fails on lost or duplicated

@@ -72,7 +72,7 @@ enum Scenario {
         #[arg(long, default_value_t = 200_000)]
         behind: u64,
     },
-    /// The issue-6 scenarios: p1 p2 p3 p4 p6 p7, smoke, or all.
+    /// The issue-6 scenarios: p1 p2 p3 p4 p5 p6 p7, smoke, or all (any case).
     Suite {
         scenario: String,
         #[arg(long, default_value_t = 20.0)]
@@ -115,7 +115,15 @@ fn main() {
             duration,
             out,
             clients,
-        } => return suite::run(&brokers, &scenario, duration, &out, clients),
+        } => {
+            // Before any work (the results directory, Kafka): a mistyped
+            // name costs nothing and is told as a usage error.
+            let scenarios = suite::scenarios(&scenario).unwrap_or_else(|unknown| {
+                eprintln!("herald-bench: {unknown}");
+                std::process::exit(64) // EX_USAGE, as scripts/bench.sh without a name
+            });
+            return suite::run(&brokers, &scenarios, duration, &out, clients);
+        }
         Scenario::Report { out } => return suite::report(&out),
         _ => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -587,37 +587,115 @@ fn fanout_rows(
     ]
 }
 
+// ---------------------------------------------------------------- names
+
+/// A scenario `suite` runs; its name is its file name in OUT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    P1,
+    P2,
+    P3,
+    P4,
+    P5,
+    P6,
+    P7,
+    Smoke,
+}
+
+impl Name {
+    /// Every scenario, in the order an unknown name lists them.
+    const EVERY: [Name; 8] = [
+        Name::P1,
+        Name::P2,
+        Name::P3,
+        Name::P4,
+        Name::P5,
+        Name::P6,
+        Name::P7,
+        Name::Smoke,
+    ];
+
+    /// What `all` runs, in this order: every scenario but smoke.
+    const ALL: [Name; 7] = [
+        Name::P6,
+        Name::P3,
+        Name::P2,
+        Name::P7,
+        Name::P1,
+        Name::P4,
+        Name::P5,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::P1 => "p1",
+            Name::P2 => "p2",
+            Name::P3 => "p3",
+            Name::P4 => "p4",
+            Name::P5 => "p5",
+            Name::P6 => "p6",
+            Name::P7 => "p7",
+            Name::Smoke => "smoke",
+        }
+    }
+}
+
+/// A `suite` argument that names no scenario; says which names exist.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownScenario(String);
+
+impl std::fmt::Display for UnknownScenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown scenario {:?}; the scenarios are", self.0)?;
+        for name in Name::EVERY {
+            write!(f, " {}", name.as_str())?;
+        }
+        write!(
+            f,
+            ", and all (every one but smoke); names are case-insensitive"
+        )
+    }
+}
+
+/// The scenarios `suite ARG` runs: the one ARG names, or those of `all`.
+/// Names are case-insensitive (`P3` is `p3`).
+pub fn scenarios(arg: &str) -> Result<Vec<Name>, UnknownScenario> {
+    if arg.eq_ignore_ascii_case("all") {
+        return Ok(Name::ALL.to_vec());
+    }
+    Name::EVERY
+        .into_iter()
+        .find(|name| arg.eq_ignore_ascii_case(name.as_str()))
+        .map(|name| vec![name])
+        .ok_or_else(|| UnknownScenario(arg.to_owned()))
+}
+
+// ---------------------------------------------------------------- the run
+
 pub fn run(
     brokers: &str,
-    scenario: &str,
+    names: &[Name],
     duration: f64,
     out: &Path,
     clients_override: Option<usize>,
 ) {
     std::fs::create_dir_all(out).expect("results dir");
-    let names: Vec<&str> = if scenario == "all" {
-        vec!["p6", "p3", "p2", "p7", "p1", "p4", "p5", "smoke"]
-            .into_iter()
-            .filter(|s| *s != "smoke")
-            .collect()
-    } else {
-        vec![scenario]
-    };
     let mut inexact = false;
-    for name in names {
+    for &scenario in names {
+        let name = scenario.as_str();
         eprintln!("bench: ---- {name} ({duration} s) ----");
         let started = unix_us();
-        let (rows, details) = match name {
-            "p1" => p1(brokers, clients_override.unwrap_or(19_000)),
-            "p2" => p2_p4(
+        let (rows, details) = match scenario {
+            Name::P1 => p1(brokers, clients_override.unwrap_or(19_000)),
+            Name::P2 => p2_p4(
                 brokers,
                 "ws",
                 clients_override.unwrap_or(10_000),
                 duration,
                 None,
             ),
-            "p3" | "smoke" => {
-                let (c, d) = if name == "smoke" {
+            Name::P3 | Name::Smoke => {
+                let (c, d) = if scenario == Name::Smoke {
                     (clients_override.unwrap_or(50), duration.min(3.0))
                 } else {
                     (clients_override.unwrap_or(1000), duration)
@@ -629,12 +707,12 @@ pub fn run(
                     json!({"herald": h.json, "floor": f.json}),
                 )
             }
-            "p4" => {
+            Name::P4 => {
                 let c = clients_override.unwrap_or(10_000);
                 let ws = herald_fanout(brokers, "ws", c, 50, duration);
                 p2_p4(brokers, "sse", c, duration, Some(ws))
             }
-            "p5" => {
+            Name::P5 => {
                 let c = clients_override.unwrap_or(5000);
                 let h = herald_fanout(brokers, "poll", c, 20, duration);
                 (
@@ -642,9 +720,8 @@ pub fn run(
                     json!({"herald": h.json}),
                 )
             }
-            "p6" => p6(brokers, 1_000_000),
-            "p7" => p7(brokers, clients_override.unwrap_or(10_000), 1000),
-            other => panic!("unknown scenario {other} (p1 p2 p3 p4 p5 p6 p7 smoke all)"),
+            Name::P6 => p6(brokers, 1_000_000),
+            Name::P7 => p7(brokers, clients_override.unwrap_or(10_000), 1000),
         };
         for r in &rows {
             eprintln!(
@@ -663,7 +740,7 @@ pub fn run(
                 }
             );
         }
-        if name == "smoke" {
+        if scenario == Name::Smoke {
             inexact |= rows
                 .iter()
                 .any(|r| (r.metric == "lost" || r.metric == "duplicated") && r.measured != 0.0);
@@ -1022,4 +1099,45 @@ fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_are_case_insensitive() {
+        assert_eq!(scenarios("p3"), Ok(vec![Name::P3]));
+        assert_eq!(scenarios("P3"), Ok(vec![Name::P3]));
+        assert_eq!(scenarios("SMOKE"), Ok(vec![Name::Smoke]));
+        assert_eq!(scenarios("Smoke"), Ok(vec![Name::Smoke]));
+        for name in Name::EVERY {
+            assert_eq!(scenarios(name.as_str()), Ok(vec![name]));
+            assert_eq!(scenarios(&name.as_str().to_uppercase()), Ok(vec![name]));
+        }
+    }
+
+    #[test]
+    fn all_runs_every_scenario_but_smoke() {
+        let all = scenarios("all").unwrap();
+        assert_eq!(scenarios("ALL"), Ok(all.clone()));
+        assert_eq!(scenarios("All"), Ok(all.clone()));
+        assert_eq!(all.len(), Name::EVERY.len() - 1);
+        assert!(!all.contains(&Name::Smoke));
+        for name in Name::EVERY.into_iter().filter(|n| *n != Name::Smoke) {
+            assert_eq!(all.iter().filter(|n| **n == name).count(), 1, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_names_that_exist() {
+        for arg in ["NOPE", "p9", "P0", "", " p3", "p3 ", "smokes", "al"] {
+            let err = scenarios(arg).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("{arg:?}")), "{text}");
+            for name in ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "smoke", "all"] {
+                assert!(text.contains(name), "{name} missing from: {text}");
+            }
+        }
+    }
 }
