@@ -123,6 +123,29 @@ pub struct HttpConfig {
     /// warning is logged.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a new connection may take, from accept, to send its whole
+    /// first request head. Past it Herald answers `408 head_timeout` (if
+    /// the socket takes it at once) and closes: a client that sends
+    /// nothing, or a request line and then nothing, holds a socket no
+    /// longer than this.
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// How long a kept-alive connection may stay idle after a response
+    /// until the next request head is complete; past it the connection is
+    /// closed (no answer: that is how HTTP/1.1 ends keep-alive).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; a bigger
+    /// one is `431 head_too_large`. Bounds what Herald buffers for a
+    /// request before it knows what it is.
+    pub max_head_bytes: usize,
+    /// Most header fields a request may carry; more is `431
+    /// head_too_large`.
+    pub max_headers: usize,
+    /// Longest query string (after `?`), in bytes; a longer one is `414
+    /// uri_too_long` before any of it is parsed. Bounds the work one
+    /// request's parameters can cause.
+    pub max_query_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,12 +213,32 @@ pub struct HubConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Open client connections at once; above it new connections get `503`.
+    /// Client connections at once that have sent a request other than a
+    /// probe (`/healthz`, `/readyz`, `/metrics`): every SSE stream,
+    /// WebSocket and long poll, and kept-alive connections between
+    /// requests. A connection takes its place with its first request head
+    /// and keeps it until it closes; above the limit that request gets
+    /// `503 too_many_connections`, except a probe, which is answered (and
+    /// its connection then closed), so health checks never starve.
     pub max_connections: usize,
-    /// Open connections from one client address; above it new ones get
-    /// `429`. 0 (the default) disables the check: behind a load balancer or
-    /// a NAT many clients share one address.
+    /// As `max_connections`, for one client address; above it `429`. 0
+    /// (the default) disables the check: behind a load balancer or a NAT
+    /// many clients share one address.
     pub max_connections_per_ip: usize,
+    /// Connections at once that have not sent their first request head yet
+    /// (they hold no place under `max_connections`). A new connection over
+    /// the limit pushes out the one that has waited longest (it gets `503
+    /// too_many_pending_connections` and is closed), so clients that send
+    /// nothing cannot keep those that do out; each waits at most
+    /// `http.head_timeout` anyway. Sockets in use stay below
+    /// `max_connections + max_pending_connections` plus probes in flight:
+    /// keep that under the open-file limit.
+    pub max_pending_connections: usize,
+    /// As `max_pending_connections`, for one client address; a new
+    /// connection over it is refused at once (`429
+    /// too_many_pending_connections_per_ip`). 0 (the default) disables the
+    /// check, as for `max_connections_per_ip`.
+    pub max_pending_connections_per_ip: usize,
     /// Channels one stream (an SSE stream, a poll, a WebSocket connection)
     /// may subscribe to; above it `400` (an `error` message on a WebSocket).
     pub max_channels_per_connection: usize,
@@ -218,6 +261,15 @@ pub struct ReplayConfig {
     pub max_records: u64,
     /// Replays running at once per node; beyond it `503 replay_busy`.
     pub max_concurrent: usize,
+    /// `since=` look-ups (Kafka offsets-for-times, each with a consumer of
+    /// its own) running at once per node; beyond it `503 replay_busy`.
+    pub max_concurrent_lookups: usize,
+    /// Replays and `since=` look-ups one client address may have running
+    /// at once; beyond it `429 too_many_replays_per_ip`, so one client
+    /// cannot take the node's `max_concurrent` for itself. 0 (the default)
+    /// disables the check: behind a load balancer every client has the
+    /// balancer's address.
+    pub max_concurrent_per_ip: usize,
     /// Longest one replay may take; past it the stream ends with reason
     /// `replay_failed` (the client resumes from where it got to).
     #[serde(with = "humantime_serde")]
@@ -232,6 +284,8 @@ impl Default for ReplayConfig {
         Self {
             max_records: 1_000_000,
             max_concurrent: 32,
+            max_concurrent_lookups: 16,
+            max_concurrent_per_ip: 0,
             timeout: Duration::from_secs(60),
             cache_bytes: 64 * 1024 * 1024,
         }
@@ -266,6 +320,11 @@ impl Default for HttpConfig {
             send_buffer_bytes: None,
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(30),
+            max_head_bytes: 32 * 1024,
+            max_headers: 64,
+            max_query_bytes: 16 * 1024,
         }
     }
 }
@@ -319,6 +378,8 @@ impl Default for LimitsConfig {
             max_message_size: 64 * 1024,
             max_long_polls: 10_000,
             max_connections_per_ip: 0,
+            max_pending_connections: 512,
+            max_pending_connections_per_ip: 0,
         }
     }
 }
@@ -385,6 +446,16 @@ impl Config {
                 self.limits.max_channels_per_connection,
             ),
             ("limits.max_long_polls", self.limits.max_long_polls),
+            (
+                "limits.max_pending_connections",
+                self.limits.max_pending_connections,
+            ),
+            ("replay.max_concurrent", self.replay.max_concurrent),
+            (
+                "replay.max_concurrent_lookups",
+                self.replay.max_concurrent_lookups,
+            ),
+            ("http.max_headers", self.http.max_headers),
             ("poll.max_limit", self.poll.max_limit),
         ];
         for (key, value) in positive {
@@ -397,6 +468,28 @@ impl Config {
                 "hub.history_age",
                 self.hub.history_age,
                 "must be greater than 0",
+            ));
+        }
+        for (key, value) in [
+            ("http.head_timeout", self.http.head_timeout),
+            ("http.keepalive_timeout", self.http.keepalive_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(key, value, "must be at least 100ms"));
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&self.http.max_head_bytes) {
+            return Err(invalid(
+                "http.max_head_bytes",
+                self.http.max_head_bytes,
+                "must be from 1024 to 1048576",
+            ));
+        }
+        if self.http.max_query_bytes == 0 || self.http.max_query_bytes >= self.http.max_head_bytes {
+            return Err(invalid(
+                "http.max_query_bytes",
+                self.http.max_query_bytes,
+                "must be greater than 0 and less than http.max_head_bytes (the query is part of the head)",
             ));
         }
         if self.sse.heartbeat < Duration::from_secs(1) {
@@ -478,6 +571,30 @@ mod tests {
         assert_eq!((c.poll.default_limit, c.poll.max_limit), (100, 1000));
         assert_eq!(c.limits.max_message_size, 65536);
         assert_eq!(c.limits.max_long_polls, 10_000);
+        assert_eq!(c.http.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.keepalive_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (
+                c.http.max_head_bytes,
+                c.http.max_headers,
+                c.http.max_query_bytes
+            ),
+            (32768, 64, 16384)
+        );
+        assert_eq!(
+            (
+                c.limits.max_pending_connections,
+                c.limits.max_pending_connections_per_ip
+            ),
+            (512, 0)
+        );
+        assert_eq!(
+            (
+                c.replay.max_concurrent_lookups,
+                c.replay.max_concurrent_per_ip
+            ),
+            (16, 0)
+        );
     }
 
     #[test]
@@ -490,6 +607,17 @@ mod tests {
             ),
             ("[limits]\nmax_long_polls = 0\n", "limits.max_long_polls"),
             ("[poll]\ndefault_limit = 5000\n", "poll.default_limit"),
+            ("[http]\nhead_timeout = \"0s\"\n", "http.head_timeout"),
+            ("[http]\nmax_query_bytes = 40000\n", "http.max_query_bytes"),
+            ("[http]\nmax_head_bytes = 100\n", "http.max_head_bytes"),
+            (
+                "[limits]\nmax_pending_connections = 0\n",
+                "limits.max_pending_connections",
+            ),
+            (
+                "[replay]\nmax_concurrent_lookups = 0\n",
+                "replay.max_concurrent_lookups",
+            ),
         ] {
             let err = Config::parse(&format!("{MINIMAL}\n{extra}"), "test")
                 .unwrap_err()

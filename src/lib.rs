@@ -25,7 +25,9 @@
 //!   connection.
 //! - [`app`] — the state every handler shares; [`node`] starts and stops
 //!   one Herald ([`run`] is `herald serve`); [`dev`] is `herald dev`.
-//! - [`config`], [`metrics`], [`shutdown`] — below everything else.
+//! - [`config`], [`metrics`], [`shutdown`], [`per_ip`] (counts per client
+//!   address, for the listener's and replay's limits) — below everything
+//!   else.
 //!
 //! Imports point one way: `node → http → transport → hub → (router,
 //! record)`, `kafka → hub`, and `app`, `config`, `metrics` below the
@@ -41,6 +43,7 @@ pub mod hub;
 pub mod kafka;
 pub mod metrics;
 pub mod node;
+pub mod per_ip;
 pub mod record;
 pub mod router;
 pub mod shutdown;

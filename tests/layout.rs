@@ -40,6 +40,11 @@ const RULES: &[(&str, &str, &str)] = &[
     ("router", "config", "the router takes its own RouteSpec"),
     ("record", "", "record is at the bottom"),
     ("metrics", "", "metrics is at the bottom"),
+    (
+        "per_ip",
+        "",
+        "per_ip is at the bottom: the listener and replay count with it",
+    ),
     ("auth", "", "auth is at the bottom: config and HTTP use it"),
     ("app", "http", "app is the state below HTTP"),
     ("app", "transport", "app is the state below the transports"),
