@@ -319,7 +319,7 @@ async fn a_malformed_or_huge_stream_request_is_refused_with_a_reason() {
     let addr = herald.local_addr();
     let huge = format!(
         "GET /sse?channel=m HTTP/1.1\r\nx-filler: {}\r\n\r\n",
-        "y".repeat(20 * 1024)
+        "y".repeat(herald::config::HttpConfig::default().max_head_bytes)
     );
     for (request, status, needle) in [
         (

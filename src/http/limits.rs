@@ -1,41 +1,121 @@
-//! Connection limits: `limits.max_connections` for the node and
-//! `limits.max_connections_per_ip` for one client address. A connection
-//! admitted holds a [`ConnectionPermit`] for its whole life (an upgraded
-//! WebSocket keeps it after hyper has handed the socket over); one over a
-//! limit is refused with `503 too_many_connections` or `429
-//! too_many_connections_per_ip`.
+//! Connection limits. A connection passes two stages, each under a limit
+//! of its own, so a client that sends nothing never holds a place that
+//! streaming clients or health checks need:
+//!
+//! 1. **Waiting for its first request head**, from accept: a
+//!    [`PendingPlace`] under `limits.max_pending_connections` for the node
+//!    and `limits.max_pending_connections_per_ip` for one address, for at
+//!    most `http.head_timeout`. A new connection over the node's limit
+//!    pushes out the one that has waited longest (it gets `503
+//!    too_many_pending_connections`), so connections that send nothing
+//!    cannot keep out those that do; one over its address's limit is
+//!    refused at once (`429 too_many_pending_connections_per_ip`).
+//! 2. **Once its first head arrived**: a [`ConnectionPermit`] under
+//!    `limits.max_connections` and `limits.max_connections_per_ip`, kept
+//!    until the connection closes (an upgraded WebSocket keeps it after
+//!    hyper has handed the socket over). Over a limit the request gets
+//!    `503 too_many_connections` or `429 too_many_connections_per_ip` —
+//!    unless it is a probe (`/healthz`, `/readyz`, `/metrics`), which is
+//!    answered without a place, and its connection closed after it.
+//!
+//! [`ClientAddr`], in every request's extensions, carries the client's
+//! address to the handlers (replay's per-address limit).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use http::StatusCode;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use http::{Request, StatusCode};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
+use crate::per_ip::{PerIpLimit, PerIpPlace};
 
-/// The node's connection limits, shared by the accept loop.
+/// The node's connection limits, shared by the accept loop and the
+/// connection tasks.
 pub struct ConnectionLimits {
-    /// One permit per open connection.
+    /// Connections waiting for their first head, oldest first.
+    pending: parking_lot::Mutex<PendingQueue>,
+    max_pending: usize,
+    pending_per_ip: Arc<PerIpLimit>,
+    /// One permit per connection past its first head (probes over the
+    /// limit aside).
     permits: Arc<Semaphore>,
     max_connections: usize,
-    per_ip: Arc<PerIp>,
-    /// 0: no per-address limit.
-    max_per_ip: usize,
+    per_ip: Arc<PerIpLimit>,
+}
+
+/// The connections waiting for their first head, by arrival: the first
+/// entry is the one pushed out when the queue is full. Each entry is how
+/// to tell its connection.
+#[derive(Default)]
+struct PendingQueue {
+    next_id: u64,
+    waiting: BTreeMap<u64, Arc<Notify>>,
 }
 
 impl ConnectionLimits {
-    pub fn new(config: &LimitsConfig) -> Self {
-        ConnectionLimits {
+    pub fn new(config: &LimitsConfig) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            pending: parking_lot::Mutex::new(PendingQueue::default()),
+            max_pending: config.max_pending_connections,
+            pending_per_ip: PerIpLimit::new(config.max_pending_connections_per_ip),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
-            per_ip: Arc::new(PerIp::default()),
-            max_per_ip: config.max_connections_per_ip,
-        }
+            per_ip: PerIpLimit::new(config.max_connections_per_ip),
+        })
     }
 
-    /// A place for a new connection from `ip`, or the refusal to send it.
+    /// A place for a new connection from `ip` until its first head
+    /// arrives, or the refusal to write it (at once, without waiting).
+    /// With the node's queue full, the connection that has waited longest
+    /// is pushed out (see [`PendingPlace::pushed_out`]) to make room.
+    pub fn await_head(self: &Arc<Self>, ip: IpAddr) -> Result<PendingPlace, ApiError> {
+        let Some(per_ip) = self.pending_per_ip.try_acquire(ip) else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_connections_per_ip",
+                format!(
+                    "{ip} holds its limit of {} connections that have not sent a request yet (limits.max_pending_connections_per_ip)",
+                    self.pending_per_ip.max()
+                ),
+            ));
+        };
+        let pushed_out = Arc::new(Notify::new());
+        let mut queue = self.pending.lock();
+        if queue.waiting.len() >= self.max_pending
+            && let Some((_, oldest)) = queue.waiting.pop_first()
+        {
+            // Stored if its task is not waiting right now: it sees it on
+            // its next look.
+            oldest.notify_one();
+        }
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.waiting.insert(id, pushed_out.clone());
+        Ok(PendingPlace {
+            limits: self.clone(),
+            id,
+            pushed_out,
+            _per_ip: per_ip,
+        })
+    }
+
+    /// The refusal for a connection pushed out of the queue.
+    pub fn pushed_out_error(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_pending_connections",
+            format!(
+                "{} newer connections arrived while this one had not sent its request (limits.max_pending_connections); retry",
+                self.max_pending
+            ),
+        )
+    }
+
+    /// A place for a connection from `ip` that has sent its first head,
+    /// or the refusal to send it.
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, ApiError> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Err(ApiError::new(
@@ -47,70 +127,118 @@ impl ConnectionLimits {
                 ),
             ));
         };
-        let per_ip = if self.max_per_ip == 0 {
-            None
-        } else if let Some(p) = self.per_ip.try_acquire(ip, self.max_per_ip) {
-            Some(Arc::new(p))
-        } else {
+        let Some(per_ip) = self.per_ip.try_acquire(ip) else {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections_per_ip",
                 format!(
                     "{ip} holds its limit of {} connections to this node (limits.max_connections_per_ip)",
-                    self.max_per_ip
+                    self.per_ip.max()
                 ),
             ));
         };
         Ok(ConnectionPermit {
-            _permit: Arc::new(permit),
-            _per_ip: per_ip,
+            _places: Arc::new((permit, per_ip)),
         })
     }
 }
 
-/// A connection's place under the limits, in each request's extensions;
-/// released when the last clone drops.
+/// A connection's place while it has not sent its first head; released
+/// on drop.
+pub struct PendingPlace {
+    limits: Arc<ConnectionLimits>,
+    id: u64,
+    pushed_out: Arc<Notify>,
+    _per_ip: PerIpPlace,
+}
+
+impl PendingPlace {
+    /// Resolves once a newer connection has taken this one's place: the
+    /// connection is to be closed with
+    /// [`ConnectionLimits::pushed_out_error`].
+    pub async fn pushed_out(&self) {
+        self.pushed_out.notified().await;
+    }
+}
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        self.limits.pending.lock().waiting.remove(&self.id);
+    }
+}
+
+/// A connection's place under `limits.max_connections` (and its address's
+/// under `limits.max_connections_per_ip`), in each of its requests'
+/// extensions; released when the last clone drops.
 #[derive(Clone)]
 pub struct ConnectionPermit {
-    _permit: Arc<OwnedSemaphorePermit>,
-    _per_ip: Option<Arc<PerIpPermit>>,
+    _places: Arc<(OwnedSemaphorePermit, PerIpPlace)>,
 }
 
-/// Open connections per client address.
-#[derive(Default)]
-struct PerIp {
-    counts: parking_lot::Mutex<HashMap<IpAddr, usize>>,
-}
+/// The client's address, in every request's extensions (set by the
+/// listener), for limits per client address further down.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
 
-/// One connection's count under its address; released on drop.
-struct PerIpPermit {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpPermit> {
-        let mut counts = self.counts.lock();
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(PerIpPermit {
-            table: self.clone(),
-            ip,
-        })
+impl ClientAddr {
+    /// The address of the client that sent `req`. Every request Herald
+    /// serves comes through the listener, which sets it; one built
+    /// elsewhere counts as `0.0.0.0`.
+    pub fn of<B>(req: &Request<B>) -> IpAddr {
+        req.extensions()
+            .get::<ClientAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0)
     }
 }
 
-impl Drop for PerIpPermit {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock();
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_pending: usize, per_ip: usize) -> Arc<ConnectionLimits> {
+        ConnectionLimits::new(&LimitsConfig {
+            max_pending_connections: max_pending,
+            max_pending_connections_per_ip: per_ip,
+            ..LimitsConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_pushes_out_the_oldest_waiting_connection() {
+        let limits = limits(2, 0);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.await_head(ip).unwrap();
+        let second = limits.await_head(ip).unwrap();
+        let third = limits.await_head(ip).unwrap();
+        // The first was told; the others were not.
+        tokio::time::timeout(std::time::Duration::from_secs(1), first.pushed_out())
+            .await
+            .expect("the oldest is pushed out");
+        assert!(
+            futures_util::FutureExt::now_or_never(second.pushed_out()).is_none()
+                && futures_util::FutureExt::now_or_never(third.pushed_out()).is_none()
+        );
+        // A connection that leaves the queue frees its place for the next.
+        drop(second);
+        let _fourth = limits.await_head(ip).unwrap();
+        assert!(futures_util::FutureExt::now_or_never(third.pushed_out()).is_none());
+    }
+
+    #[test]
+    fn one_address_over_its_pending_limit_is_refused_at_once() {
+        let limits = limits(100, 1);
+        let _held = limits.await_head("10.0.0.1".parse().unwrap()).unwrap();
+        let e = limits
+            .await_head("10.0.0.1".parse().unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(
+            (e.status, e.code),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_connections_per_ip"
+            )
+        );
+        assert!(limits.await_head("10.0.0.2".parse().unwrap()).is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! Everything HTTP that is not a transport: the listener and its limits
-//! ([`listener`]), the request router ([`routes`]), the one error type
+//! ([`listener`], [`limits`]), a connection's first request head
+//! ([`head`]), the request router ([`routes`]), the one error type
 //! ([`error`]), response bodies ([`response`]), the transports' query
 //! parameters ([`query`]), CORS ([`cors`]), and the bare connection that
 //! serves an event stream without hyper ([`stream_connection`]).
@@ -11,6 +12,7 @@
 
 pub mod cors;
 pub mod error;
+pub mod head;
 pub mod limits;
 pub mod listener;
 pub mod query;

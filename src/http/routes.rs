@@ -55,6 +55,14 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body>
     finish_response(app, result)
 }
 
+/// Whether `req` is a probe: health, readiness or metrics. A probe is
+/// answered even when the node holds `limits.max_connections` (see
+/// [`limits`](super::limits)): a node full of clients is alive and ready,
+/// and must be able to say so.
+pub fn is_probe<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics")
+}
+
 /// The browser client, `client/herald.js`, built into the binary.
 fn herald_js() -> Response<Body> {
     let mut response = full(

@@ -5,65 +5,77 @@
 //! connection, and hyper keeps an 8 KiB read buffer and an 8 KiB write
 //! buffer for a connection's whole life: most of what an idle SSE client
 //! cost (about 15 KiB in `herald-bench` P1). Such a connection needs no
-//! keep-alive, no pipelining and no request body, so Herald reads the
-//! request head itself (into a buffer freed once parsed, with `httparse`,
-//! the parser hyper uses), answers through the same handler as the hyper
+//! keep-alive, no pipelining and no request body, so Herald serves it
+//! itself: the request head, read by the listener into a buffer freed once
+//! parsed (with `httparse`, the parser hyper uses), is answered through the
+//! same handler as the hyper
 //! path ([`transport::sse::handle`](crate::transport::sse::handle)), writes
 //! the response head, then the event stream's chunks as they come (chunked
 //! transfer coding, as hyper would: a client can tell a stream that ended
 //! from a connection that dropped), and closes the connection when the
 //! stream ends.
 //!
-//! Every other connection (and one whose first nine bytes do not arrive
-//! together) is served by hyper: [`is_sse_request`] only peeks at the
-//! socket.
+//! The listener has read and parsed the request head already
+//! ([`head`](super::head)), under the same bounds as every other request,
+//! and chose this path for a connection whose first request is `GET /sse`
+//! ([`takes`]); every other connection is served by hyper.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http::{Method, Request};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
 use super::cors::finish_response;
-use super::error::ApiError;
-use super::limits::ConnectionPermit;
+use super::limits::{ClientAddr, ConnectionPermit};
 use super::response::Body;
 use crate::app::App;
 use crate::transport;
 
-/// A request head larger than this is refused (`431`).
-const MAX_HEAD: usize = 16 * 1024;
-
-/// Headers a request may carry.
-const MAX_HEADERS: usize = 64;
-
-/// How long the client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether the connection's first bytes are `GET /sse?` or `GET /sse `.
-/// Only peeks: nothing is consumed, so hyper can take any other request.
-pub async fn is_sse_request(stream: &TcpStream) -> bool {
-    let mut first = [0u8; 9];
-    match tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(9)) => &first == b"GET /sse?" || &first == b"GET /sse ",
-        _ => false,
-    }
+/// Whether a connection whose first request is `req` is served here.
+pub fn takes<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET && req.uri().path() == "/sse"
 }
 
-/// Serves one SSE request on `stream`, then closes it. `slot` is the
-/// connection's place under the limits, held until the stream ends.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, slot: ConnectionPermit) {
-    let result = match read_request(&mut stream).await {
-        Ok(Some(req)) => transport::sse::handle(&app, &req).await,
-        Ok(None) => return,
-        Err(e) => Err(e),
-    };
+/// Serves the SSE request `req` (the connection's first) on `stream`,
+/// then closes it. `slot` is the connection's place under the limits,
+/// held until the stream ends; `client` its address.
+pub async fn serve(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    mut req: Request<()>,
+    slot: ConnectionPermit,
+    client: ClientAddr,
+) {
+    req.extensions_mut().insert(client);
+    let result = transport::sse::handle(&app, &req).await;
+    drop(req);
     let response = finish_response(&app, result);
     write_response(&mut stream, response, app.config.http.write_timeout).await;
     drop(slot);
+}
+
+/// Writes a small, complete `response` (a refusal) if the socket takes it
+/// at once, and waits for nothing: the caller then drops the socket. What
+/// the client has sent is read and dropped first, so that closing does not
+/// reset the connection before the client reads the answer.
+pub(crate) fn refuse_now(stream: &TcpStream, response: http::Response<Body>) {
+    let mut discard = [0u8; 4096];
+    while let Ok(n) = stream.try_read(&mut discard) {
+        if n == 0 {
+            break;
+        }
+    }
+    let (mut bytes, mut body, _) = response_head(response);
+    if let Some(Some(Ok(frame))) = futures_util::FutureExt::now_or_never(body.frame())
+        && let Ok(data) = frame.into_data()
+    {
+        bytes.extend_from_slice(&data);
+    }
+    let _ = stream.try_write(&bytes);
 }
 
 /// Writes `response` on a socket hyper does not hold (a stream, or the
@@ -185,88 +197,4 @@ async fn write_all(
         }
     }
     Ok(())
-}
-
-/// Reads and parses the request head. `Ok(None)`: the client went away.
-async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<()>>, ApiError> {
-    let mut buf = Vec::with_capacity(1024);
-    let read = async {
-        loop {
-            if buf.len() >= MAX_HEAD {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_too_large",
-                    format!("the request head is larger than {MAX_HEAD} bytes"),
-                ));
-            }
-            buf.reserve(1024);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
-            }
-            if let Some(req) = parse(&buf)? {
-                return Ok(Some(req));
-            }
-        }
-    };
-    match tokio::time::timeout(HEAD_TIMEOUT, read).await {
-        Ok(result) => result,
-        Err(_) => Ok(None),
-    }
-}
-
-/// Parses a complete request head; `None` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<Request<()>>, ApiError> {
-    let malformed = |what: String| ApiError::bad_request("bad_request", what);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(e) => return Err(malformed(format!("malformed HTTP request: {e}"))),
-    }
-    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-        return Ok(None);
-    };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| malformed(format!("bad header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| malformed(format!("bad value for header {:?}", h.name)))?;
-        map.append(name, value);
-    }
-    let mut req = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).map_err(|_| malformed("bad method".into()))?)
-        .uri(path)
-        .body(())
-        .map_err(|e| malformed(format!("bad request target {path:?}: {e}")))?;
-    *req.headers_mut() = map;
-    Ok(Some(req))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_complete_head_only() {
-        assert!(
-            parse(b"GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n")
-                .unwrap()
-                .is_none()
-        );
-        let req = parse(b"GET /sse?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: abc\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(req.uri().query(), Some("channel=a"));
-        assert_eq!(req.headers()["last-event-id"], "abc");
-    }
-
-    #[test]
-    fn malformed_heads_are_bad_requests() {
-        let e = parse(b"GET /sse?channel=a HTTP/1.1\r\nBad Header: x\r\n\r\n").unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("malformed"), "{}", e.message);
-    }
 }
