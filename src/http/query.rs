@@ -1,9 +1,17 @@
 //! Query parameters of the transports' URLs (`/sse`, `/ws`, `/poll`): which
 //! each accepts, and where a subscription starts (`cursor=`, `since=`, or
 //! the live end). Shared, so every transport refuses the same things the
-//! same way.
+//! same way, and bounded: a query longer than `http.max_query_bytes` is
+//! refused before it is parsed, and parsing stops at the first channel
+//! over `limits.max_channels_per_connection`, so one request costs work in
+//! proportion to what it may ask for, not to what it sends.
+
+use std::collections::HashSet;
+
+use http::StatusCode;
 
 use super::error::ApiError;
+use crate::config::Config;
 use crate::hub::Start;
 use crate::hub::cursor::Cursor;
 
@@ -33,10 +41,29 @@ pub const POLL_PARAMS: Accepts = Accepts {
     channel_required: true,
 };
 
+/// The bounds on a transport's query string.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// `http.max_query_bytes`.
+    pub max_bytes: usize,
+    /// `limits.max_channels_per_connection`.
+    pub max_channels: usize,
+}
+
+impl QueryLimits {
+    pub fn of(config: &Config) -> QueryLimits {
+        QueryLimits {
+            max_bytes: config.http.max_query_bytes,
+            max_channels: config.limits.max_channels_per_connection,
+        }
+    }
+}
+
 /// The query parameters of the transports (see [`Accepts`] for which
 /// takes what).
 #[derive(Debug, Default)]
 pub struct StreamParams {
+    /// The `channel=` values, each once, in their first order.
     pub channels: Vec<String>,
     pub cursor: Option<String>,
     pub since: Option<String>,
@@ -50,22 +77,56 @@ pub struct StreamParams {
 
 impl StreamParams {
     /// Parses an SSE query string (see [`StreamParams::parse_for`]).
-    pub fn parse(query: Option<&str>) -> Result<StreamParams, ApiError> {
-        Self::parse_for(query, &SSE_PARAMS)
+    pub fn parse(query: Option<&str>, limits: QueryLimits) -> Result<StreamParams, ApiError> {
+        Self::parse_for(query, &SSE_PARAMS, limits)
     }
 
     /// Parses a query string. Unknown parameters are refused (a typo such
     /// as `chanel=` must not silently subscribe to nothing), except names
     /// starting with `_`, which proxies and clients use as cache busters.
-    pub fn parse_for(query: Option<&str>, accepts: &Accepts) -> Result<StreamParams, ApiError> {
+    /// A channel given twice counts once; more distinct channels than
+    /// `limits.max_channels` is `400 too_many_channels`, found without
+    /// reading past the first one too many. A query longer than
+    /// `limits.max_bytes` is `414 uri_too_long`.
+    pub fn parse_for(
+        query: Option<&str>,
+        accepts: &Accepts,
+        limits: QueryLimits,
+    ) -> Result<StreamParams, ApiError> {
+        let query = query.unwrap_or("");
+        if query.len() > limits.max_bytes {
+            return Err(ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!(
+                    "the query string is {} bytes; the limit is {} (http.max_query_bytes)",
+                    query.len(),
+                    limits.max_bytes
+                ),
+            ));
+        }
         let mut params = StreamParams::default();
-        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let mut seen: HashSet<String> = HashSet::new();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if name.starts_with('_') {
                 continue;
             }
             let slot = match &*name {
                 n if !accepts.names.contains(&n) => None,
                 "channel" => {
+                    if seen.contains(&*value) {
+                        continue;
+                    }
+                    if seen.len() == limits.max_channels {
+                        return Err(ApiError::bad_request(
+                            "too_many_channels",
+                            format!(
+                                "more than {} channels requested (limits.max_channels_per_connection)",
+                                limits.max_channels
+                            ),
+                        ));
+                    }
+                    seen.insert(value.to_string());
                     params.channels.push(value.into_owned());
                     continue;
                 }
@@ -149,28 +210,67 @@ pub fn parse_since(value: &str) -> Result<i64, ApiError> {
 mod tests {
     use super::*;
 
+    const LIMITS: QueryLimits = QueryLimits {
+        max_bytes: 16 * 1024,
+        max_channels: 4,
+    };
+
+    #[test]
+    fn channels_are_deduplicated_and_counted_as_they_are_parsed() {
+        let p =
+            StreamParams::parse(Some("channel=a&channel=b&channel=a&channel=c"), LIMITS).unwrap();
+        assert_eq!(p.channels, ["a", "b", "c"]);
+        // The same channel however often is one.
+        let same = vec!["channel=a"; 1000].join("&");
+        assert_eq!(
+            StreamParams::parse(Some(&same), LIMITS).unwrap().channels,
+            ["a"]
+        );
+        // The fifth distinct one is refused, whatever follows it (even a
+        // malformed parameter).
+        let e = StreamParams::parse(
+            Some("channel=a&channel=b&channel=c&channel=d&channel=e&chanel=x"),
+            LIMITS,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "too_many_channels");
+        assert!(e.message.contains("more than 4"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_query_over_the_limit_is_refused_unread() {
+        let long = format!("channel={}", "a".repeat(LIMITS.max_bytes));
+        let e = StreamParams::parse(Some(&long), LIMITS).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::URI_TOO_LONG, "uri_too_long")
+        );
+        assert!(e.message.contains("http.max_query_bytes"), "{}", e.message);
+    }
+
     #[test]
     fn each_transport_takes_its_own_parameters() {
-        let e = StreamParams::parse(Some("channel=a&limit=5")).unwrap_err();
+        let e = StreamParams::parse(Some("channel=a&limit=5"), LIMITS).unwrap_err();
         assert_eq!(e.code, "unknown_parameter");
         assert!(e.message.contains("\"limit\""), "{}", e.message);
         let p =
-            StreamParams::parse_for(Some("channel=a&limit=5&wait=1.5&_=9"), &POLL_PARAMS).unwrap();
+            StreamParams::parse_for(Some("channel=a&limit=5&wait=1.5&_=9"), &POLL_PARAMS, LIMITS)
+                .unwrap();
         assert_eq!(
             (p.limit.as_deref(), p.wait.as_deref()),
             (Some("5"), Some("1.5"))
         );
-        assert!(StreamParams::parse_for(None, &WS_PARAMS).is_ok());
-        let e = StreamParams::parse_for(None, &POLL_PARAMS).unwrap_err();
+        assert!(StreamParams::parse_for(None, &WS_PARAMS, LIMITS).is_ok());
+        let e = StreamParams::parse_for(None, &POLL_PARAMS, LIMITS).unwrap_err();
         assert_eq!(e.code, "missing_channel");
     }
 
     #[test]
     fn resume_header_wins_over_cursor_and_since() {
-        let p = StreamParams::parse(Some("channel=a&since=5&cursor=hAA")).unwrap();
+        let p = StreamParams::parse(Some("channel=a&since=5&cursor=hAA"), LIMITS).unwrap();
         assert_eq!(p.start(None).unwrap_err().code, "conflicting_parameters");
         assert!(matches!(p.start(Some("hAA")), Ok(Start::Cursor(_))));
-        let p = StreamParams::parse(Some("channel=a&since=5")).unwrap();
+        let p = StreamParams::parse(Some("channel=a&since=5"), LIMITS).unwrap();
         assert!(matches!(p.start(None), Ok(Start::Since(5))));
         assert!(matches!(p.start(Some("")), Ok(Start::Since(5))));
     }

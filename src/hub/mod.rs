@@ -27,7 +27,7 @@ pub mod publication;
 pub mod subscription;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -420,31 +420,35 @@ impl Hub {
         self.subscribe(channels, Start::Cursor(cursor))
     }
 
-    /// Validates and deduplicates channel names, and finds the topics that
-    /// feed each (among the topics the ingest knows).
+    /// Deduplicates channel names (in linear time) and checks their
+    /// number before anything else, then validates them and finds the
+    /// topics that feed each (among the topics the ingest knows).
     fn resolve_channels(
         &self,
         channels: &[String],
         positions: &Positions,
     ) -> Result<(Vec<Arc<str>>, Feeds), SubscribeError> {
-        let mut names: Vec<Arc<str>> = Vec::with_capacity(channels.len());
-        for c in channels {
-            if !is_valid_channel(c) {
-                return Err(SubscribeError::InvalidChannel(c.clone()));
-            }
-            if !names.iter().any(|n| **n == **c) {
-                names.push(Arc::from(c.as_str()));
-            }
-        }
-        if names.is_empty() {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(channels.len());
+        let distinct: Vec<&String> = channels
+            .iter()
+            .filter(|c| seen.insert(c.as_str()))
+            .collect();
+        if distinct.is_empty() {
             return Err(SubscribeError::NoChannels);
         }
         let max = self.inner.max_channels;
-        if names.len() > max {
+        if distinct.len() > max {
             return Err(SubscribeError::TooManyChannels {
-                given: names.len(),
+                given: distinct.len(),
                 max,
             });
+        }
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(distinct.len());
+        for c in distinct {
+            if !is_valid_channel(c) {
+                return Err(SubscribeError::InvalidChannel(c.clone()));
+            }
+            names.push(Arc::from(c.as_str()));
         }
         let feeds = names
             .iter()

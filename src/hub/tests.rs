@@ -311,6 +311,13 @@ fn bad_requests_are_named() {
         f.hub.subscribe(&many, Start::Live).err(),
         Some(SubscribeError::TooManyChannels { given: 9, max: 8 })
     );
+    // A name given many times counts once: 8 distinct channels are allowed.
+    let repeated: Vec<String> = std::iter::repeat_n("all".to_owned(), 10_000)
+        .chain((0..7).map(|i| format!("user.{i}")))
+        .collect();
+    let subscription = f.hub.subscribe(&repeated, Start::Live).unwrap();
+    assert_eq!(subscription.channels().len(), 8);
+    drop(subscription);
     let mut other = Cursor::new();
     other.set("u", 0, 0);
     assert!(matches!(

@@ -17,14 +17,18 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::error::{ApiError, replay_failed};
-use crate::http::query::{POLL_PARAMS, StreamParams};
+use crate::http::query::{POLL_PARAMS, QueryLimits, StreamParams};
 use crate::http::response::{Body, full};
 use crate::hub::{CloseReason, Delivery, Gap, Subscription};
 
 const TRANSPORT: &str = "poll";
 
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let params = StreamParams::parse_for(req.uri().query(), &POLL_PARAMS)?;
+    let params = StreamParams::parse_for(
+        req.uri().query(),
+        &POLL_PARAMS,
+        QueryLimits::of(&app.config),
+    )?;
     let config = &app.config.poll;
     let limit = match params.limit.as_deref() {
         None => config.default_limit,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::error::ApiError;
-use crate::http::query::StreamParams;
+use crate::http::query::{QueryLimits, StreamParams};
 use crate::http::response::Body;
 use crate::hub::{CloseReason, Delivery, Subscription};
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ const MAX_BATCH: usize = 256;
 const TRANSPORT: &str = "sse";
 
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let params = StreamParams::parse(req.uri().query())?;
+    let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config))?;
     let last_event_id = req
         .headers()
         .get("last-event-id")

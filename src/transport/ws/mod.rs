@@ -51,9 +51,9 @@ use self::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::error::ApiError;
 use crate::http::limits::ConnectionPermit;
-use crate::http::query::{StreamParams, WS_PARAMS};
+use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
 use crate::http::response::Body;
-use crate::hub::{SubscribeError, Subscription};
+use crate::hub::Subscription;
 
 /// The `transport` label of this transport's metrics.
 const TRANSPORT: &str = "ws";
@@ -70,7 +70,8 @@ const WRITE_BUFFER: usize = 1024;
 
 pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<Body>, ApiError> {
     let accept = handshake::accept_key(req.headers())?;
-    let params = StreamParams::parse_for(req.uri().query(), &WS_PARAMS)?;
+    let params =
+        StreamParams::parse_for(req.uri().query(), &WS_PARAMS, QueryLimits::of(&app.config))?;
     if params.cursor.is_some() && params.channels.len() != 1 {
         return Err(ApiError::bad_request(
             "conflicting_parameters",
@@ -81,22 +82,10 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
         ));
     }
     let start = params.start(None)?;
-    let mut channels: Vec<String> = Vec::new();
-    for c in params.channels {
-        if !channels.contains(&c) {
-            channels.push(c);
-        }
-    }
-    // Each channel is a subscription of its own, so the hub's per-subscription
-    // limit is checked here for the connection as a whole.
-    let max = app.config.limits.max_channels_per_connection;
-    if channels.len() > max {
-        return Err(SubscribeError::TooManyChannels {
-            given: channels.len(),
-            max,
-        }
-        .into());
-    }
+    // Each channel is a subscription of its own: the query's bound on
+    // channels (distinct ones, `limits.max_channels_per_connection`) is the
+    // connection's.
+    let channels = params.channels;
     // One-way clients: subscribed before the upgrade, so a refusal is a
     // plain HTTP error.
     let mut initial = Vec::with_capacity(channels.len());
