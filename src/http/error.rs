@@ -65,7 +65,12 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::CursorTooOld { .. } => (StatusCode::CONFLICT, "cursor_expired"),
             SubscribeError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             SubscribeError::ReplayTooLarge { .. } => (StatusCode::CONFLICT, "replay_too_large"),
-            SubscribeError::ReplayBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "replay_busy"),
+            SubscribeError::ReplayBusy { .. } | SubscribeError::LookupsBusy { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "replay_busy")
+            }
+            SubscribeError::ReplaysPerClient { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_replays_per_ip")
+            }
             SubscribeError::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
             SubscribeError::SinceNeedsKafka => (StatusCode::BAD_REQUEST, "since_unsupported"),
         };

@@ -29,6 +29,7 @@ pub mod subscription;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -89,8 +90,12 @@ pub enum ReplayEvent {
     Failed(String),
 }
 
+/// The answer to a `since=` look-up: per partition, in the order asked.
+pub type OffsetsForTime = tokio::sync::oneshot::Receiver<Result<Vec<i64>, SubscribeError>>;
+
 /// Reads history older than the hub's memory back from Kafka
-/// (`kafka::replay::Replayer`).
+/// (`kafka::replay::Replayer`). `client` is the address of the client the
+/// work is for: the source bounds what one address may have running.
 pub trait ReplaySource: Send + Sync {
     /// Starts reading `ranges`, keeping records routed to `channels`.
     /// Refuses at once when over the replay limits.
@@ -98,15 +103,18 @@ pub trait ReplaySource: Send + Sync {
         &self,
         ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
+        client: IpAddr,
     ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError>;
 
-    /// The first offset at or after timestamp `ts` (ms) of each partition;
-    /// the high watermark where there is none. Blocking.
+    /// Starts looking up the first offset at or after timestamp `ts` (ms)
+    /// of each partition (the high watermark where there is none). Refuses
+    /// at once when over the look-up limits.
     fn offsets_for_time(
         &self,
-        partitions: &[(Arc<str>, i32)],
+        partitions: Vec<(Arc<str>, i32)>,
         ts: i64,
-    ) -> Result<Vec<i64>, SubscribeError>;
+        client: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError>;
 }
 
 /// Why a subscription was refused. Each names the offending value.
@@ -148,6 +156,14 @@ pub enum SubscribeError {
     ReplayTooLarge { records: i64, max: u64 },
     #[error("{max} replays from Kafka are running (replay.max_concurrent); retry shortly")]
     ReplayBusy { max: usize },
+    #[error(
+        "{max} since= look-ups in Kafka are running (replay.max_concurrent_lookups); retry shortly"
+    )]
+    LookupsBusy { max: usize },
+    #[error(
+        "{client} has {max} replays and since= look-ups running, its limit (replay.max_concurrent_per_ip); retry once one has finished"
+    )]
+    ReplaysPerClient { client: IpAddr, max: usize },
     #[error("Kafka is unavailable: {0}")]
     Kafka(String),
     #[error("since= needs Kafka to find offsets by time, and this hub has no Kafka access")]
@@ -383,13 +399,14 @@ impl Hub {
         &self,
         channels: &[String],
         start: Start,
+        client: IpAddr,
     ) -> Result<Subscription, SubscribeError> {
         // A node that is starting holds new subscriptions briefly rather
         // than refusing them: a browser's EventSource gives up for good on
         // any non-200 answer, and clients reconnect in a burst on restarts.
         self.wait_ready(READY_WAIT).await;
         let Start::Since(ts) = start else {
-            return self.subscribe(channels, start);
+            return self.subscribe(channels, start, client);
         };
         let source = self
             .inner
@@ -409,15 +426,17 @@ impl Hub {
             let topic: Arc<str> = Arc::from(topic.as_str());
             partitions.extend((0..count as i32).map(|p| (topic.clone(), p)));
         }
-        let lookup = partitions.clone();
-        let offsets = tokio::task::spawn_blocking(move || source.offsets_for_time(&lookup, ts))
+        let offsets = source
+            .offsets_for_time(partitions.clone(), ts, client)?
             .await
-            .map_err(|e| SubscribeError::Kafka(e.to_string()))??;
+            .map_err(|_| {
+                SubscribeError::Kafka("the since= look-up ended without an answer".into())
+            })??;
         let mut cursor = Cursor::new();
         for ((topic, partition), offset) in partitions.iter().zip(offsets) {
             cursor.set(topic, *partition, offset);
         }
-        self.subscribe(channels, Start::Cursor(cursor))
+        self.subscribe(channels, Start::Cursor(cursor), client)
     }
 
     /// Deduplicates channel names (in linear time) and checks their
@@ -463,12 +482,14 @@ impl Hub {
         Ok((names, feeds))
     }
 
-    /// Subscribes to `channels` from `start`. All checks happen before
+    /// Subscribes to `channels` from `start` for `client` (whose address
+    /// bounds the replays it may have running). All checks happen before
     /// anything is registered: an error leaves no trace.
     pub fn subscribe(
         &self,
         channels: &[String],
         start: Start,
+        client: IpAddr,
     ) -> Result<Subscription, SubscribeError> {
         let inner = &self.inner;
         if !self.is_ready() {
@@ -610,7 +631,7 @@ impl Hub {
                         to,
                     })
                     .collect();
-                match source.start(ranges, names.clone()) {
+                match source.start(ranges, names.clone(), client) {
                     Ok(rx) => Some(rx),
                     Err(e) => {
                         inbox.close(CloseReason::Gone);

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use super::*;
 use crate::router::RouteSpec;
 
+/// The client every subscription here is for.
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 struct Fixture {
     hub: Hub,
     positions: Positions,
@@ -102,7 +105,10 @@ fn drain(sub: &mut Subscription) -> (Vec<String>, String) {
 fn live_subscriber_gets_only_new_records() {
     let mut f = Fixture::new(HubConfig::default());
     f.produce(0, "a");
-    let mut sub = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
     f.produce(1, "b");
     f.produce(0, "c");
     assert_eq!(drain(&mut sub).0, ["1:0", "0:1"]);
@@ -111,7 +117,10 @@ fn live_subscriber_gets_only_new_records() {
 #[test]
 fn resume_from_cursor_crosses_history_into_live_exactly() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut first = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let mut first = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
     for i in 0..6 {
         f.produce(i % 2, "k");
     }
@@ -119,13 +128,17 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     assert_eq!(got, ["0:0", "1:0", "0:1", "1:1", "0:2", "1:2"]);
 
     // Resume from the last cursor while more arrive.
-    let mut again = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let mut again = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
     drop(again);
     let mut replay = f
         .hub
         .subscribe(
             &channels(&["all"]),
             Start::Cursor(Cursor::decode(&first.cursor()).unwrap()),
+            CLIENT,
         )
         .unwrap();
     drop(first);
@@ -138,7 +151,7 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     mid.set("t", 1, 2);
     again = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(mid))
+        .subscribe(&channels(&["all"]), Start::Cursor(mid), CLIENT)
         .unwrap();
     f.produce(1, "k");
     let (got, cursor) = drain(&mut again);
@@ -151,7 +164,7 @@ fn a_record_in_two_subscribed_channels_arrives_once() {
     let mut f = Fixture::new(HubConfig::default());
     let mut sub = f
         .hub
-        .subscribe(&channels(&["all", "user.k"]), Start::Live)
+        .subscribe(&channels(&["all", "user.k"]), Start::Live, CLIENT)
         .unwrap();
     f.produce(0, "k");
     f.produce(0, "other");
@@ -164,7 +177,7 @@ fn quiet_partitions_advance_in_the_cursor() {
     let mut f = Fixture::new(HubConfig::default());
     let mut sub = f
         .hub
-        .subscribe(&channels(&["user.k"]), Start::Live)
+        .subscribe(&channels(&["user.k"]), Start::Live, CLIENT)
         .unwrap();
     for _ in 0..3 {
         f.produce(1, "other");
@@ -183,8 +196,14 @@ fn slow_subscriber_is_closed_after_what_it_has_queued() {
         subscriber_queue: 2,
         ..HubConfig::default()
     });
-    let mut slow = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
-    let mut fast = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let mut slow = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
+    let mut fast = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
     f.produce(0, "k");
     assert_eq!(drain(&mut fast).0, ["0:0"]);
     f.produce(0, "k");
@@ -211,6 +230,7 @@ fn slow_subscriber_is_closed_after_what_it_has_queued() {
         .subscribe(
             &channels(&["all"]),
             Start::Cursor(Cursor::decode(&cursor).unwrap()),
+            CLIENT,
         )
         .unwrap();
     assert_eq!(drain(&mut back).0, ["0:2"]);
@@ -222,7 +242,10 @@ fn evicted_history_is_reported_not_skipped() {
         history_messages: 2,
         ..HubConfig::default()
     });
-    let _keep = f.hub.subscribe(&channels(&["all"]), Start::Live).unwrap();
+    let _keep = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
     for _ in 0..4 {
         f.produce(0, "k");
     }
@@ -231,7 +254,7 @@ fn evicted_history_is_reported_not_skipped() {
     old.set("t", 1, 0);
     let err = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(old))
+        .subscribe(&channels(&["all"]), Start::Cursor(old), CLIENT)
         .err()
         .unwrap();
     assert_eq!(
@@ -249,7 +272,7 @@ fn evicted_history_is_reported_not_skipped() {
     ok.set("t", 1, 0);
     let mut sub = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(ok))
+        .subscribe(&channels(&["all"]), Start::Cursor(ok), CLIENT)
         .unwrap();
     assert_eq!(drain(&mut sub).0, ["0:2", "0:3"]);
 }
@@ -268,7 +291,8 @@ fn dropped_channels_raise_the_horizon() {
     let mut at0 = Cursor::new();
     at0.set("t", 0, 0);
     assert!(matches!(
-        f.hub.subscribe(&channels(&["user.x"]), Start::Cursor(at0)),
+        f.hub
+            .subscribe(&channels(&["user.x"]), Start::Cursor(at0), CLIENT),
         Err(SubscribeError::CursorTooOld { floor: 2, .. })
     ));
     let mut at2 = Cursor::new();
@@ -276,7 +300,7 @@ fn dropped_channels_raise_the_horizon() {
     at2.set("t", 1, 0);
     assert!(
         f.hub
-            .subscribe(&channels(&["user.x"]), Start::Cursor(at2))
+            .subscribe(&channels(&["user.x"]), Start::Cursor(at2), CLIENT)
             .is_ok()
     );
 }
@@ -286,7 +310,7 @@ fn unsubscribing_frees_empty_channels() {
     let f = Fixture::new(HubConfig::default());
     let sub = f
         .hub
-        .subscribe(&channels(&["user.a", "user.b"]), Start::Live)
+        .subscribe(&channels(&["user.a", "user.b"]), Start::Live, CLIENT)
         .unwrap();
     assert_eq!(f.hub.channel_count(), 2);
     drop(sub);
@@ -296,7 +320,7 @@ fn unsubscribing_frees_empty_channels() {
 #[test]
 fn bad_requests_are_named() {
     let f = Fixture::new(HubConfig::default());
-    let sub = |names: &[&str], start: Start| f.hub.subscribe(&channels(names), start).err();
+    let sub = |names: &[&str], start: Start| f.hub.subscribe(&channels(names), start, CLIENT).err();
     assert_eq!(sub(&[], Start::Live), Some(SubscribeError::NoChannels));
     assert_eq!(
         sub(&["nope"], Start::Live),
@@ -308,14 +332,14 @@ fn bad_requests_are_named() {
     );
     let many: Vec<String> = (0..9).map(|i| format!("user.{i}")).collect();
     assert_eq!(
-        f.hub.subscribe(&many, Start::Live).err(),
+        f.hub.subscribe(&many, Start::Live, CLIENT).err(),
         Some(SubscribeError::TooManyChannels { given: 9, max: 8 })
     );
     // A name given many times counts once: 8 distinct channels are allowed.
     let repeated: Vec<String> = std::iter::repeat_n("all".to_owned(), 10_000)
         .chain((0..7).map(|i| format!("user.{i}")))
         .collect();
-    let subscription = f.hub.subscribe(&repeated, Start::Live).unwrap();
+    let subscription = f.hub.subscribe(&repeated, Start::Live, CLIENT).unwrap();
     assert_eq!(subscription.channels().len(), 8);
     drop(subscription);
     let mut other = Cursor::new();

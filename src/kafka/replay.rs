@@ -18,8 +18,17 @@
 //! longer holds (below the low watermark) are reported as a gap first, never
 //! skipped silently (`auto.offset.reset=error`). Each replay is bounded in
 //! records, time and concurrency.
+//!
+//! **Concurrency.** Replays running at once are bounded per node
+//! (`replay.max_concurrent`), `since=` look-ups (each a consumer of its own
+//! for an offsets-for-times request) too (`replay.max_concurrent_lookups`),
+//! and both together per client address (`replay.max_concurrent_per_ip`),
+//! so one client cannot take the node's replays for itself. A job holds its
+//! places until it has finished, even if its client has gone: the consumer
+//! exists until then.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,13 +36,14 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::config::{KafkaConfig, ReplayConfig};
 use crate::hub::positions::Positions;
 use crate::hub::publication::Publication;
-use crate::hub::{PartitionRange, ReplayEvent, ReplaySource, SubscribeError};
+use crate::hub::{OffsetsForTime, PartitionRange, ReplayEvent, ReplaySource, SubscribeError};
 use crate::metrics::Metrics;
+use crate::per_ip::{PerIpLimit, PerIpPlace};
 use crate::record::Record;
 use crate::router::Router;
 
@@ -58,7 +68,13 @@ pub struct Replayer {
     limits: ReplayConfig,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
+    /// One per replay running (`replay.max_concurrent`).
     permits: Arc<Semaphore>,
+    /// One per `since=` look-up running (`replay.max_concurrent_lookups`).
+    lookups: Arc<Semaphore>,
+    /// Replays and look-ups per client address
+    /// (`replay.max_concurrent_per_ip`).
+    per_ip: Arc<PerIpLimit>,
     cache: Arc<Cache>,
 }
 
@@ -115,6 +131,8 @@ impl Replayer {
         metrics: Arc<Metrics>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+        let lookups = Arc::new(Semaphore::new(limits.max_concurrent_lookups));
+        let per_ip = PerIpLimit::new(limits.max_concurrent_per_ip);
         let cache = Arc::new(Cache {
             state: Mutex::new(CacheState::default()),
             changed: Condvar::new(),
@@ -126,8 +144,20 @@ impl Replayer {
             router,
             metrics,
             permits,
+            lookups,
+            per_ip,
             cache,
         }
+    }
+
+    /// `client`'s place for one more replay or look-up.
+    fn client_place(&self, client: IpAddr) -> Result<PerIpPlace, SubscribeError> {
+        self.per_ip
+            .try_acquire(client)
+            .ok_or(SubscribeError::ReplaysPerClient {
+                client,
+                max: self.per_ip.max(),
+            })
     }
 
     fn consumer_config(&self) -> ClientConfig {
@@ -153,6 +183,7 @@ impl ReplaySource for Replayer {
         &self,
         ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
+        client: IpAddr,
     ) -> Result<mpsc::Receiver<ReplayEvent>, SubscribeError> {
         let total: i64 = ranges.iter().map(|r| r.to - r.from).sum();
         if total > self.limits.max_records as i64 {
@@ -161,6 +192,7 @@ impl ReplaySource for Replayer {
                 max: self.limits.max_records,
             });
         }
+        let client_place = self.client_place(client)?;
         let permit =
             self.permits
                 .clone()
@@ -181,7 +213,7 @@ impl ReplaySource for Replayer {
             batch: Vec::new(),
             routed: Vec::new(),
             empty: Arc::new(Positions::new()),
-            _permit: permit,
+            _places: (permit, client_place),
         };
         tokio::task::spawn_blocking(move || job.run());
         Ok(rx)
@@ -189,38 +221,65 @@ impl ReplaySource for Replayer {
 
     fn offsets_for_time(
         &self,
-        partitions: &[(Arc<str>, i32)],
+        partitions: Vec<(Arc<str>, i32)>,
         ts: i64,
-    ) -> Result<Vec<i64>, SubscribeError> {
-        let consumer: BaseConsumer = self
-            .consumer_config()
-            .create()
-            .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p) in partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(ts))
-                .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
-        }
-        let found = consumer
-            .offsets_for_times(tpl, REQUEST_TIMEOUT)
-            .map_err(|e| SubscribeError::Kafka(format!("offsets for time {ts}: {e}")))?;
-        partitions
-            .iter()
-            .map(|(topic, p)| {
-                let elem = found
-                    .find_partition(topic, *p)
-                    .ok_or_else(|| SubscribeError::Kafka(format!("no offset for {topic}/{p}")))?;
-                match elem.offset() {
-                    Offset::Offset(o) => Ok(o),
-                    // No record at or after `ts`: start at the end.
-                    _ => consumer
-                        .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-                        .map(|(_, high)| high)
-                        .map_err(|e| SubscribeError::Kafka(e.to_string())),
-                }
-            })
-            .collect()
+        client: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError> {
+        let client_place = self.client_place(client)?;
+        let permit =
+            self.lookups
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| SubscribeError::LookupsBusy {
+                    max: self.limits.max_concurrent_lookups,
+                })?;
+        let config = self.consumer_config();
+        let (tx, rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let found = offsets_for_time(&config, &partitions, ts);
+            // The places go before the answer: a subscription that goes on
+            // to a replay must find its own look-up's place free.
+            drop((permit, client_place));
+            let _ = tx.send(found);
+        });
+        Ok(rx)
     }
+}
+
+/// The first offset at or after `ts` of each partition (the high watermark
+/// where there is none), with a consumer of its own. Blocking.
+fn offsets_for_time(
+    config: &ClientConfig,
+    partitions: &[(Arc<str>, i32)],
+    ts: i64,
+) -> Result<Vec<i64>, SubscribeError> {
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(ts))
+            .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
+    }
+    let found = consumer
+        .offsets_for_times(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| SubscribeError::Kafka(format!("offsets for time {ts}: {e}")))?;
+    partitions
+        .iter()
+        .map(|(topic, p)| {
+            let elem = found
+                .find_partition(topic, *p)
+                .ok_or_else(|| SubscribeError::Kafka(format!("no offset for {topic}/{p}")))?;
+            match elem.offset() {
+                Offset::Offset(o) => Ok(o),
+                // No record at or after `ts`: start at the end.
+                _ => consumer
+                    .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
+                    .map(|(_, high)| high)
+                    .map_err(|e| SubscribeError::Kafka(e.to_string())),
+            }
+        })
+        .collect()
 }
 
 /// One client's replay, on a blocking thread.
@@ -238,7 +297,9 @@ struct Job {
     /// Scratch buffer for the router.
     routed: Vec<String>,
     empty: Arc<Positions>,
-    _permit: OwnedSemaphorePermit,
+    /// Its places under `replay.max_concurrent` and
+    /// `replay.max_concurrent_per_ip`, until it has finished.
+    _places: (OwnedSemaphorePermit, PerIpPlace),
 }
 
 impl Job {

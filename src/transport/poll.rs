@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::error::{ApiError, replay_failed};
+use crate::http::limits::ClientAddr;
 use crate::http::query::{POLL_PARAMS, QueryLimits, StreamParams};
 use crate::http::response::{Body, full};
 use crate::hub::{CloseReason, Delivery, Gap, Subscription};
@@ -54,7 +55,10 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
             )
         })?)
     };
-    let mut subscription = app.hub.subscribe_from(&params.channels, start).await?;
+    let mut subscription = app
+        .hub
+        .subscribe_from(&params.channels, start, ClientAddr::of(req))
+        .await?;
     // Counted once subscribed: from here on no record is missed.
     let _gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::error::ApiError;
+use crate::http::limits::ClientAddr;
 use crate::http::query::{QueryLimits, StreamParams};
 use crate::http::response::Body;
 use crate::hub::{CloseReason, Delivery, Subscription};
@@ -43,7 +44,10 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         })
         .transpose()?;
     let start = params.start(last_event_id)?;
-    let subscription = app.hub.subscribe_from(&params.channels, start).await?;
+    let subscription = app
+        .hub
+        .subscribe_from(&params.channels, start, ClientAddr::of(req))
+        .await?;
 
     let mut heartbeat = tokio::time::interval(app.config.sse.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);

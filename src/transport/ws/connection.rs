@@ -3,6 +3,7 @@
 //! client's frames (`biased`), answers the client's messages, pings, and
 //! closes with a documented code.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,8 @@ pub(super) struct Connection {
     app: Arc<App>,
     socket: Socket,
     pub(super) subscriptions: Subscriptions,
+    /// The client's address, for the hub's limits per address.
+    client: IpAddr,
     /// Text frames encoded by Herald, written together at the end of a
     /// round.
     out: Vec<u8>,
@@ -91,12 +94,13 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(app: Arc<App>, socket: Socket) -> Self {
+    pub(super) fn new(app: Arc<App>, socket: Socket, client: IpAddr) -> Self {
         let gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
         Connection {
             app,
             socket,
             subscriptions: Subscriptions::default(),
+            client,
             out: Vec::new(),
             _gauge: gauge,
         }
@@ -307,8 +311,9 @@ impl Connection {
                 };
                 let hub = self.app.hub.clone();
                 let names = [channel.clone()];
+                let client = self.client;
                 let answer: Subscribing =
-                    Box::pin(async move { hub.subscribe_from(&names, start).await });
+                    Box::pin(async move { hub.subscribe_from(&names, start, client).await });
                 self.subscriptions
                     .add(Arc::from(channel), EntryState::Subscribing(answer));
                 None

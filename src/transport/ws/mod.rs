@@ -38,6 +38,7 @@ mod handshake;
 mod protocol;
 mod subscriptions;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -50,7 +51,7 @@ use self::connection::Connection;
 use self::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::error::ApiError;
-use crate::http::limits::ConnectionPermit;
+use crate::http::limits::{ClientAddr, ConnectionPermit};
 use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
 use crate::http::response::Body;
 use crate::hub::Subscription;
@@ -86,13 +87,14 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     // channels (distinct ones, `limits.max_channels_per_connection`) is the
     // connection's.
     let channels = params.channels;
+    let client = ClientAddr::of(req);
     // One-way clients: subscribed before the upgrade, so a refusal is a
     // plain HTTP error.
     let mut initial = Vec::with_capacity(channels.len());
     for channel in channels {
         let subscription = app
             .hub
-            .subscribe_from(std::slice::from_ref(&channel), start.clone())
+            .subscribe_from(std::slice::from_ref(&channel), start.clone(), client)
             .await?;
         initial.push((Arc::<str>::from(channel), subscription));
     }
@@ -112,7 +114,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, initial)).await;
+        Box::pin(serve(app, upgraded, client, initial)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -120,8 +122,14 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     Ok(handshake::switching_protocols(&accept))
 }
 
-/// Runs an upgraded connection with its subscriptions from the URL.
-async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscription)>) {
+/// Runs an upgraded connection of `client` with its subscriptions from
+/// the URL.
+async fn serve(
+    app: Arc<App>,
+    upgraded: Upgraded,
+    client: IpAddr,
+    initial: Vec<(Arc<str>, Subscription)>,
+) {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -129,7 +137,7 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscr
         .max_frame_size(Some(app.config.limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket);
+    let mut connection = Connection::new(app, socket, client);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,
