@@ -100,9 +100,13 @@ fn hyper_builder(config: &HttpConfig) -> hyper::server::conn::http1::Builder {
 /// A connection that has been accepted, and what serving it takes.
 struct Connection {
     app: Arc<App>,
+    /// Where its places come from, and go back to.
     limits: Arc<ConnectionLimits>,
     stream: TcpStream,
+    /// The client's address: its per-address limits, and the logs.
     peer: SocketAddr,
+    /// A copy of the node's settings, which the connection may change for
+    /// itself (no keep-alive for a probe answered without a place).
     http: hyper::server::conn::http1::Builder,
 }
 
