@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Watermarks};
@@ -16,6 +17,8 @@ use crate::metrics::{Metrics, Watermarks};
 /// Shared state of one running Herald.
 pub struct App {
     pub config: Config,
+    /// Token verification and channel rules (`[auth]`).
+    pub auth: Auth,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     /// The brokers' watermarks, written by the ingest, read for

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{Auth, AuthConfig, AuthConfigError};
 use crate::router::{RouteSpec, Router, RouterError};
 
 /// Why a configuration could not be loaded. The message names the key.
@@ -30,6 +31,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("invalid config: {0}")]
+    Auth(#[from] AuthConfigError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +53,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub replay: ReplayConfig,
+    /// Who may read which channel (`[auth]`); absent, every channel is
+    /// public.
+    pub auth: Option<AuthConfig>,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
@@ -103,9 +109,17 @@ pub struct KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    /// Value of `Access-Control-Allow-Origin` on streaming responses; empty
-    /// disables CORS headers.
-    pub cors_allow_origin: String,
+    /// Where `/metrics` is served instead of on `listen`, with `/healthz`
+    /// and `/readyz` (which `listen` keeps too, for load balancers), so
+    /// that the metrics need not be public. Unset: everything on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins (`https://app.example.com`, scheme, host and port as a
+    /// browser sends them) whose pages may use Herald: a WebSocket upgrade,
+    /// stream or poll with another `Origin` is `403 origin_not_allowed`,
+    /// and CORS headers name only these. `"*"` admits every origin (for
+    /// public data only). Requests without `Origin` and from Herald's own
+    /// pages are always admitted.
+    pub allowed_origins: Vec<String>,
     /// Serve the demo page at `/`.
     pub demo_page: bool,
     /// SO_SNDBUF for client sockets, in bytes; unset leaves the kernel's
@@ -261,7 +275,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            cors_allow_origin: "*".into(),
+            admin_listen: None,
+            allowed_origins: Vec::new(),
             demo_page: true,
             send_buffer_bytes: None,
             write_timeout: Duration::from_secs(60),
@@ -351,6 +366,25 @@ impl Config {
                 value: format!("{value:?}"),
                 reason: reason.to_owned(),
             }
+        }
+        for origin in &self.http.allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(invalid(
+                    "http.allowed_origins",
+                    origin,
+                    "an origin is scheme://host[:port] as a browser sends it (no path, no trailing slash), or \"*\"",
+                ));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            Auth::check_config(auth)?;
+        }
+        if self.http.admin_listen == Some(self.http.listen) {
+            return Err(invalid(
+                "http.admin_listen",
+                self.http.listen,
+                "must differ from http.listen",
+            ));
         }
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid(
@@ -451,6 +485,17 @@ impl Config {
         })?;
         Ok(())
     }
+}
+
+/// `scheme://host[:port]`, nothing after it: the form of an `Origin` header.
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, authority)) = text.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' '])
+        && authority.parse::<http::uri::Authority>().is_ok()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::kafka::ingest;
@@ -30,11 +31,15 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("invalid routes: {0}")]
     Routes(#[from] crate::router::RouterError),
+    #[error("invalid [auth]: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
 }
 
 /// A running Herald: its address and the means to stop it.
 pub struct Herald {
     local_addr: SocketAddr,
+    /// Where the admin listener (`http.admin_listen`) took its port.
+    admin_addr: Option<SocketAddr>,
     app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
     ingest: std::thread::JoinHandle<()>,
@@ -61,6 +66,30 @@ impl Herald {
             addr: config.http.listen,
             source,
         })?;
+        let admin = match config.http.admin_listen {
+            None => None,
+            Some(addr) => {
+                let bound = async {
+                    let l = TcpListener::bind(addr).await?;
+                    let a = l.local_addr()?;
+                    Ok((l, a))
+                };
+                Some(
+                    bound
+                        .await
+                        .map_err(|source| StartError::Listen { addr, source })?,
+                )
+            }
+        };
+        let auth = match &config.auth {
+            Some(c) => Auth::new(c)?,
+            None => Auth::open(),
+        };
+        if auth.is_enabled() {
+            tracing::info!("{auth}");
+        } else {
+            tracing::warn!("{auth}");
+        }
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new(&config.routes)?);
         let hub = Hub::new(
@@ -85,9 +114,11 @@ impl Herald {
             metrics.clone(),
         )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
+        auth.start(shutdown.clone());
         let app = Arc::new(App {
             long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
             config,
+            auth,
             hub,
             metrics,
             watermarks,
@@ -97,8 +128,14 @@ impl Herald {
         });
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
+        let admin_addr = admin.map(|(listener, addr)| {
+            tokio::spawn(crate::http::admin::serve(app.clone(), listener));
+            tracing::info!(%addr, "admin listener (/metrics, /healthz, /readyz)");
+            addr
+        });
         Ok(Herald {
             local_addr,
+            admin_addr,
             app,
             server,
             ingest,
@@ -107,6 +144,11 @@ impl Herald {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address, when `http.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn hub(&self) -> &Hub {

@@ -9,6 +9,8 @@
 //! [`stream_connection`] call into the transports, and no transport
 //! imports them.
 
+pub mod access;
+pub mod admin;
 pub mod cors;
 pub mod error;
 pub mod limits;

@@ -56,12 +56,14 @@ pub async fn is_sse_request(stream: &TcpStream) -> bool {
 /// Serves one SSE request on `stream`, then closes it. `slot` is the
 /// connection's place under the limits, held until the stream ends.
 pub async fn serve(app: Arc<App>, mut stream: TcpStream, slot: ConnectionPermit) {
-    let result = match read_request(&mut stream).await {
-        Ok(Some(req)) => transport::sse::handle(&app, &req).await,
+    let response = match read_request(&mut stream).await {
+        Ok(Some(req)) => {
+            let result = transport::sse::handle(&app, &req).await;
+            finish_response(&app, req.headers(), result)
+        }
         Ok(None) => return,
-        Err(e) => Err(e),
+        Err(e) => finish_response(&app, &http::HeaderMap::new(), Err(e)),
     };
-    let response = finish_response(&app, result);
     write_response(&mut stream, response, app.config.http.write_timeout).await;
     drop(slot);
 }

@@ -49,6 +49,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use self::connection::Connection;
 use self::subscriptions::EntryState;
 use crate::app::App;
+use crate::http::access::{self, Reader};
 use crate::http::error::ApiError;
 use crate::http::limits::ConnectionPermit;
 use crate::http::query::{StreamParams, WS_PARAMS};
@@ -71,6 +72,8 @@ const WRITE_BUFFER: usize = 1024;
 pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<Body>, ApiError> {
     let accept = handshake::accept_key(req.headers())?;
     let params = StreamParams::parse_for(req.uri().query(), &WS_PARAMS)?;
+    let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
+    reader.authorize(app, &params.channels)?;
     if params.cursor.is_some() && params.channels.len() != 1 {
         return Err(ApiError::bad_request(
             "conflicting_parameters",
@@ -123,7 +126,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, initial)).await;
+        Box::pin(serve(app, upgraded, reader, initial)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -132,7 +135,12 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
 }
 
 /// Runs an upgraded connection with its subscriptions from the URL.
-async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscription)>) {
+async fn serve(
+    app: Arc<App>,
+    upgraded: Upgraded,
+    reader: Reader,
+    initial: Vec<(Arc<str>, Subscription)>,
+) {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -140,7 +148,7 @@ async fn serve(app: Arc<App>, upgraded: Upgraded, initial: Vec<(Arc<str>, Subscr
         .max_frame_size(Some(app.config.limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket);
+    let mut connection = Connection::new(app, socket, reader);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,
