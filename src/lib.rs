@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod hub;
