@@ -1,0 +1,592 @@
+//! Tests of [`Auth`] as its users see it: tokens made with jsonwebtoken and,
+//! so that Herald is not checked only against the crate it verifies with,
+//! with jwt-simple; keys from `testdata/` (see `testdata/generate.sh`).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+const RSA_KEY: &str = include_str!("testdata/rsa.key.pem");
+const RSA_PUB: &str = include_str!("testdata/rsa.pub.pem");
+const RSA2_KEY: &str = include_str!("testdata/rsa2.key.pem");
+const EC_KEY: &str = include_str!("testdata/ec.key.pem");
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/auth/testdata")
+        .join(name)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims valid for ten minutes allowing `channels`.
+fn claims(channels: &[&str]) -> Value {
+    json!({"sub": "user-42", "exp": now() + 600, "channels": channels})
+}
+
+fn hs256(claims: &Value) -> String {
+    sign(Algorithm::HS256, None, claims, SECRET.as_bytes())
+}
+
+/// A token signed by jsonwebtoken with `key` (a secret, or a private key PEM).
+fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &[u8]) -> String {
+    let key = match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(key),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(key),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(key),
+        other => panic!("{other:?}"),
+    }
+    .unwrap();
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+fn hmac_config() -> AuthConfig {
+    AuthConfig {
+        hmac_secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    }
+}
+
+fn pem_config(file: &str) -> AuthConfig {
+    AuthConfig {
+        public_key_file: Some(testdata(file)),
+        ..AuthConfig::default()
+    }
+}
+
+fn build(cfg: &AuthConfig) -> Auth {
+    Auth::new(cfg).unwrap()
+}
+
+/// `header.payload.` with the given header: no signature.
+fn unsigned(header: &Value, claims: &Value) -> String {
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    format!("{}.{}.", part(header), part(claims))
+}
+
+#[tokio::test]
+async fn hs256_rs256_es256_tokens_verify_into_grants() {
+    let cases = [
+        (hmac_config(), hs256(&claims(&["user.42"]))),
+        (
+            pem_config("rsa.pub.pem"),
+            sign(
+                Algorithm::RS256,
+                None,
+                &claims(&["user.42"]),
+                RSA_KEY.as_bytes(),
+            ),
+        ),
+        (
+            pem_config("ec.pub.pem"),
+            sign(
+                Algorithm::ES256,
+                Some("ignored"),
+                &claims(&["user.42"]),
+                EC_KEY.as_bytes(),
+            ),
+        ),
+    ];
+    for (cfg, token) in cases {
+        let grant = build(&cfg).verify(&token).await.unwrap();
+        assert_eq!(grant.subject(), Some("user-42"));
+        assert!(grant.allows("user.42"));
+        assert!(!grant.allows("user.43"));
+        // exp + the default 30 s leeway.
+        let exp = UNIX_EPOCH + Duration::from_secs(now() + 600 + 30);
+        let at = grant.expires_at().unwrap();
+        assert!(at <= exp && at + Duration::from_secs(5) >= exp, "{at:?}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_from_an_independent_library_verify() {
+    use jwt_simple::prelude::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Channels {
+        channels: Vec<String>,
+    }
+    let minted = || {
+        Claims::with_custom_claims(
+            Channels {
+                channels: vec!["team.7.*".into()],
+            },
+            jwt_simple::prelude::Duration::from_mins(5),
+        )
+        .with_subject("alice")
+        .with_issuer("https://idp.test")
+        .with_audience("herald")
+    };
+    let hs = HS256Key::from_bytes(SECRET.as_bytes())
+        .authenticate(minted())
+        .unwrap();
+    let rs = RS256KeyPair::from_pem(RSA_KEY)
+        .unwrap()
+        .sign(minted())
+        .unwrap();
+    let es = ES256KeyPair::from_pem(EC_KEY)
+        .unwrap()
+        .sign(minted())
+        .unwrap();
+    let checked = |cfg: AuthConfig| AuthConfig {
+        issuer: Some("https://idp.test".into()),
+        audience: Some("herald".into()),
+        ..cfg
+    };
+    for (cfg, token) in [
+        (checked(hmac_config()), hs),
+        (checked(pem_config("rsa.pub.pem")), rs),
+        (checked(pem_config("ec.pub.pem")), es),
+    ] {
+        let grant = build(&cfg).verify(&token).await.unwrap();
+        assert_eq!(grant.subject(), Some("alice"));
+        assert!(grant.allows("team.7.x"));
+        assert!(!grant.allows("team.8.x"));
+    }
+}
+
+#[tokio::test]
+async fn forged_signatures_are_refused() {
+    let token = hs256(&claims(&["user.42"]));
+    let other_secret = sign(
+        Algorithm::HS256,
+        None,
+        &claims(&["user.42"]),
+        b"another-secret-of-at-least-32-bytes!!",
+    );
+    let (head, rest) = token.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let widened = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&["*"])).unwrap());
+    let tampered = format!("{head}.{widened}.{signature}");
+    let hmac = build(&hmac_config());
+    for forged in [&other_secret, &tampered] {
+        assert_eq!(
+            hmac.verify(forged).await.unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+    // RS256 and ES256 signed by a key other than the configured one.
+    let rsa = build(&pem_config("rsa.pub.pem"));
+    let by_rsa2 = sign(Algorithm::RS256, None, &claims(&["a"]), RSA2_KEY.as_bytes());
+    assert_eq!(
+        rsa.verify(&by_rsa2).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+    let ec = build(&pem_config("ec.pub.pem"));
+    let es = sign(Algorithm::ES256, None, &claims(&["a"]), EC_KEY.as_bytes());
+    let (es_head, es_rest) = es.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(es_rest).unwrap();
+    sig[10] ^= 1;
+    let es_forged = format!("{es_head}.{}", URL_SAFE_NO_PAD.encode(sig));
+    assert_eq!(
+        ec.verify(&es_forged).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn alg_none_is_refused_whatever_the_key() {
+    let token = unsigned(&json!({"alg": "none", "typ": "JWT"}), &claims(&["*"]));
+    for (cfg, expected) in [
+        (hmac_config(), "HS256"),
+        (pem_config("rsa.pub.pem"), "RS256"),
+        (pem_config("ec.pub.pem"), "ES256"),
+    ] {
+        let err = build(&cfg).verify(&token).await.unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::WrongAlgorithm {
+                found: "none".into(),
+                expected
+            }
+        );
+        assert_eq!(err.code(), "invalid_token");
+    }
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_refused() {
+    // The classic confusion: a verifier that lets the token pick the
+    // algorithm would check this HMAC with the PEM text as its secret.
+    let token = sign(Algorithm::HS256, None, &claims(&["*"]), RSA_PUB.as_bytes());
+    let err = build(&pem_config("rsa.pub.pem"))
+        .verify(&token)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TokenError::WrongAlgorithm {
+            found: "HS256".into(),
+            expected: "RS256"
+        }
+    );
+    // Likewise an RS256 token at an ES256 key, and the other way round.
+    let rs = sign(Algorithm::RS256, None, &claims(&["*"]), RSA_KEY.as_bytes());
+    assert!(matches!(
+        build(&pem_config("ec.pub.pem")).verify(&rs).await,
+        Err(TokenError::WrongAlgorithm { .. })
+    ));
+    let es = sign(Algorithm::ES256, None, &claims(&["*"]), EC_KEY.as_bytes());
+    assert!(matches!(
+        build(&pem_config("rsa.pub.pem")).verify(&es).await,
+        Err(TokenError::WrongAlgorithm { .. })
+    ));
+}
+
+#[tokio::test]
+async fn expiry_and_not_before_with_leeway() {
+    let cfg = AuthConfig {
+        leeway: Duration::from_secs(30),
+        ..hmac_config()
+    };
+    let hmac = build(&cfg);
+    let expired = hs256(&json!({"exp": now() - 100, "channels": ["a"]}));
+    let err = hmac.verify(&expired).await.unwrap_err();
+    assert_eq!(err, TokenError::Expired);
+    assert_eq!(err.code(), "token_expired");
+    // Expired 10 s ago, within the leeway: accepted, and expires in ~20 s.
+    let grant = hmac
+        .verify(&hs256(&json!({"exp": now() - 10, "channels": ["a"]})))
+        .await
+        .unwrap();
+    let left = grant.time_left(SystemTime::now()).unwrap();
+    assert!(
+        left <= Duration::from_secs(20) && left >= Duration::from_secs(18),
+        "{left:?}"
+    );
+    let early = hs256(&json!({"exp": now() + 600, "nbf": now() + 100, "channels": ["a"]}));
+    assert_eq!(
+        hmac.verify(&early).await.unwrap_err(),
+        TokenError::NotYetValid
+    );
+    let soon = hs256(&json!({"exp": now() + 600, "nbf": now() + 10, "channels": ["a"]}));
+    assert!(hmac.verify(&soon).await.is_ok());
+}
+
+#[tokio::test]
+async fn exp_is_required_unless_configured_otherwise() {
+    let token = hs256(&json!({"channels": ["a"]}));
+    assert_eq!(
+        build(&hmac_config()).verify(&token).await.unwrap_err(),
+        TokenError::MissingClaim("exp")
+    );
+    let lax = AuthConfig {
+        require_exp: false,
+        ..hmac_config()
+    };
+    let grant = build(&lax).verify(&token).await.unwrap();
+    assert_eq!(grant.expires_at(), None);
+    assert_eq!(grant.time_left(SystemTime::now()), None);
+    // A token that has exp is still held to it.
+    let expired = hs256(&json!({"exp": now() - 100}));
+    assert_eq!(
+        build(&lax).verify(&expired).await.unwrap_err(),
+        TokenError::Expired
+    );
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_configured() {
+    let cfg = AuthConfig {
+        issuer: Some("https://idp.test".into()),
+        audience: Some("herald".into()),
+        ..hmac_config()
+    };
+    let checked = build(&cfg);
+    let with = |iss: Value, aud: Value| {
+        hs256(&json!({"exp": now() + 60, "iss": iss, "aud": aud, "channels": ["a"]}))
+    };
+    let ok = json!("https://idp.test");
+    assert!(
+        checked
+            .verify(&with(ok.clone(), json!("herald")))
+            .await
+            .is_ok()
+    );
+    assert!(
+        checked
+            .verify(&with(ok.clone(), json!(["other", "herald"])))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        checked
+            .verify(&with(ok.clone(), json!("other")))
+            .await
+            .unwrap_err(),
+        TokenError::WrongAudience
+    );
+    assert_eq!(
+        checked
+            .verify(&with(ok.clone(), json!(["x", "y"])))
+            .await
+            .unwrap_err(),
+        TokenError::WrongAudience
+    );
+    assert_eq!(
+        checked
+            .verify(&with(json!("https://evil.test"), json!("herald")))
+            .await
+            .unwrap_err(),
+        TokenError::WrongIssuer
+    );
+    let no_aud = hs256(&json!({"exp": now() + 60, "iss": "https://idp.test"}));
+    assert_eq!(
+        checked.verify(&no_aud).await.unwrap_err(),
+        TokenError::MissingClaim("aud")
+    );
+    let no_iss = hs256(&json!({"exp": now() + 60, "aud": "herald"}));
+    assert_eq!(
+        checked.verify(&no_iss).await.unwrap_err(),
+        TokenError::MissingClaim("iss")
+    );
+    // Not configured: not looked at.
+    let unchecked = build(&hmac_config());
+    assert!(
+        unchecked
+            .verify(&with(json!("anyone"), json!("anything")))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_token_too_long_is_refused_before_decoding() {
+    let cfg = AuthConfig {
+        max_token_bytes: 100,
+        ..hmac_config()
+    };
+    let limited = build(&cfg);
+    // Not even a JWT: the length alone decides.
+    let long = "x".repeat(101);
+    assert_eq!(
+        limited.verify(&long).await.unwrap_err(),
+        TokenError::TooLong { len: 101, max: 100 }
+    );
+    assert!(matches!(
+        limited.verify(&"x".repeat(100)).await,
+        Err(TokenError::Malformed(_))
+    ));
+    let real = hs256(&claims(&["a"]));
+    assert!(real.len() > 100);
+    assert!(matches!(
+        limited.verify(&real).await,
+        Err(TokenError::TooLong { .. })
+    ));
+}
+
+#[tokio::test]
+async fn malformed_tokens() {
+    let hmac = build(&hmac_config());
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#);
+    for bad in [
+        String::new(),
+        "abc".into(),
+        "a.b.c".into(),
+        format!("{header}.!!!.sig"),
+        format!("{header}.e30"),
+        format!("{header}.{}.", URL_SAFE_NO_PAD.encode("not json")),
+    ] {
+        let err = hmac.verify(&bad).await.unwrap_err();
+        assert!(
+            matches!(err, TokenError::Malformed(_) | TokenError::BadSignature),
+            "{bad}: {err:?}"
+        );
+        assert_eq!(err.code(), "invalid_token");
+    }
+    // Claims of the wrong type, properly signed.
+    for claims in [
+        json!({"exp": now() + 60, "channels": "user.42"}),
+        json!({"exp": now() + 60, "channels": [1, 2]}),
+        json!({"exp": "tomorrow"}),
+        json!({"exp": now() + 60, "sub": 42}),
+    ] {
+        let err = hmac.verify(&hs256(&claims)).await.unwrap_err();
+        assert!(matches!(err, TokenError::Malformed(_)), "{claims}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn error_messages_never_contain_the_token_or_the_secret() {
+    let hmac = build(&hmac_config());
+    let expired = hs256(&json!({"exp": now() - 100}));
+    let signature = expired.rsplit_once('.').unwrap().1.to_owned();
+    let forged = format!("{}x", &expired[..expired.len() - 1]);
+    let long_alg = unsigned(&json!({"alg": "A".repeat(500)}), &json!({}));
+    for token in [expired, forged, long_alg, "garbage".into()] {
+        let message = hmac.verify(&token).await.unwrap_err().to_string();
+        assert!(!message.contains(&token), "{message}");
+        assert!(!message.contains(&signature), "{message}");
+        assert!(!message.contains(SECRET), "{message}");
+        assert!(message.len() < 200, "{message}");
+    }
+    let cfg = AuthConfig {
+        hmac_secret: Some("short-secret".into()),
+        ..AuthConfig::default()
+    };
+    let err = Auth::new(&cfg).err().unwrap();
+    assert_eq!(err.key, "auth.hmac_secret");
+    assert!(!err.to_string().contains("short-secret"), "{err}");
+}
+
+#[tokio::test]
+async fn channels_claim_public_channels_and_authorize() {
+    let cfg = AuthConfig {
+        public_channels: vec!["news".into(), "public.*".into()],
+        ..hmac_config()
+    };
+    let auth = build(&cfg);
+    assert!(auth.is_enabled());
+    assert!(auth.is_public("news"));
+    assert!(auth.is_public("public.x"));
+    assert!(!auth.is_public("newsletter"));
+    assert!(!auth.is_public("user.42"));
+
+    let grant = auth
+        .verify(&hs256(&claims(&["user.42", "team.7.*", "bad.*.star"])))
+        .await
+        .unwrap();
+    assert_eq!(auth.authorize(Some(&grant), "user.42"), Ok(()));
+    assert_eq!(auth.authorize(Some(&grant), "team.7.x"), Ok(()));
+    assert_eq!(auth.authorize(Some(&grant), "news"), Ok(()));
+    let forbidden = auth.authorize(Some(&grant), "team.8.x").unwrap_err();
+    assert_eq!(
+        forbidden,
+        Denied::Forbidden {
+            channel: "team.8.x".into()
+        }
+    );
+    assert_eq!(forbidden.code(), "forbidden_channel");
+    assert!(forbidden.to_string().contains("team.8.x"));
+    assert!(auth.authorize(Some(&grant), "bad.x.star").is_err());
+
+    // No token: public channels only.
+    assert_eq!(auth.authorize(None, "public.y"), Ok(()));
+    let required = auth.authorize(None, "user.42").unwrap_err();
+    assert_eq!(required.code(), "invalid_token");
+    assert_eq!(required.channel(), "user.42");
+
+    // A token without `channels` is valid and reads public channels only.
+    let bare = auth
+        .verify(&hs256(&json!({"exp": now() + 60})))
+        .await
+        .unwrap();
+    assert!(bare.channels().is_empty());
+    assert_eq!(auth.authorize(Some(&bare), "news"), Ok(()));
+    assert_eq!(
+        auth.authorize(Some(&bare), "user.42").unwrap_err().code(),
+        "forbidden_channel"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_grant_is_refused_by_authorize() {
+    let cfg = AuthConfig {
+        leeway: Duration::ZERO,
+        ..hmac_config()
+    };
+    let auth = build(&cfg);
+    let grant = auth
+        .verify(&hs256(&json!({"exp": now() + 1, "channels": ["a"]})))
+        .await
+        .unwrap();
+    assert_eq!(auth.authorize(Some(&grant), "a"), Ok(()));
+    assert!(grant.is_expired(SystemTime::now() + Duration::from_secs(2)));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let denied = auth.authorize(Some(&grant), "a").unwrap_err();
+    assert_eq!(denied.code(), "token_expired");
+}
+
+#[tokio::test]
+async fn without_auth_every_channel_is_public() {
+    let open = Auth::open();
+    assert!(!open.is_enabled());
+    assert!(open.is_public("user.42"));
+    assert_eq!(open.authorize(None, "anything"), Ok(()));
+    let grant = open.verify("not even a token").await.unwrap();
+    assert!(grant.allows("user.42"));
+    assert_eq!(grant.expires_at(), None);
+    assert!(open.to_string().contains("every channel is public"));
+    open.start(CancellationToken::new()); // nothing to start
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_path() {
+    let missing = testdata("no-such.pem");
+    let err = Auth::new(&AuthConfig {
+        public_key_file: Some(missing.clone()),
+        ..AuthConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(err.key, "auth.public_key_file");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    for (file, why) in [
+        ("rsa.key.pem", "private key"),
+        ("p384.pub.pem", "P-384"),
+        ("rsa1024.pub.pem", "1024 bits"),
+        ("generate.sh", "not a PEM"),
+    ] {
+        let err = Auth::check_config(&pem_config(file)).unwrap_err();
+        assert_eq!(err.key, "auth.public_key_file");
+        let text = err.to_string();
+        assert!(text.contains(file) && text.contains(why), "{text}");
+    }
+
+    let err = Auth::check_config(&AuthConfig {
+        hmac_secret_file: Some(testdata("no-such-secret")),
+        ..AuthConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.key, "auth.hmac_secret_file");
+
+    for url in ["not a url", "ftp://idp/jwks", "file:///etc/passwd"] {
+        let err = Auth::check_config(&AuthConfig {
+            jwks_url: Some(url.into()),
+            ..AuthConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "auth.jwks_url", "{url}");
+        assert!(err.to_string().contains(url), "{err}");
+    }
+    assert!(
+        Auth::check_config(&AuthConfig {
+            jwks_url: Some("https://idp.example/jwks.json".into()),
+            ..AuthConfig::default()
+        })
+        .is_ok()
+    );
+}
+
+#[test]
+fn summary_line() {
+    let line = build(&AuthConfig {
+        public_channels: vec!["news".into()],
+        ..pem_config("ec.pub.pem")
+    })
+    .to_string();
+    assert!(
+        line.contains("ES256") && line.contains("auth.public_key_file"),
+        "{line}"
+    );
+}
