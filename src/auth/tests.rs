@@ -1,14 +1,19 @@
 //! Tests of [`Auth`] as its users see it: tokens made with jsonwebtoken and,
 //! so that Herald is not checked only against the crate it verifies with,
-//! with jwt-simple; keys from `testdata/` (see `testdata/generate.sh`).
+//! with jwt-simple; keys from `testdata/` (see `testdata/generate.sh`); a
+//! JWKS served by a small HTTP server in the test.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -589,4 +594,434 @@ fn summary_line() {
         line.contains("ES256") && line.contains("auth.public_key_file"),
         "{line}"
     );
+}
+
+// ---- JWKS ----------------------------------------------------------------
+
+/// A JWKS server for tests: answers every GET with the current body and
+/// counts the requests. Dropping it (or `stop`) closes the port.
+struct Idp {
+    url: String,
+    requests: Arc<AtomicUsize>,
+    body: Arc<parking_lot::Mutex<(u16, String)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Idp {
+    async fn serve(jwks: Value) -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let body = Arc::new(parking_lot::Mutex::new((200, jwks.to_string())));
+        let task = tokio::spawn({
+            let (requests, body) = (requests.clone(), body.clone());
+            async move {
+                loop {
+                    let Ok((mut socket, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (requests, body) = (requests.clone(), body.clone());
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let (status, text) = body.lock().clone();
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                            text.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                    });
+                }
+            }
+        });
+        Idp {
+            url,
+            requests,
+            body,
+            task,
+        }
+    }
+
+    fn set(&self, jwks: Value) {
+        *self.body.lock() = (200, jwks.to_string());
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The public JWK of a private key PEM, as an IdP would publish it (made by
+/// jsonwebtoken, not by the code under test).
+fn jwk(alg: Algorithm, private_pem: &str, kid: Option<&str>) -> Value {
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+        other => panic!("{other:?}"),
+    }
+    .unwrap();
+    let mut jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap())
+            .unwrap();
+    if let Some(kid) = kid {
+        jwk["kid"] = json!(kid);
+    }
+    jwk["use"] = json!("sig");
+    jwk
+}
+
+fn jwks_config(idp: &Idp) -> AuthConfig {
+    AuthConfig {
+        jwks_url: Some(idp.url.clone()),
+        jwks_timeout: Duration::from_secs(2),
+        jwks_min_refetch_interval: Duration::from_secs(1),
+        jwks_refresh_interval: Duration::from_secs(300),
+        ..AuthConfig::default()
+    }
+}
+
+/// Waits until the IdP has had `n` requests (the background fetch).
+async fn until_requests(idp: &Idp, n: usize) {
+    for _ in 0..500 {
+        if idp.requests() >= n {
+            // The fetch stores the keys just after the response.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the IdP had {} requests, not {n}", idp.requests());
+}
+
+#[tokio::test]
+async fn jwks_rotated_key_is_picked_up_after_an_unknown_kid() {
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, Some("k1"))]})).await;
+    let auth = build(&jwks_config(&idp));
+    let shutdown = CancellationToken::new();
+    auth.start(shutdown.clone());
+    until_requests(&idp, 1).await;
+    let k1 = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    assert!(auth.verify(&k1).await.unwrap().allows("a"));
+
+    // The IdP rotates: k2 (EC) is added. Within the refetch interval of the
+    // start-up fetch, an unknown kid is refused without a fetch...
+    idp.set(json!({"keys": [
+        jwk(Algorithm::RS256, RSA_KEY, Some("k1")),
+        jwk(Algorithm::ES256, EC_KEY, Some("k2")),
+    ]}));
+    let k2 = sign(
+        Algorithm::ES256,
+        Some("k2"),
+        &claims(&["b"]),
+        EC_KEY.as_bytes(),
+    );
+    assert_eq!(
+        auth.verify(&k2).await.unwrap_err(),
+        TokenError::UnknownKey(Some("k2".into()))
+    );
+    assert_eq!(idp.requests(), 1);
+    // ...and after it, the unknown kid fetches the set once and verifies.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(auth.verify(&k2).await.unwrap().allows("b"));
+    assert!(auth.verify(&k2).await.is_ok());
+    assert_eq!(idp.requests(), 2);
+
+    // k1 withdrawn: after the next fetch its tokens are refused.
+    idp.set(json!({"keys": [jwk(Algorithm::ES256, EC_KEY, Some("k2"))]}));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = sign(
+        Algorithm::ES256,
+        Some("k3"),
+        &claims(&["b"]),
+        EC_KEY.as_bytes(),
+    );
+    assert!(auth.verify(&unknown).await.is_err()); // fetches
+    assert_eq!(idp.requests(), 3);
+    assert_eq!(
+        auth.verify(&k1).await.unwrap_err(),
+        TokenError::UnknownKey(Some("k1".into()))
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn jwks_a_burst_of_unknown_kids_fetches_once_per_interval() {
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, Some("k1"))]})).await;
+    let cfg = AuthConfig {
+        jwks_min_refetch_interval: Duration::from_secs(60),
+        ..jwks_config(&idp)
+    };
+    let auth = build(&cfg);
+    // Not started: the first verifications find no keys and share one fetch.
+    let valid = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    let burst: Vec<_> = (0..50)
+        .map(|i| {
+            let (auth, valid) = (auth.clone(), valid.clone());
+            tokio::spawn(async move {
+                let bogus = sign(
+                    Algorithm::RS256,
+                    Some(&format!("bogus-{i}")),
+                    &claims(&["a"]),
+                    RSA_KEY.as_bytes(),
+                );
+                (auth.verify(&valid).await, auth.verify(&bogus).await)
+            })
+        })
+        .collect();
+    for task in burst {
+        let (valid, bogus) = task.await.unwrap();
+        assert!(valid.is_ok(), "{valid:?}");
+        assert!(
+            matches!(bogus, Err(TokenError::UnknownKey(Some(_)))),
+            "{bogus:?}"
+        );
+    }
+    assert_eq!(idp.requests(), 1);
+    // More unknown kids, still within the interval: no fetch.
+    for i in 0..50 {
+        let bogus = sign(
+            Algorithm::RS256,
+            Some(&format!("more-{i}")),
+            &claims(&["a"]),
+            RSA_KEY.as_bytes(),
+        );
+        assert!(auth.verify(&bogus).await.is_err());
+    }
+    assert_eq!(idp.requests(), 1);
+}
+
+#[tokio::test]
+async fn jwks_keys_are_kept_while_the_idp_is_down() {
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::ES256, EC_KEY, Some("k1"))]})).await;
+    let auth = build(&jwks_config(&idp));
+    let shutdown = CancellationToken::new();
+    auth.start(shutdown.clone());
+    until_requests(&idp, 1).await;
+    let k1 = sign(
+        Algorithm::ES256,
+        Some("k1"),
+        &claims(&["a"]),
+        EC_KEY.as_bytes(),
+    );
+    assert!(auth.verify(&k1).await.is_ok());
+
+    idp.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // An unknown kid tries a fetch, which fails: refused as unknown (the
+    // server has keys), and the cached key still works.
+    let k9 = sign(
+        Algorithm::ES256,
+        Some("k9"),
+        &claims(&["a"]),
+        EC_KEY.as_bytes(),
+    );
+    assert_eq!(
+        auth.verify(&k9).await.unwrap_err(),
+        TokenError::UnknownKey(Some("k9".into()))
+    );
+    assert!(auth.verify(&k1).await.is_ok());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn jwks_never_fetched_is_auth_unavailable() {
+    let idp = Idp::serve(json!({})).await;
+    let url = idp.url.clone();
+    drop(idp);
+    let auth = build(&AuthConfig {
+        jwks_url: Some(url),
+        ..AuthConfig::default()
+    });
+    let token = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    let err = auth.verify(&token).await.unwrap_err();
+    assert!(matches!(err, TokenError::KeysUnavailable(_)), "{err:?}");
+    assert_eq!(err.code(), "auth_unavailable");
+}
+
+#[tokio::test]
+async fn jwks_bad_answers_are_failed_fetches_that_keep_the_keys() {
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, Some("k1"))]})).await;
+    let auth = build(&jwks_config(&idp));
+    let k1 = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    assert!(auth.verify(&k1).await.is_ok());
+    let unknown = sign(
+        Algorithm::RS256,
+        Some("kx"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    for (status, body) in [
+        (500, r#"{"keys": []}"#.to_owned()),
+        (200, "<html>login</html>".to_owned()),
+        (
+            200,
+            json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).to_string(),
+        ),
+    ] {
+        *idp.body.lock() = (status, body);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let before = idp.requests();
+        assert!(matches!(
+            auth.verify(&unknown).await,
+            Err(TokenError::UnknownKey(_))
+        ));
+        assert_eq!(idp.requests(), before + 1);
+        assert!(auth.verify(&k1).await.is_ok(), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn jwks_kid_rules_and_key_algorithms() {
+    // One key without kid: a token without kid uses it.
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, None)]})).await;
+    let auth = build(&jwks_config(&idp));
+    let no_kid = sign(Algorithm::RS256, None, &claims(&["a"]), RSA_KEY.as_bytes());
+    assert!(auth.verify(&no_kid).await.is_ok());
+
+    // Two keys: a token without kid cannot choose.
+    let idp = Idp::serve(json!({"keys": [
+        jwk(Algorithm::RS256, RSA_KEY, Some("r")),
+        jwk(Algorithm::ES256, EC_KEY, Some("e")),
+        {"kty": "oct", "kid": "hmac", "k": URL_SAFE_NO_PAD.encode(SECRET)},
+    ]}))
+    .await;
+    let auth = build(&jwks_config(&idp));
+    let with_kid = sign(
+        Algorithm::RS256,
+        Some("r"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    assert!(auth.verify(&with_kid).await.is_ok());
+    assert_eq!(
+        auth.verify(&no_kid).await.unwrap_err(),
+        TokenError::UnknownKey(None)
+    );
+    // The key's algorithm decides: an RS256 token naming the EC key, or an
+    // HS256 one naming the RSA key, is the wrong algorithm.
+    let rs_at_ec = sign(
+        Algorithm::RS256,
+        Some("e"),
+        &claims(&["a"]),
+        RSA_KEY.as_bytes(),
+    );
+    assert!(matches!(
+        auth.verify(&rs_at_ec).await,
+        Err(TokenError::WrongAlgorithm { .. })
+    ));
+    let hs_at_rsa = sign(
+        Algorithm::HS256,
+        Some("r"),
+        &claims(&["a"]),
+        RSA_PUB.as_bytes(),
+    );
+    assert!(matches!(
+        auth.verify(&hs_at_rsa).await,
+        Err(TokenError::WrongAlgorithm { .. })
+    ));
+    // A symmetric key in the JWKS is never used.
+    let hs = sign(
+        Algorithm::HS256,
+        Some("hmac"),
+        &claims(&["a"]),
+        SECRET.as_bytes(),
+    );
+    assert!(matches!(
+        auth.verify(&hs).await,
+        Err(TokenError::UnknownKey(_))
+    ));
+    assert_eq!(idp.requests(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn jwks_a_failure_streak_is_logged_once() {
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // A current-thread runtime: the refresh task runs on this thread, under
+    // this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let idp = Idp::serve(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, Some("k1"))]})).await;
+    let cfg = AuthConfig {
+        jwks_refresh_interval: Duration::from_secs(1),
+        ..jwks_config(&idp)
+    };
+    let auth = build(&cfg);
+    let shutdown = CancellationToken::new();
+    auth.start(shutdown.clone());
+    until_requests(&idp, 1).await;
+    *idp.body.lock() = (503, String::new());
+    until_requests(&idp, 4).await; // three failures in a row
+    idp.set(json!({"keys": [jwk(Algorithm::RS256, RSA_KEY, Some("k1"))]}));
+    until_requests(&idp, 5).await;
+    shutdown.cancel();
+
+    let log = String::from_utf8(captured.0.lock().clone()).unwrap();
+    assert_eq!(log.matches("JWKS fetch failed").count(), 1, "{log}");
+    assert_eq!(log.matches("JWKS keys loaded").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("JWKS fetched again after failures").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("HTTP status 503"), "{log}");
+    assert!(log.contains("k1:RS256"), "{log}");
 }
