@@ -1025,3 +1025,60 @@ async fn jwks_a_failure_streak_is_logged_once() {
     assert!(log.contains("HTTP status 503"), "{log}");
     assert!(log.contains("k1:RS256"), "{log}");
 }
+
+// ---- cost ----------------------------------------------------------------
+
+/// The time to verify one token. Run in a release build:
+/// `cargo test --release --lib -- --ignored verify_cost --nocapture`.
+#[tokio::test(flavor = "current_thread")]
+#[ignore]
+async fn verify_cost() {
+    const ROUNDS: u32 = 10_000;
+    let usual = claims(&["user.42", "team.7.*"]);
+    for (name, cfg, token) in [
+        ("HS256", hmac_config(), hs256(&usual)),
+        (
+            "ES256",
+            pem_config("ec.pub.pem"),
+            sign(Algorithm::ES256, None, &usual, EC_KEY.as_bytes()),
+        ),
+        (
+            "RS256",
+            pem_config("rsa.pub.pem"),
+            sign(Algorithm::RS256, None, &usual, RSA_KEY.as_bytes()),
+        ),
+    ] {
+        let auth = build(&cfg);
+        auth.verify(&token).await.unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(auth.verify(std::hint::black_box(&token)).await.unwrap());
+        }
+        let each = start.elapsed() / ROUNDS;
+        println!(
+            "verify_cost {name}: {each:?} per token ({} bytes)",
+            token.len()
+        );
+    }
+
+    // And a subscription check against a token with 2,000 patterns (1,000
+    // exact names, 1,000 prefixes of 10 lengths), the channel not among them.
+    let mut patterns: Vec<String> = (0..1_000).map(|i| format!("user.{i}")).collect();
+    patterns.extend((0..1_000).map(|i| format!("team.{}{i}.*", "7".repeat(i % 10))));
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let cfg = AuthConfig {
+        max_token_bytes: 64 * 1024,
+        ..hmac_config()
+    };
+    let auth = build(&cfg);
+    let grant = auth.verify(&hs256(&claims(&patterns))).await.unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..ROUNDS {
+        let denied = auth.authorize(Some(&grant), std::hint::black_box("team.77777.x.nope"));
+        assert!(denied.is_err());
+    }
+    println!(
+        "verify_cost authorize, 2,000 patterns: {:?} per check",
+        start.elapsed() / ROUNDS
+    );
+}
