@@ -26,10 +26,13 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// log says how many). IdPs publish a handful; each key read costs a parse.
 const MAX_JWKS_KEYS: usize = 100;
 
-/// `kid`s are cut to this length in log lines.
+/// `kid`s are cut to this length in log lines and in `UnknownKey` errors:
+/// a token's `kid` is attacker-chosen text up to `max_token_bytes` long.
 const MAX_LOGGED_KID_BYTES: usize = 64;
 
-/// A JWKS and the keys last fetched from it. Cheap to share: `Arc` inside.
+/// A JWKS and the keys last fetched from it. The state is shared with the
+/// refresh task and with fetch tasks, which can outlive the verification
+/// that started them.
 pub(super) struct Jwks {
     shared: Arc<Shared>,
 }
@@ -38,6 +41,8 @@ struct Shared {
     url: reqwest::Url,
     /// Has the per-fetch timeout (`jwks_timeout`) set.
     client: reqwest::Client,
+    /// `auth.jwks_refresh_interval` and `auth.jwks_min_refetch_interval`
+    /// (their limits are documented on `AuthConfig`).
     refresh_interval: Duration,
     min_refetch_interval: Duration,
     /// The keys verifications read: swapped whole by a fetch, never edited.

@@ -6,10 +6,10 @@
 //! ([`Auth::open`]) every channel is public.
 //!
 //! - [`config`] — the `[auth]` section and its checks;
-//! - [`keys`] — a key and the one algorithm it verifies, from a secret, a
+//! - `keys` — a key and the one algorithm it verifies, from a secret, a
 //!   PEM file or a JWK;
-//! - [`jwks`] — keys fetched from a JWKS URL, cached by `kid`, refreshed;
-//! - [`token`] — verifying one token into a [`Grant`];
+//! - `jwks` — keys fetched from a JWKS URL, cached by `kid`, refreshed;
+//! - `token` — verifying one token into a [`Grant`];
 //! - [`patterns`] — the channel pattern syntax.
 //!
 //! [`Auth`] ties them together: built once at start from the config,
