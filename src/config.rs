@@ -379,7 +379,7 @@ impl Config {
         if let Some(auth) = &self.auth {
             Auth::check_config(auth)?;
         }
-        if self.http.admin_listen == Some(self.http.listen) {
+        if self.http.listen.port() != 0 && self.http.admin_listen == Some(self.http.listen) {
             return Err(invalid(
                 "http.admin_listen",
                 self.http.listen,

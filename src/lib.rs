@@ -25,6 +25,8 @@
 //!   connection.
 //! - [`app`] — the state every handler shares; [`node`] starts and stops
 //!   one Herald ([`run`] is `herald serve`); [`dev`] is `herald dev`.
+//! - [`auth`] — tokens (JWT), keys and JWKS, channel patterns: who may
+//!   read what; the HTTP edge (`http::access`) asks it for every request.
 //! - [`config`], [`metrics`], [`shutdown`] — below everything else.
 //!
 //! Imports point one way: `node → http → transport → hub → (router,
@@ -34,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod http;

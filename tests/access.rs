@@ -31,7 +31,7 @@ fn hs256(claims: Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
     )
     .unwrap()
 }
@@ -56,7 +56,11 @@ fn unsigned(claims: Value) -> String {
     let b64 = |v: &Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
     };
-    format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims))
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    )
 }
 
 /// Herald with one topic routed to `team.{key}` and `public.{key}`,
@@ -110,20 +114,32 @@ async fn answers(addr: SocketAddr, channel: &str, token: Option<&str>) -> Answer
         Ok(_) => (101, None),
         Err((status, body)) => (status, code(&body)),
     };
-    // Two-way: the token in the URL (or none), the channel by message.
-    let query = token.map(|t| format!("token={t}")).unwrap_or_default();
-    let mut ws = Ws::connect(addr, &query).await;
-    ws.send_json(json!({"type": "subscribe", "channel": channel}))
-        .await;
-    let reply = ws.next_json().await;
-    let ws_message = match reply["type"].as_str() {
-        Some("subscribed") => None,
-        Some("error") => {
-            assert_eq!(reply["channel"], channel, "{reply}");
-            reply["code"].as_str().map(str::to_owned)
+    // Two-way: the token by an `auth` message (a refused one is answered
+    // there), the channel by message.
+    let mut ws = Ws::connect(addr, "").await;
+    let mut ws_message = None;
+    if let Some(t) = token {
+        ws.send_json(json!({"type": "auth", "token": t})).await;
+        let reply = ws.next_json().await;
+        match reply["type"].as_str() {
+            Some("authenticated") => {}
+            Some("error") => ws_message = reply["code"].as_str().map(str::to_owned),
+            _ => panic!("unexpected reply {reply}"),
         }
-        _ => panic!("unexpected reply {reply}"),
-    };
+    }
+    if ws_message.is_none() {
+        ws.send_json(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        let reply = ws.next_json().await;
+        ws_message = match reply["type"].as_str() {
+            Some("subscribed") => None,
+            Some("error") => {
+                assert_eq!(reply["channel"], channel, "{reply}");
+                reply["code"].as_str().map(str::to_owned)
+            }
+            _ => panic!("unexpected reply {reply}"),
+        };
+    }
     Answers {
         sse,
         poll,
@@ -145,7 +161,11 @@ async fn assert_refused(
     assert_eq!(a.sse, want, "SSE, {channel}");
     assert_eq!(a.poll, want, "poll, {channel}");
     assert_eq!(a.ws_url, want, "one-way WebSocket, {channel}");
-    assert_eq!(a.ws_message.as_deref(), Some(code), "WebSocket subscribe, {channel}");
+    assert_eq!(
+        a.ws_message.as_deref(),
+        Some(code),
+        "WebSocket subscribe, {channel}"
+    );
 }
 
 async fn assert_admitted(addr: SocketAddr, channel: &str, token: Option<&str>) {
@@ -173,7 +193,7 @@ async fn tokens_and_patterns_decide_every_transport() {
     let forged = encode(
         &Header::new(Algorithm::HS256),
         &json!({"exp": now() + 300, "channels": ["team.7.*"]}),
-        &EncodingKey::from_secret(b"another secret of at least thirty-two bytes"),
+        &EncodingKey::from_secret(b"another secret of at least thirty-two bytes").unwrap(),
     )
     .unwrap();
     assert_refused(addr, "team.7.x", Some(&forged), 401, "invalid_token").await;
@@ -191,7 +211,9 @@ async fn tokens_and_patterns_decide_every_transport() {
 
     // The header works as well as token=, and wins.
     let response = reqwest::Client::new()
-        .get(format!("http://{addr}/poll?channel=team.7.x&token={forged}"))
+        .get(format!(
+            "http://{addr}/poll?channel=team.7.x&token={forged}"
+        ))
         .bearer_auth(&team7)
         .send()
         .await
@@ -216,16 +238,30 @@ async fn audience_issuer_and_key_type_are_checked() {
     assert_admitted(addr, "team.1", Some(&rs256(good.clone()))).await;
     let mut wrong_aud = good.clone();
     wrong_aud["aud"] = "other".into();
-    assert_refused(addr, "team.1", Some(&rs256(wrong_aud)), 401, "invalid_token").await;
+    assert_refused(
+        addr,
+        "team.1",
+        Some(&rs256(wrong_aud)),
+        401,
+        "invalid_token",
+    )
+    .await;
     let mut wrong_iss = good.clone();
     wrong_iss["iss"] = "https://evil.test".into();
-    assert_refused(addr, "team.1", Some(&rs256(wrong_iss)), 401, "invalid_token").await;
+    assert_refused(
+        addr,
+        "team.1",
+        Some(&rs256(wrong_iss)),
+        401,
+        "invalid_token",
+    )
+    .await;
     // HS256 signed with the RSA public key as the secret: the classic
     // algorithm confusion, refused because the key is an RS256 key.
     let confused = encode(
         &Header::new(Algorithm::HS256),
         &good,
-        &EncodingKey::from_secret(RSA_PUB_PEM),
+        &EncodingKey::from_secret(RSA_PUB_PEM).unwrap(),
     )
     .unwrap();
     assert_refused(addr, "team.1", Some(&confused), 401, "invalid_token").await;
@@ -305,7 +341,11 @@ async fn a_websocket_renews_its_token_in_place_and_misses_nothing() {
     let ended = ws.next_json().await;
     assert_eq!(
         (&ended["type"], &ended["code"], &ended["channel"]),
-        (&json!("error"), &json!("forbidden_channel"), &json!("team.c")),
+        (
+            &json!("error"),
+            &json!("forbidden_channel"),
+            &json!("team.c")
+        ),
         "{ended}"
     );
     let reply = ws.next_json().await;
@@ -320,7 +360,12 @@ async fn a_websocket_renews_its_token_in_place_and_misses_nothing() {
     produce(&topic, "b", 20, 40).await;
     // Time itself has to pass here: the first token's expiry.
     let first_expired = UNIX_EPOCH + Duration::from_secs(second_exp - 57);
-    tokio::time::sleep(first_expired.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    tokio::time::sleep(
+        first_expired
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
     produce(&topic, "b", 40, 60).await;
     let got = ws.messages(40).await;
     assert_eq!(ns_json(&got), (20..60).collect::<Vec<_>>());
@@ -371,7 +416,7 @@ async fn only_listed_origins_may_use_herald_from_a_browser() {
                 "{path} from {origin}"
             );
             if !listed {
-                let body: Value = response.json().await.unwrap();
+                let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
                 assert_eq!(body["error"]["code"], "origin_not_allowed");
             } else if path == "sse" {
                 // The stream is open; drop it.
@@ -379,7 +424,11 @@ async fn only_listed_origins_may_use_herald_from_a_browser() {
             }
         }
         let want = if listed { 101 } else { 403 };
-        assert_eq!(ws_status(addr, "channel=public.x", origin).await, want, "ws from {origin}");
+        assert_eq!(
+            ws_status(addr, "channel=public.x", origin).await,
+            want,
+            "ws from {origin}"
+        );
     }
     // Herald's own page (Origin = the Host it was sent to) and clients
     // without Origin are admitted.
@@ -400,7 +449,10 @@ async fn only_listed_origins_may_use_herald_from_a_browser() {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert!(
-            response.headers().get("access-control-allow-origin").is_none(),
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none(),
             "{path} has CORS headers"
         );
     }

@@ -90,7 +90,11 @@ async fn serve_http(
     let service = service_fn(move |mut req: Request<Incoming>| {
         let app = app2.clone();
         req.extensions_mut().insert(slot.clone());
-        async move { Ok::<_, Infallible>(super::routes::route(&app, req, super::routes::Surface::Public).await) }
+        async move {
+            Ok::<_, Infallible>(
+                super::routes::route(&app, req, super::routes::Surface::Public).await,
+            )
+        }
     });
     let writes = Arc::new(WriteWatch::default());
     let io = WatchedIo {

@@ -131,7 +131,9 @@ impl Connection {
         let ending = loop {
             if self.expires != armed_for {
                 armed_for = self.expires;
-                expiry = self.expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+                expiry = self
+                    .expires
+                    .map(|at| Box::pin(tokio::time::sleep_until(at)));
             }
             let expired = async {
                 match expiry.as_mut() {
