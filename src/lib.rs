@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod app;
 pub mod config;
 pub mod dev;
