@@ -34,10 +34,22 @@ use crate::router::{PublishRefusal, is_valid_channel};
     expecting = "a JSON object {\"channel\": string, \"data\": any JSON, \"key\": string (optional)}"
 )]
 struct PublishBody {
+    #[serde(deserialize_with = "channel_field")]
     channel: String,
     data: Box<RawValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "key_field")]
     key: Option<String>,
+}
+
+/// serde's own type errors do not name the field; these do.
+fn channel_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d)
+        .map_err(|e| serde::de::Error::custom(format!("`channel` must be a string: {e}")))
+}
+
+fn key_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+        .map_err(|e| serde::de::Error::custom(format!("`key` must be a string or null: {e}")))
 }
 
 /// Answers `POST /publish` (`404 not_found` when `[publish]` is not
@@ -54,8 +66,7 @@ where
         return Ok(refusal.into_response(app));
     }
     let body = read_body(req, config).await?;
-    let request: PublishBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid publish body: {e}")))?;
+    let request = parse_body(&body)?;
     if !is_valid_channel(&request.channel) {
         return Err(ApiError::bad_request(
             "invalid_channel",
@@ -108,6 +119,25 @@ where
         "offset": produced.offset,
     });
     Ok(full(StatusCode::OK, "application/json", answer.to_string()))
+}
+
+/// The body as a [`PublishBody`]. serde would also take a struct from a
+/// JSON array (fields in order), so anything but an object is refused
+/// first.
+fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
+    let invalid =
+        |why: String| ApiError::bad_request("invalid_body", format!("invalid publish body: {why}"));
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(invalid("the body is empty".into())),
+        Some(_) => {
+            return Err(invalid(
+                "expected a JSON object {\"channel\": string, \"data\": any JSON, \"key\": string (optional)}"
+                    .into(),
+            ));
+        }
+    }
+    serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))
 }
 
 /// The answer on `/publish` when `[publish]` is not configured.
