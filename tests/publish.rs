@@ -692,3 +692,100 @@ async fn kafka_not_acknowledging_in_time_is_503_kafka_unavailable() {
     );
     herald.stop().await;
 }
+
+/// `herald dev`: the curl line its banner prints, and the example in
+/// `docs/protocol.md` (pointed at this run's address), run as pasted,
+/// publish records a subscriber receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_dev_publishes_with_the_printed_key_and_the_documented_example() {
+    use tokio::io::AsyncBufReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["dev", "--listen", &addr.to_string(), "--ticker", "0s"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald dev");
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let curl_line = tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("banner") {
+            if line.contains("/publish") && line.contains("\"channel\":\"news\"") {
+                return line.trim().to_owned();
+            }
+        }
+        panic!("the banner has no curl line for /publish");
+    })
+    .await
+    .expect("the banner");
+    wait_readyz(addr, 200, TIMEOUT).await;
+    let info: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{addr}/dev/info"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let key = info["publish"]["api_key"]
+        .as_str()
+        .expect("the key in /dev/info");
+    assert!(curl_line.contains(key), "{curl_line}");
+
+    let mut sse = Sse::connect(addr, "channel=news&channel=user.k7", None).await;
+    let run = |script: String| async move {
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .await
+            .expect("sh");
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = run(curl_line).await;
+    let answer: Value = serde_json::from_str(&printed).expect("a JSON answer");
+    assert_eq!(answer["topic"], "news", "{printed}");
+    let m = sse.next_message().await.json();
+    assert_eq!(
+        (&m["channel"], &m["data"]),
+        (&json!("news"), &json!({"hello": "world"}))
+    );
+    assert_eq!(
+        (&m["partition"], &m["offset"]),
+        (&answer["partition"], &answer["offset"])
+    );
+
+    let doc = include_str!("../docs/protocol.md");
+    let section = &doc[doc.find("\n## Publish\n").expect("a Publish section")..];
+    let block = &section[section.find("```sh\n").expect("an sh example") + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let printed = run(block.replace("127.0.0.1:8080", &addr.to_string())).await;
+    let answers: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {printed}")))
+        .collect();
+    assert_eq!(answers.len(), 2, "{printed}");
+    assert_eq!(
+        (&answers[0]["topic"], &answers[1]["topic"]),
+        (&json!("news"), &json!("users"))
+    );
+    let first = sse.next_message().await.json();
+    let second = sse.next_message().await.json();
+    let mut got = [first, second];
+    got.sort_by_key(|m| m["channel"].as_str().unwrap().to_owned());
+    assert_eq!(
+        (&got[0]["channel"], &got[0]["data"]),
+        (&json!("news"), &json!({"hello": "world"}))
+    );
+    assert_eq!(
+        (&got[1]["channel"], &got[1]["key"], &got[1]["data"]),
+        (&json!("user.k7"), &json!("k7"), &json!({"n": 1}))
+    );
+    dev.kill().await.ok();
+}
