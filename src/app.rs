@@ -9,9 +9,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api_keys::ApiKeys;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::kafka::producer::Publisher;
 use crate::metrics::{Metrics, Watermarks};
 
 /// Shared state of one running Herald.
@@ -35,4 +37,13 @@ pub struct App {
     /// Long polls waiting at once (`limits.max_long_polls`); a poll that
     /// finds no permit gets `503 too_many_long_polls`.
     pub long_polls: Arc<Semaphore>,
+    /// `POST /publish`: present only when `[publish]` is configured.
+    pub publishing: Option<Publishing>,
+}
+
+/// What `POST /publish` needs: the node's producer and the keys that may
+/// use it.
+pub struct Publishing {
+    pub publisher: Publisher,
+    pub keys: ApiKeys,
 }

@@ -10,11 +10,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use crate::api_keys::ApiKeys;
+use crate::app::{App, Publishing};
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::kafka::ingest;
+use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replayer;
 use crate::metrics::{Metrics, Watermarks};
 use crate::router::Router;
@@ -33,7 +35,13 @@ pub enum StartError {
     Routes(#[from] crate::router::RouterError),
     #[error("invalid [auth]: {0}")]
     Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
+
+/// How long stopping waits for published records still on their way to
+/// Kafka (their requests have been answered or dropped by then).
+const PUBLISH_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running Herald: its address and the means to stop it.
 pub struct Herald {
@@ -92,6 +100,17 @@ impl Herald {
         }
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new(&config.routes)?);
+        let publishing = match &config.publish {
+            None => None,
+            Some(publish) => {
+                // Read again here: the key file may have changed since the
+                // config was validated.
+                let keys = ApiKeys::new(publish.load_keys()?);
+                let publisher = Publisher::new(&config.kafka, publish, metrics.clone())?;
+                tracing::info!(api_keys = keys.len(), "POST /publish is enabled");
+                Some(Publishing { publisher, keys })
+            }
+        };
         let hub = Hub::new(
             config.hub.clone(),
             config.limits.max_channels_per_connection,
@@ -125,6 +144,7 @@ impl Herald {
             shutdown,
             dev_info,
             tasks: TaskTracker::new(),
+            publishing,
         });
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
@@ -157,10 +177,17 @@ impl Herald {
 
     /// Shuts down in phases: stop accepting, tell streaming clients to
     /// reconnect elsewhere, let connections drain for `http.shutdown_grace`,
-    /// then stop the ingest.
+    /// flush the publish producer, then stop the ingest.
     pub async fn stop(self) {
         self.app.shutdown.cancel();
         let _ = self.server.await;
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(publishing) = &app.publishing {
+                publishing.publisher.flush(PUBLISH_FLUSH);
+            }
+        })
+        .await;
         let ingest = self.ingest;
         let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     }

@@ -1,6 +1,6 @@
 //! The request router: which handler answers which method and path, and
 //! the small endpoints of Herald's own (`/metrics`, `/healthz`, `/readyz`,
-//! `/herald.js`, the demo page).
+//! `/herald.js`, the demo page). `POST /publish` is [`super::publish`]'s.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use super::cors::{finish_response, preflight};
 use super::error::ApiError;
+use super::publish;
 use super::response::{Body, full};
 use crate::app::App;
 use crate::transport;
@@ -42,6 +43,15 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
         (&Method::GET, "/sse") => transport::sse::handle(app, &req).await,
         (&Method::GET, "/ws") => transport::ws::handle(app, &mut req).await,
         (&Method::GET, "/poll") => transport::poll::handle(app, &req).await,
+        // Every method on /publish, OPTIONS included: publishing is for
+        // backends, which send no CORS preflight.
+        (_, "/publish") if app.publishing.is_none() => Err(publish::not_enabled()),
+        // Publishing is for backends: no CORS headers.
+        (&Method::POST, "/publish") => {
+            let result = publish::handle(app, req).await;
+            return result.unwrap_or_else(|e| e.into_response(&app.metrics));
+        }
+        (method, "/publish") => Ok(publish::method_not_allowed(app, method)),
         (&Method::GET, "/herald.js") => Ok(herald_js()),
         (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
             StatusCode::OK,
