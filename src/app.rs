@@ -9,13 +9,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api_keys::ApiKeys;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::kafka::producer::Publisher;
 use crate::metrics::{Metrics, Watermarks};
 
 /// Shared state of one running Herald.
 pub struct App {
     pub config: Config,
+    /// Token verification and channel rules (`[auth]`).
+    pub auth: Auth,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     /// The brokers' watermarks, written by the ingest, read for
@@ -32,4 +37,13 @@ pub struct App {
     /// Long polls waiting at once (`limits.max_long_polls`); a poll that
     /// finds no permit gets `503 too_many_long_polls`.
     pub long_polls: Arc<Semaphore>,
+    /// `POST /publish`: present only when `[publish]` is configured.
+    pub publishing: Option<Publishing>,
+}
+
+/// What `POST /publish` needs: the node's producer and the keys that may
+/// use it.
+pub struct Publishing {
+    pub publisher: Publisher,
+    pub keys: ApiKeys,
 }

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api_keys::key_problem;
+use crate::auth::{Auth, AuthConfig, AuthConfigError};
 use crate::router::{RouteSpec, Router, RouterError};
 
 /// Why a configuration could not be loaded. The message names the key.
@@ -30,6 +32,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("invalid config: {0}")]
+    Auth(#[from] AuthConfigError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +54,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub replay: ReplayConfig,
+    /// Who may read which channel (`[auth]`); absent, every channel is
+    /// public.
+    pub auth: Option<AuthConfig>,
+    /// `POST /publish`: off (the endpoint answers `404`) unless the
+    /// section is present.
+    pub publish: Option<PublishConfig>,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
@@ -103,9 +113,17 @@ pub struct KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    /// Value of `Access-Control-Allow-Origin` on streaming responses; empty
-    /// disables CORS headers.
-    pub cors_allow_origin: String,
+    /// Where `/metrics` is served instead of on `listen`, with `/healthz`
+    /// and `/readyz` (which `listen` keeps too, for load balancers), so
+    /// that the metrics need not be public. Unset: everything on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins (`https://app.example.com`, scheme, host and port as a
+    /// browser sends them) whose pages may use Herald: a WebSocket upgrade,
+    /// stream or poll with another `Origin` is `403 origin_not_allowed`,
+    /// and CORS headers name only these. `"*"` admits every origin (for
+    /// public data only). Requests without `Origin` and from Herald's own
+    /// pages are always admitted.
+    pub allowed_origins: Vec<String>,
     /// Serve the demo page at `/`.
     pub demo_page: bool,
     /// SO_SNDBUF for client sockets, in bytes; unset leaves the kernel's
@@ -292,6 +310,124 @@ impl Default for ReplayConfig {
     }
 }
 
+/// `POST /publish`, for backends without a Kafka client: who may publish
+/// and the bounds on one request. Present in the file as `[publish]`.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Keys accepted as `Authorization: Bearer <key>`, each 16 to 256
+    /// visible ASCII characters. Listing two keys lets clients move from
+    /// one to the other without a moment when neither works.
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line (surrounding whitespace, blank
+    /// lines and lines starting with `#` are ignored), read at start; a
+    /// relative path is relative to Herald's working directory. Keeps keys
+    /// out of the config file.
+    pub api_keys_file: Option<PathBuf>,
+    /// Largest request body, in bytes; a larger one is `413 body_too_large`,
+    /// refused before it is parsed (and, with a `Content-Length`, before it
+    /// is read).
+    pub max_body_bytes: usize,
+    /// How long a publish waits for Kafka to acknowledge the record (the
+    /// producer's `message.timeout.ms`, retries included); past it the
+    /// answer is `503 kafka_unavailable`, and the record may or may not
+    /// have been written.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long the client may take to send the body; past it `408
+    /// body_timeout`. A slow sender cannot hold a request open forever.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            max_body_bytes: 64 * 1024,
+            timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Says how many keys there are, never what they are.
+impl std::fmt::Debug for PublishConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishConfig")
+            .field("api_keys", &format_args!("<{} keys>", self.api_keys.len()))
+            .field("api_keys_file", &self.api_keys_file)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("timeout", &self.timeout)
+            .field("body_timeout", &self.body_timeout)
+            .finish()
+    }
+}
+
+impl PublishConfig {
+    /// Every API key: `api_keys`, then those in `api_keys_file` (read
+    /// now). A key that is unfit, a file that cannot be read, or no key at
+    /// all is an error naming the key (or the file and line), never the
+    /// key itself.
+    pub fn load_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let invalid = |key: String, value: String, reason: String| ConfigError::Invalid {
+            key,
+            value,
+            reason,
+        };
+        let mut keys = Vec::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if let Some(problem) = key_problem(key) {
+                let shown = if key.is_empty() {
+                    "\"\""
+                } else {
+                    "(not shown)"
+                };
+                return Err(invalid(
+                    format!("publish.api_keys[{i}]"),
+                    shown.into(),
+                    problem,
+                ));
+            }
+            keys.push(key.clone());
+        }
+        if let Some(path) = &self.api_keys_file {
+            let shown = format!("{:?}", path.display().to_string());
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "publish.api_keys_file".into(),
+                    shown.clone(),
+                    format!("cannot read the key file: {e}"),
+                )
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let key = line.trim();
+                if key.is_empty() || key.starts_with('#') {
+                    continue;
+                }
+                if let Some(problem) = key_problem(key) {
+                    return Err(invalid(
+                        "publish.api_keys_file".into(),
+                        shown,
+                        format!("line {}: {problem}", n + 1),
+                    ));
+                }
+                keys.push(key.to_owned());
+            }
+        }
+        if keys.is_empty() {
+            return Err(invalid(
+                "publish.api_keys".into(),
+                "[]".into(),
+                "[publish] needs at least one key, in publish.api_keys or in publish.api_keys_file"
+                    .into(),
+            ));
+        }
+        Ok(keys)
+    }
+}
+
 mod defaults {
     //! Defaults of keys in sections that also have required keys; the
     //! other sections' defaults are their `Default` impls.
@@ -315,7 +451,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            cors_allow_origin: "*".into(),
+            admin_listen: None,
+            allowed_origins: Vec::new(),
             demo_page: true,
             send_buffer_bytes: None,
             write_timeout: Duration::from_secs(60),
@@ -412,6 +549,25 @@ impl Config {
                 value: format!("{value:?}"),
                 reason: reason.to_owned(),
             }
+        }
+        for origin in &self.http.allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(invalid(
+                    "http.allowed_origins",
+                    origin,
+                    "an origin is scheme://host[:port] as a browser sends it (no path, no trailing slash), or \"*\"",
+                ));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            Auth::check_config(auth)?;
+        }
+        if self.http.listen.port() != 0 && self.http.admin_listen == Some(self.http.listen) {
+            return Err(invalid(
+                "http.admin_listen",
+                self.http.listen,
+                "must differ from http.listen",
+            ));
         }
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid(
@@ -530,6 +686,9 @@ impl Config {
         if self.routes.is_empty() {
             return Err(invalid("route", "[]", "at least one [[route]] is needed"));
         }
+        if let Some(publish) = &self.publish {
+            self.validate_publish(publish)?;
+        }
         Router::new(&self.routes).map_err(|e| match e {
             RouterError::Route {
                 index,
@@ -544,6 +703,70 @@ impl Config {
         })?;
         Ok(())
     }
+
+    fn validate_publish(&self, publish: &PublishConfig) -> Result<(), ConfigError> {
+        fn invalid(key: &str, value: impl std::fmt::Debug, reason: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_owned(),
+                value: format!("{value:?}"),
+                reason: reason.to_owned(),
+            }
+        }
+        publish.load_keys()?;
+        if publish.max_body_bytes == 0 {
+            return Err(invalid(
+                "publish.max_body_bytes",
+                publish.max_body_bytes,
+                "must be greater than 0",
+            ));
+        }
+        // librdkafka takes message.timeout.ms as a 32-bit count.
+        if publish.timeout < Duration::from_millis(100)
+            || publish.timeout.as_millis() > i32::MAX as u128
+        {
+            return Err(invalid(
+                "publish.timeout",
+                publish.timeout,
+                "must be between 100ms and 24 days",
+            ));
+        }
+        if publish.body_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "publish.body_timeout",
+                publish.body_timeout,
+                "must be at least 100ms",
+            ));
+        }
+        // The producer is idempotent with acks=all: [kafka.options] (shared
+        // with the consumers) may not weaken that.
+        for (option, allowed) in [
+            ("enable.idempotence", &["true"][..]),
+            ("acks", &["all", "-1"][..]),
+            ("request.required.acks", &["all", "-1"][..]),
+        ] {
+            if let Some(value) = self.kafka.options.get(option)
+                && !allowed.contains(&value.as_str())
+            {
+                return Err(invalid(
+                    &format!("kafka.options.\"{option}\""),
+                    value,
+                    "with [publish] the producer is idempotent with acks=all; remove this option",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]`, nothing after it: the form of an `Origin` header.
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, authority)) = text.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' '])
+        && authority.parse::<http::uri::Authority>().is_ok()
 }
 
 #[cfg(test)]
@@ -677,5 +900,131 @@ mod tests {
         ] {
             Config::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    const KEY: &str = "test-key-0123456789";
+
+    #[test]
+    fn publishing_is_off_unless_configured_and_gets_defaults() {
+        assert!(Config::parse(MINIMAL, "test").unwrap().publish.is_none());
+        let text = format!("{MINIMAL}\n[publish]\napi_keys = [\"{KEY}\"]\n");
+        let p = Config::parse(&text, "test").unwrap().publish.unwrap();
+        assert_eq!(p.max_body_bytes, 65536);
+        assert_eq!(p.timeout, Duration::from_secs(10));
+        assert_eq!(p.body_timeout, Duration::from_secs(10));
+        assert_eq!(p.load_keys().unwrap(), [KEY]);
+    }
+
+    #[test]
+    fn publish_keys_come_from_the_file_too() {
+        let path = std::env::temp_dir().join(format!("herald-keys-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "# rotated 2026-12\n\n  file-key-0123456789abc  \nfile-key-second-0123\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{MINIMAL}\n[publish]\napi_keys = [\"{KEY}\"]\napi_keys_file = {:?}\n",
+            path.display().to_string()
+        );
+        let keys = Config::parse(&text, "test")
+            .unwrap()
+            .publish
+            .unwrap()
+            .load_keys();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            keys.unwrap(),
+            [KEY, "file-key-0123456789abc", "file-key-second-0123"]
+        );
+    }
+
+    #[test]
+    fn bad_publish_config_names_the_key_and_never_shows_one() {
+        let secret = "short-secret";
+        for (publish, key, reason) in [
+            ("api_keys = []", "publish.api_keys", "at least one key"),
+            ("", "publish.api_keys", "at least one key"),
+            ("api_keys = [\"\"]", "publish.api_keys[0]", "empty"),
+            (
+                &format!("api_keys = [\"{KEY}\", \"{secret}\"]"),
+                "publish.api_keys[1]",
+                "at least 16",
+            ),
+            (
+                &format!("api_keys = [\"{KEY}\"]\napi_keys_file = \"/nonexistent/keys\""),
+                "publish.api_keys_file",
+                "cannot read",
+            ),
+            (
+                &format!("api_keys = [\"{KEY}\"]\nmax_body_bytes = 0"),
+                "publish.max_body_bytes",
+                "greater than 0",
+            ),
+            (
+                &format!("api_keys = [\"{KEY}\"]\ntimeout = \"1ms\""),
+                "publish.timeout",
+                "100ms",
+            ),
+            (
+                &format!("api_keys = [\"{KEY}\"]\napi_key = \"typo\""),
+                "api_key",
+                "unknown field",
+            ),
+        ] {
+            let text = format!("{MINIMAL}\n[publish]\n{publish}\n");
+            let err = Config::parse(&text, "test").unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(reason),
+                "{publish}: {err}"
+            );
+            assert!(!err.contains(secret), "{err}");
+        }
+        let text = format!(
+            "{MINIMAL}\n[kafka.options]\nacks = \"1\"\n[publish]\napi_keys = [\"{KEY}\"]\n"
+        );
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("kafka.options.\"acks\""), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_keys() {
+        let text = format!("{MINIMAL}\n[publish]\napi_keys = [\"{KEY}\"]\n");
+        let shown = format!("{:?}", Config::parse(&text, "test").unwrap());
+        assert!(
+            !shown.contains(KEY) && shown.contains("<1 keys>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_example_publish_section_is_valid_once_uncommented() {
+        let example = include_str!("../config/herald.example.toml");
+        let start = example
+            .find("# [publish]")
+            .expect("a commented [publish] section");
+        let section: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            // The key file would have to exist.
+            .filter(|l| !l.starts_with("api_keys_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = format!("{MINIMAL}\n{section}");
+        let p = Config::parse(&text, "example")
+            .unwrap_or_else(|e| panic!("{e}\n{section}"))
+            .publish
+            .expect("[publish]");
+        let defaults = PublishConfig::default();
+        assert_eq!(
+            (p.max_body_bytes, p.timeout, p.body_timeout),
+            (
+                defaults.max_body_bytes,
+                defaults.timeout,
+                defaults.body_timeout
+            ),
+            "the example states the defaults"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! `herald dev`: Herald with an embedded Kafka (librdkafka's mock cluster),
 //! sample routes, the demo page and a ticker producing sample records — the
 //! zero-install way to try it. The mock cluster listens on a real TCP port,
-//! so kcat or any Kafka client can produce to it.
+//! so kcat or any Kafka client can produce to it; and `POST /publish` is on,
+//! with a development API key made at start, printed in the banner and
+//! handed to the demo page through `/dev/info`, so a first message needs no
+//! Kafka client at all.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,6 +42,19 @@ pub enum DevError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("cannot make a development API key: {0}")]
+    Random(getrandom::Error),
+}
+
+/// A fresh publish key for this run: 128 random bits from the OS, in hex.
+/// It lives as long as the process; anyone who can reach `/dev/info` can
+/// read it, which is what the demo page needs and why it is for `herald
+/// dev` only.
+fn development_key() -> Result<String, DevError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(DevError::Random)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("herald-dev-{hex}"))
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -52,19 +68,22 @@ pub async fn run(
         cluster.create_topic(topic, *partitions, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
+    let key = development_key()?;
     let text = format!(
-        "[kafka]\nbrokers = \"{brokers}\"\nmetadata_refresh = \"1s\"\nstats_interval = \"1s\"\n\n[http]\nlisten = \"{listen}\"\n{DEV_ROUTES}"
+        "[kafka]\nbrokers = \"{brokers}\"\nmetadata_refresh = \"1s\"\nstats_interval = \"1s\"\n\n[http]\nlisten = \"{listen}\"\n\n[publish]\napi_keys = [\"{key}\"]\n{DEV_ROUTES}"
     );
     let config = Config::parse(&text, "herald dev")?;
     let info = serde_json::json!({
         "brokers": brokers,
         "topics": DEV_TOPICS.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        "publish": {"url": "/publish", "api_key": key},
     });
     let herald = Herald::start_with(config, Some(info)).await?;
     let addr = herald.local_addr();
     println!(
         "\nHerald dev is running.\n\
-         \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n\
+         \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n  publish key      {key}  (made for this run)\n\
+         \nPublish a message (no Kafka client needed):\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"news\",\"data\":{{\"hello\":\"world\"}}}}' http://{addr}/publish\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"user.k7\",\"data\":{{\"n\":1}}}}' http://{addr}/publish\n\
          \nProduce a record:\n  echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t news\n  echo 'k7:{{\"n\":1}}' | kcat -P -b {brokers} -t users -K:    # channel user.k7\n"
     );
     if !ticker.is_zero() {

@@ -12,20 +12,25 @@
 //!   rule for topic names.
 //! - [`kafka`] — one consumer per node, assigned every partition of the
 //!   routed topics, turning each message into a [`record::Record`] at the
-//!   boundary; and replay, which reads older ranges back for resuming
-//!   clients, shared between clients that need the same range.
+//!   boundary; replay, which reads older ranges back for resuming
+//!   clients, shared between clients that need the same range; and the
+//!   producer behind `POST /publish`.
 //! - [`router`] — maps a record to channel names through the configured
-//!   templates, and a channel name back to the topics that feed it.
+//!   templates, a channel name back to the topics that feed it, and to the
+//!   record to produce so that it lands there.
 //! - [`hub`] — channel registry, bounded history, live fan-out, cursors and
 //!   every rule about resuming; transports get a [`hub::Subscription`].
 //! - [`transport`] — thin adapters from a subscription to a wire format:
 //!   WebSocket, Server-Sent Events, short and long polling.
 //! - [`http`] — the listener and its limits, request routing, the error
-//!   type, bodies, query parameters, CORS, and the bare event-stream
-//!   connection.
+//!   type, bodies, query parameters, CORS, the bare event-stream
+//!   connection, and `POST /publish`.
 //! - [`app`] — the state every handler shares; [`node`] starts and stops
 //!   one Herald ([`run`] is `herald serve`); [`dev`] is `herald dev`.
-//! - [`config`], [`metrics`], [`shutdown`], [`per_ip`] (counts per client
+//! - [`auth`] — tokens (JWT), keys and JWKS, channel patterns: who may
+//!   read what; the HTTP edge (`http::access`) asks it for every request.
+//! - [`config`], [`metrics`], [`shutdown`], [`api_keys`] (the publish
+//!   keys, compared in constant time), [`per_ip`] (counts per client
 //!   address, for the listener's and replay's limits) — below everything
 //!   else.
 //!
@@ -35,7 +40,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod http;

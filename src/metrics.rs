@@ -58,6 +58,9 @@ pub struct Metrics {
     pub replay_records: IntCounter,
     /// Records no route maps to any channel, by topic.
     pub unrouted: IntCounterVec,
+    /// Records produced through `POST /publish` and acknowledged by Kafka,
+    /// by topic.
+    pub published: IntCounterVec,
     /// Errors reported by librdkafka, by kind.
     pub kafka_errors: IntCounterVec,
     /// Channels held by the hub (with history or subscribers).
@@ -144,6 +147,11 @@ impl Metrics {
             unrouted: counter_vec(
                 "herald_unrouted_records_total",
                 "Records that no route maps to a channel.",
+                &["topic"],
+            ),
+            published: counter_vec(
+                "herald_published_records_total",
+                "Records produced through POST /publish and acknowledged by Kafka.",
                 &["topic"],
             ),
             kafka_errors: counter_vec(

@@ -10,10 +10,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
-use crate::config::Config;
+use crate::api_keys::ApiKeys;
+use crate::app::{App, Publishing};
+use crate::auth::Auth;
+use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::kafka::ingest;
+use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replayer;
 use crate::metrics::{Metrics, Watermarks};
 use crate::router::Router;
@@ -30,11 +33,21 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("invalid routes: {0}")]
     Routes(#[from] crate::router::RouterError),
+    #[error("invalid [auth]: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
+
+/// How long stopping waits for published records still on their way to
+/// Kafka (their requests have been answered or dropped by then).
+const PUBLISH_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running Herald: its address and the means to stop it.
 pub struct Herald {
     local_addr: SocketAddr,
+    /// Where the admin listener (`http.admin_listen`) took its port.
+    admin_addr: Option<SocketAddr>,
     app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
     ingest: std::thread::JoinHandle<()>,
@@ -61,8 +74,43 @@ impl Herald {
             addr: config.http.listen,
             source,
         })?;
+        let admin = match config.http.admin_listen {
+            None => None,
+            Some(addr) => {
+                let bound = async {
+                    let l = TcpListener::bind(addr).await?;
+                    let a = l.local_addr()?;
+                    Ok((l, a))
+                };
+                Some(
+                    bound
+                        .await
+                        .map_err(|source| StartError::Listen { addr, source })?,
+                )
+            }
+        };
+        let auth = match &config.auth {
+            Some(c) => Auth::new(c)?,
+            None => Auth::open(),
+        };
+        if auth.is_enabled() {
+            tracing::info!("{auth}");
+        } else {
+            tracing::warn!("{auth}");
+        }
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new(&config.routes)?);
+        let publishing = match &config.publish {
+            None => None,
+            Some(publish) => {
+                // Read again here: the key file may have changed since the
+                // config was validated.
+                let keys = ApiKeys::new(publish.load_keys()?);
+                let publisher = Publisher::new(&config.kafka, publish, metrics.clone())?;
+                tracing::info!(api_keys = keys.len(), "POST /publish is enabled");
+                Some(Publishing { publisher, keys })
+            }
+        };
         let hub = Hub::new(
             config.hub.clone(),
             config.limits.max_channels_per_connection,
@@ -85,20 +133,29 @@ impl Herald {
             metrics.clone(),
         )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
+        auth.start(shutdown.clone());
         let app = Arc::new(App {
             long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
             config,
+            auth,
             hub,
             metrics,
             watermarks,
             shutdown,
             dev_info,
             tasks: TaskTracker::new(),
+            publishing,
         });
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
+        let admin_addr = admin.map(|(listener, addr)| {
+            tokio::spawn(crate::http::admin::serve(app.clone(), listener));
+            tracing::info!(%addr, "admin listener (/metrics, /healthz, /readyz)");
+            addr
+        });
         Ok(Herald {
             local_addr,
+            admin_addr,
             app,
             server,
             ingest,
@@ -109,16 +166,28 @@ impl Herald {
         self.local_addr
     }
 
+    /// The admin listener's address, when `http.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn hub(&self) -> &Hub {
         &self.app.hub
     }
 
     /// Shuts down in phases: stop accepting, tell streaming clients to
     /// reconnect elsewhere, let connections drain for `http.shutdown_grace`,
-    /// then stop the ingest.
+    /// flush the publish producer, then stop the ingest.
     pub async fn stop(self) {
         self.app.shutdown.cancel();
         let _ = self.server.await;
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(publishing) = &app.publishing {
+                publishing.publisher.flush(PUBLISH_FLUSH);
+            }
+        })
+        .await;
         let ingest = self.ingest;
         let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     }

@@ -1,5 +1,6 @@
 //! Routing: which channels a Kafka record belongs to, and the reverse
-//! question — which topics can feed a given channel.
+//! questions — which topics can feed a given channel, and what record to
+//! produce so that it lands on a given channel (`POST /publish`).
 //!
 //! A route pairs a topic (or topic regex) with a channel *template*: literal
 //! text with `{topic}`, `{key}`, `{partition}`, `{header.NAME}` and
@@ -9,7 +10,9 @@
 //! that route does not apply to the record.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use regex::Regex;
 use serde::Deserialize;
 
@@ -73,6 +76,56 @@ impl TopicMatch {
 struct Route {
     topics: TopicMatch,
     template: Vec<TemplatePart>,
+    /// The template as written, for messages.
+    source: String,
+}
+
+/// Where to produce a record so that this router maps it to a given
+/// channel: the answer [`Router::produce_target`] gives `POST /publish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceTarget {
+    /// The route (index in config order) that maps the record back.
+    pub route: usize,
+    pub topic: String,
+    /// The record key: taken from the channel name when the template has
+    /// `{key}`, else the key the request gave, if any.
+    pub key: Option<String>,
+    /// Headers the record must carry: one per `{header.NAME}` of the
+    /// template, its value taken from the channel name.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why no record can be produced that lands on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefusal {
+    #[error("no route produces channel {channel:?}")]
+    NoRoute { channel: String },
+    #[error(
+        "channel {channel:?} comes only from route[{route}] (channel = {template:?}), which cannot be published to: {reason}"
+    )]
+    NotInvertible {
+        channel: String,
+        route: usize,
+        template: String,
+        reason: &'static str,
+    },
+    #[error(
+        "channel {channel:?} is route[{route}]'s (channel = {template:?}) for the record key {from_channel:?}, but the request's key is {given:?}: leave `key` out or make them agree"
+    )]
+    KeyMismatch {
+        channel: String,
+        route: usize,
+        template: String,
+        from_channel: String,
+        given: String,
+    },
+}
+
+/// A template variable whose value a produced record must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown<'t> {
+    Key,
+    Header(&'t str),
 }
 
 /// The compiled routing table.
@@ -115,7 +168,11 @@ impl Router {
             };
             let template = parse_template(&rc.channel)
                 .map_err(|reason| err("channel", &rc.channel, reason))?;
-            routes.push(Route { topics, template });
+            routes.push(Route {
+                topics,
+                template,
+                source: rc.channel.clone(),
+            });
         }
         let needs_headers = routes.iter().any(|r| {
             r.template
@@ -201,6 +258,187 @@ impl Router {
         }
         found.then_some(topics)
     }
+
+    /// What to produce so that this router maps the record to `channel`:
+    /// the first route in config order that can be *inverted* to it
+    /// decides. A route is invertible when it names one `topic` (a
+    /// `topic_regex` does not say which topic to write to) and its
+    /// template has no `{partition}` (chosen by Kafka's partitioner) and
+    /// no `{json./…}` (read from the payload, which is the publisher's
+    /// data). The template's `{topic}` is that topic, and at most one kind
+    /// of variable takes its value from the channel name: `{key}` becomes
+    /// the record key, `{header.NAME}` a header NAME. With several kinds
+    /// (`{header.a}.{key}`) the name cannot be split between them
+    /// unambiguously, so the route is not invertible. The answer is
+    /// checked by rendering the route's template for the record it
+    /// describes, so the record lands on exactly `channel`.
+    ///
+    /// `key` is the request's own key: used when the template does not
+    /// take the key from the channel, and otherwise required to agree with
+    /// it. Other routes reading the same topic may map the record to more
+    /// channels, as for any record produced to it.
+    pub fn produce_target(
+        &self,
+        channel: &str,
+        key: Option<&str>,
+    ) -> Result<ProduceTarget, PublishRefusal> {
+        let mut refused = None;
+        for (index, route) in self.routes.iter().enumerate() {
+            let inverted = match &route.topics {
+                TopicMatch::Exact(topic) => invert(&route.template, channel, topic),
+                TopicMatch::Regex(_) => Err("a topic_regex route names no one topic to produce to"),
+            };
+            match inverted {
+                Ok(Some(found)) => {
+                    let key = match (found.key, key) {
+                        (Some(from_channel), Some(given)) if from_channel != given => {
+                            return Err(PublishRefusal::KeyMismatch {
+                                channel: channel.to_owned(),
+                                route: index,
+                                template: route.source.clone(),
+                                from_channel,
+                                given: given.to_owned(),
+                            });
+                        }
+                        (Some(from_channel), _) => Some(from_channel),
+                        (None, given) => given.map(str::to_owned),
+                    };
+                    return Ok(ProduceTarget {
+                        route: index,
+                        topic: found.topic,
+                        key,
+                        headers: found.headers,
+                    });
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    if refused.is_none() && self.route_produces(route, channel) {
+                        refused = Some(PublishRefusal::NotInvertible {
+                            channel: channel.to_owned(),
+                            route: index,
+                            template: route.source.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| PublishRefusal::NoRoute {
+            channel: channel.to_owned(),
+        }))
+    }
+
+    /// Whether `route` can map some record to `channel` (for telling a
+    /// channel no route produces from one only a non-invertible route does).
+    fn route_produces(&self, route: &Route, channel: &str) -> bool {
+        let has_topic = route.template.contains(&TemplatePart::Topic);
+        match &route.topics {
+            TopicMatch::Exact(t) => {
+                template_matches(&route.template, channel, &TopicRule::Exact(t))
+            }
+            TopicMatch::Regex(re) if has_topic => {
+                template_matches(&route.template, channel, &TopicRule::Pattern(re))
+            }
+            TopicMatch::Regex(_) => template_matches(&route.template, channel, &TopicRule::Any),
+        }
+    }
+}
+
+/// A route's template inverted for one channel name.
+struct Inverted {
+    topic: String,
+    key: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// The record that `template` over `topic` maps to `channel`: `Ok(None)`
+/// when the template cannot produce that name, `Err` (why) when the
+/// template cannot be inverted at all.
+///
+/// With one kind of unknown variable the split is unique: the fixed parts
+/// take their own lengths, and the `n` occurrences of the variable share the
+/// rest equally. The value is cut at the first occurrence and the whole name
+/// rendered again from it, which checks every other part.
+fn invert(
+    template: &[TemplatePart],
+    channel: &str,
+    topic: &str,
+) -> Result<Option<Inverted>, &'static str> {
+    let mut unknown: Option<Unknown<'_>> = None;
+    let mut fixed_len = 0;
+    let mut occurrences = 0;
+    let mut start = None;
+    for part in template {
+        let this = match part {
+            TemplatePart::Literal(s) => {
+                fixed_len += s.len();
+                continue;
+            }
+            TemplatePart::Topic => {
+                fixed_len += topic.len();
+                continue;
+            }
+            TemplatePart::Partition => {
+                return Err("{partition} is chosen by Kafka's partitioner, not by the publisher");
+            }
+            TemplatePart::Json(_) => {
+                return Err("{json./…} is read from the payload, which is the publisher's data");
+            }
+            TemplatePart::Key => Unknown::Key,
+            TemplatePart::Header(name) => Unknown::Header(name),
+        };
+        match unknown {
+            None => {
+                unknown = Some(this);
+                start = Some(fixed_len);
+            }
+            Some(u) if u != this => {
+                return Err(
+                    "its template takes two different variables from the channel name, which cannot be split between them unambiguously",
+                );
+            }
+            Some(_) => {}
+        }
+        occurrences += 1;
+    }
+    let mut record = Record {
+        topic: Arc::from(topic),
+        partition: 0,
+        offset: 0,
+        timestamp: None,
+        key: None,
+        headers: Vec::new(),
+        payload: None,
+    };
+    let mut found = Inverted {
+        topic: topic.to_owned(),
+        key: None,
+        headers: Vec::new(),
+    };
+    if let (Some(unknown), Some(start)) = (unknown, start) {
+        let Some(rest) = channel.len().checked_sub(fixed_len) else {
+            return Ok(None);
+        };
+        if rest == 0 || rest % occurrences != 0 {
+            return Ok(None);
+        }
+        let Some(value) = channel.get(start..start + rest / occurrences) else {
+            return Ok(None);
+        };
+        let bytes = Bytes::copy_from_slice(value.as_bytes());
+        match unknown {
+            Unknown::Key => {
+                record.key = Some(bytes);
+                found.key = Some(value.to_owned());
+            }
+            Unknown::Header(name) => {
+                record.headers.push((name.to_owned(), Some(bytes)));
+                found.headers.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+    let rendered = render(template, &record, &mut None);
+    Ok((rendered.as_deref() == Some(channel)).then_some(found))
 }
 
 /// What `{topic}` may stand for when matching a channel name.
@@ -356,8 +594,6 @@ fn template_matches(template: &[TemplatePart], channel: &str, topic: &TopicRule<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use std::sync::Arc;
 
     fn route(topic: &str, channel: &str) -> RouteSpec {
         RouteSpec {
@@ -474,6 +710,153 @@ mod tests {
         assert_eq!(
             router.topics_for_channel("later", known.iter().copied()),
             Some(["later".to_owned()].into())
+        );
+    }
+
+    fn target(
+        route: usize,
+        topic: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> ProduceTarget {
+        ProduceTarget {
+            route,
+            topic: topic.into(),
+            key: key.map(Into::into),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    /// Routes a record made from `target` and checks it lands on `channel`.
+    fn lands_on(router: &Router, t: &ProduceTarget, channel: &str) {
+        let r = Record {
+            topic: Arc::from(t.topic.as_str()),
+            partition: 1,
+            offset: 0,
+            timestamp: None,
+            key: t.key.as_ref().map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            headers: t
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), Some(Bytes::copy_from_slice(v.as_bytes()))))
+                .collect(),
+            payload: Some(Bytes::from_static(b"{}")),
+        };
+        assert!(
+            channels(router, &r).iter().any(|c| c == channel),
+            "{t:?} does not land on {channel:?}"
+        );
+    }
+
+    #[test]
+    fn channels_invert_to_topic_and_key() {
+        let router = Router::new(&[
+            route("news", "news"),
+            route("users", "user.{key}"),
+            route("orders", "{topic}.{key}"),
+            route("pairs", "pair.{key}.{key}"),
+            route("tenants", "tenant.{header.tenant}"),
+        ])
+        .unwrap();
+        let cases = [
+            ("news", None, target(0, "news", None, &[])),
+            ("news", Some("k1"), target(0, "news", Some("k1"), &[])),
+            ("user.k7", None, target(1, "users", Some("k7"), &[])),
+            // The key may hold the template's own separators.
+            ("user.a.b", None, target(1, "users", Some("a.b"), &[])),
+            ("user.k7", Some("k7"), target(1, "users", Some("k7"), &[])),
+            ("user.ключ", None, target(1, "users", Some("ключ"), &[])),
+            ("orders.o-1", None, target(2, "orders", Some("o-1"), &[])),
+            ("pair.x.y.x.y", None, target(3, "pairs", Some("x.y"), &[])),
+            (
+                "tenant.acme",
+                Some("k"),
+                target(4, "tenants", Some("k"), &[("tenant", "acme")]),
+            ),
+        ];
+        for (channel, key, want) in cases {
+            let got = router.produce_target(channel, key).unwrap();
+            assert_eq!(got, want, "{channel}");
+            lands_on(&router, &got, channel);
+        }
+        // Both halves of a repeated variable must agree; an empty value
+        // never renders.
+        for channel in ["pair.x.y", "pair.a.b.c", "user.", "orders.", "newsx"] {
+            assert_eq!(
+                router.produce_target(channel, None),
+                Err(PublishRefusal::NoRoute {
+                    channel: channel.into()
+                }),
+                "{channel}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_from_the_channel_must_agree_with_the_requests() {
+        let router = Router::new(&[route("users", "user.{key}")]).unwrap();
+        let err = router.produce_target("user.k7", Some("k8")).unwrap_err();
+        assert!(matches!(err, PublishRefusal::KeyMismatch { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("\"k7\"") && message.contains("\"k8\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_first_invertible_route_in_config_order_wins() {
+        let router = Router::new(&[
+            regex_route("^events\\.", "{topic}"),
+            route("audit", "events.{key}"),
+            route("events.clicks", "events.clicks"),
+        ])
+        .unwrap();
+        // route[0] produces the name but cannot be inverted; route[1] can.
+        assert_eq!(
+            router.produce_target("events.clicks", None),
+            Ok(target(1, "audit", Some("clicks"), &[]))
+        );
+    }
+
+    #[test]
+    fn routes_that_cannot_be_inverted_are_named() {
+        let router = Router::new(&[
+            regex_route("^events\\.", "{topic}"),
+            route("orders", "p{partition}"),
+            route("orders", "u.{json./user}"),
+            route("orders", "t.{header.tenant}.{key}"),
+            route("news", "news"),
+        ])
+        .unwrap();
+        for (channel, index, reason) in [
+            ("events.clicks", 0, "topic_regex"),
+            ("p3", 1, "{partition}"),
+            ("u.42", 2, "{json./…}"),
+            ("t.acme.k7", 3, "two different variables"),
+        ] {
+            match router.produce_target(channel, None) {
+                Err(PublishRefusal::NotInvertible {
+                    route, reason: why, ..
+                }) => {
+                    assert_eq!(route, index, "{channel}");
+                    assert!(why.contains(reason), "{channel}: {why}");
+                }
+                other => panic!("{channel}: {other:?}"),
+            }
+        }
+        // A name that does not even fit a non-invertible route is no
+        // route's; `p{partition}` takes only digits.
+        assert!(matches!(
+            router.produce_target("px", None),
+            Err(PublishRefusal::NoRoute { .. })
+        ));
+        assert_eq!(
+            router.produce_target("news", None),
+            Ok(target(4, "news", None, &[]))
         );
     }
 }

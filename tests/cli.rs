@@ -59,6 +59,17 @@ fn invalid_configs_exit_64_naming_the_key_and_value() {
             "route",
         ),
         ("not toml at all [".to_owned(), "invalid config"),
+        (
+            format!("{GOOD}[publish]\napi_keys = [\"\"]\n"),
+            "publish.api_keys[0]",
+        ),
+        (format!("{GOOD}[publish]\n"), "publish.api_keys"),
+        (
+            format!(
+                "{GOOD}[publish]\napi_keys = [\"cli-test-key-0123456789\"]\napi_keys_file = \"/nonexistent/herald-keys\"\n"
+            ),
+            "publish.api_keys_file",
+        ),
     ];
     for (text, key) in cases {
         let f = config_file(&text);

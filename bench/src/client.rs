@@ -183,7 +183,10 @@ async fn run_async(args: ClientArgs) {
 }
 
 fn request_for(args: &ClientArgs) -> Vec<u8> {
-    let ch = &args.channel;
+    // BENCH_TOKEN: a JWT every client sends as `token=`, to measure Herald
+    // with `[auth]` on (set `[auth]` itself through BENCH_HERALD_CONFIG).
+    let token = std::env::var("BENCH_TOKEN").map_or(String::new(), |t| format!("&token={t}"));
+    let ch = format!("{}{token}", args.channel);
     match args.transport.as_str() {
         "ws" => {
             let cursor = args

@@ -39,6 +39,11 @@ impl ApiError {
         let body =
             serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string();
         let mut response = full(self.status, "application/json", body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

@@ -225,7 +225,11 @@ impl Connection {
             if let Some(permit) = &permit {
                 req.extensions_mut().insert(permit.clone());
             }
-            async move { Ok::<_, Infallible>(super::routes::route(&app, req).await) }
+            async move {
+                Ok::<_, Infallible>(
+                    super::routes::route(&app, req, super::routes::Surface::Public).await,
+                )
+            }
         });
         let writes = Arc::new(WriteWatch::default());
         let io = WatchedIo {

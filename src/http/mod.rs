@@ -2,19 +2,24 @@
 //! ([`listener`], [`limits`]), a connection's first request head
 //! ([`head`]), the request router ([`routes`]), the one error type
 //! ([`error`]), response bodies ([`response`]), the transports' query
-//! parameters ([`query`]), CORS ([`cors`]), and the bare connection that
-//! serves an event stream without hyper ([`stream_connection`]).
+//! parameters ([`query`]), CORS ([`cors`]), the bare connection that
+//! serves an event stream without hyper ([`stream_connection`]), and
+//! `POST /publish` ([`publish`]), which produces to Kafka and is no
+//! transport.
 //!
 //! Imports point one way: the transports use `http`'s types (errors,
 //! bodies, query parameters, the connection permit); only [`routes`] and
 //! [`stream_connection`] call into the transports, and no transport
 //! imports them.
 
+pub mod access;
+pub mod admin;
 pub mod cors;
 pub mod error;
 pub mod head;
 pub mod limits;
 pub mod listener;
+pub mod publish;
 pub mod query;
 pub mod response;
 pub mod routes;

@@ -1,32 +1,58 @@
 //! The request router: which handler answers which method and path, and
 //! the small endpoints of Herald's own (`/metrics`, `/healthz`, `/readyz`,
-//! `/herald.js`, the demo page).
+//! `/herald.js`, the demo page). `POST /publish` is [`super::publish`]'s.
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::cors::finish_response;
+use super::cors::{finish_response, preflight};
 use super::error::ApiError;
+use super::publish;
 use super::response::{Body, full};
 use crate::app::App;
 use crate::transport;
 
-/// Answers one request.
-pub async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+/// Which listener a request came in on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Surface {
+    /// `http.listen`: clients.
+    Public,
+    /// `http.admin_listen`: `/metrics`, `/healthz`, `/readyz` only.
+    Admin,
+}
+
+/// Answers one request that came in on `surface`.
+pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface) -> Response<Body> {
+    if let Some(response) = probe(app, &req, surface) {
+        return response;
+    }
+    if surface == Surface::Admin {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "the admin listener serves /metrics, /healthz and /readyz, not {}",
+                req.uri().path()
+            ),
+        )
+        .into_response(&app.metrics);
+    }
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/sse") => transport::sse::handle(app, &req).await,
         (&Method::GET, "/ws") => transport::ws::handle(app, &mut req).await,
         (&Method::GET, "/poll") => transport::poll::handle(app, &req).await,
-        (&Method::GET, "/metrics") => Ok(metrics(app)),
+        // Every method on /publish, OPTIONS included: publishing is for
+        // backends, which send no CORS preflight.
+        (_, "/publish") if app.publishing.is_none() => Err(publish::not_enabled()),
+        // Publishing is for backends: no CORS headers.
+        (&Method::POST, "/publish") => {
+            let result = publish::handle(app, req).await;
+            return result.unwrap_or_else(|e| e.into_response(&app.metrics));
+        }
+        (method, "/publish") => Ok(publish::method_not_allowed(app, method)),
         (&Method::GET, "/herald.js") => Ok(herald_js()),
-        (&Method::GET, "/healthz") => Ok(full(
-            StatusCode::OK,
-            "application/json",
-            r#"{"status":"ok"}"#,
-        )),
-        (&Method::GET, "/readyz") => Ok(readyz(app)),
         (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -40,19 +66,47 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body>
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
         )),
-        (&Method::OPTIONS, _) => Ok(full(StatusCode::NO_CONTENT, "text/plain", "")),
-        (_, "/sse" | "/ws" | "/poll" | "/metrics" | "/healthz" | "/readyz") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {}", req.method(), req.uri().path()),
-        )),
+        (&Method::OPTIONS, _) => return preflight(app, req.headers()),
+        (_, "/sse" | "/ws" | "/poll") => Err(method_not_allowed(&req)),
         (_, path) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no such endpoint: {path}"),
         )),
     };
-    finish_response(app, result)
+    finish_response(app, req.headers(), result)
+}
+
+/// Herald's own endpoints for its operators, `/metrics`, `/healthz` and
+/// `/readyz`: never CORS headers, never an origin check. With
+/// `http.admin_listen` set, `/metrics` is served only there.
+fn probe<B>(app: &App, req: &Request<B>, surface: Surface) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    let metrics_here = surface == Surface::Admin || app.config.http.admin_listen.is_none();
+    let response = match path {
+        "/metrics" if !metrics_here => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is served on the admin listener (http.admin_listen)",
+        )
+        .into_response(&app.metrics),
+        "/metrics" | "/healthz" | "/readyz" if req.method() != Method::GET => {
+            method_not_allowed(req).into_response(&app.metrics)
+        }
+        "/metrics" => metrics(app),
+        "/healthz" => full(StatusCode::OK, "application/json", r#"{"status":"ok"}"#),
+        "/readyz" => readyz(app),
+        _ => return None,
+    };
+    Some(response)
+}
+
+fn method_not_allowed<B>(req: &Request<B>) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
 }
 
 /// Whether `req` is a probe: health, readiness or metrics. A probe is

@@ -52,8 +52,9 @@ pub async fn serve(
 ) {
     req.extensions_mut().insert(client);
     let result = transport::sse::handle(&app, &req).await;
+    let response = finish_response(&app, req.headers(), result);
+    // Only the body stays for the stream's life.
     drop(req);
-    let response = finish_response(&app, result);
     write_response(&mut stream, response, app.config.http.write_timeout).await;
     drop(slot);
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -24,6 +23,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::ErrorEvents;
 use crate::config::{KafkaConfig, StartAt};
 use crate::hub::Hub;
 use crate::hub::positions::Positions;
@@ -38,28 +38,15 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 1024;
 /// Timeout of metadata and watermark requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The same Kafka error is logged at most this often (it is always counted).
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// librdkafka callbacks: statistics (watermarks) and client errors.
 struct IngestContext {
     watermarks: Arc<Watermarks>,
-    metrics: Arc<Metrics>,
-    last_logged: Mutex<HashMap<String, Instant>>,
+    errors: ErrorEvents,
 }
 
 impl IngestContext {
     fn report(&self, kind: &str, message: &str) {
-        self.metrics.kafka_errors.with_label_values(&[kind]).inc();
-        let mut last = self.last_logged.lock();
-        let now = Instant::now();
-        let due = last
-            .get(kind)
-            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL);
-        if due {
-            last.insert(kind.to_owned(), now);
-            tracing::warn!(kind, "kafka: {message}");
-        }
+        self.errors.report(kind, message);
     }
 }
 
@@ -77,10 +64,7 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let kind = error
-            .rdkafka_error_code()
-            .map_or_else(|| "client".to_owned(), |c| format!("{c:?}"));
-        self.report(&kind, &format!("{error}: {reason}"));
+        self.errors.client_error(error, reason);
     }
 }
 
@@ -97,8 +81,7 @@ pub fn spawn(
 ) -> KafkaResult<JoinHandle<()>> {
     let context = IngestContext {
         watermarks,
-        metrics: metrics.clone(),
-        last_logged: Mutex::new(HashMap::new()),
+        errors: ErrorEvents::new(metrics.clone()),
     };
     let cc = super::consumer_config(
         config,

@@ -1,19 +1,68 @@
 //! Everything that talks to Kafka: the ingest consumer and replay of older
 //! ranges, both turning each message into an owned [`Record`] at the
-//! boundary. Transports never reach in here.
+//! boundary, and the producer behind `POST /publish`. Transports never
+//! reach in here.
 
 pub mod ingest;
+pub mod producer;
 pub mod replay;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 
 use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::record::Record;
+
+/// The same Kafka error is logged at most this often (it is always counted).
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Kafka client errors as events: each one counted in
+/// `herald_kafka_errors_total{kind}`, and logged at most every
+/// [`ERROR_LOG_INTERVAL`] per kind, so a broker that is down does not flood
+/// the log.
+pub(crate) struct ErrorEvents {
+    metrics: Arc<Metrics>,
+    last_logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl ErrorEvents {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> ErrorEvents {
+        ErrorEvents {
+            metrics,
+            last_logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn report(&self, kind: &str, message: &str) {
+        self.metrics.kafka_errors.with_label_values(&[kind]).inc();
+        let mut last = self.last_logged.lock();
+        let now = Instant::now();
+        let due = last
+            .get(kind)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL);
+        if due {
+            last.insert(kind.to_owned(), now);
+            tracing::warn!(kind, "kafka: {message}");
+        }
+    }
+
+    /// librdkafka's error callback: the kind is the error code's name.
+    pub(crate) fn client_error(&self, error: KafkaError, reason: &str) {
+        let kind = error
+            .rdkafka_error_code()
+            .map_or_else(|| "client".to_owned(), |c| format!("{c:?}"));
+        self.report(&kind, &format!("{error}: {reason}"));
+    }
+}
 
 /// Copies a borrowed message into an owned [`Record`], once, at the
 /// boundary: nothing borrowed from librdkafka outlives the poll that
@@ -64,5 +113,26 @@ pub fn consumer_config(
     for (k, v) in &config.options {
         cc.set(k, v);
     }
+    cc
+}
+
+/// Settings of the publish producer: the producer's own `settings`, then
+/// the `[kafka.options]` table (shared with the consumers: `security.*`,
+/// `sasl.*` apply to both, and librdkafka ignores a consumer-only property
+/// in a producer with a warning), then what publishing promises and no
+/// option may change: an idempotent producer (no duplicate and no reorder
+/// from its own retries) waiting for every in-sync replica (`acks=all`).
+/// Config validation refuses options that contradict those two.
+pub fn producer_config(config: &KafkaConfig, settings: &[(&str, String)]) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("client.id", format!("{}-publish", config.client_id));
+    for (k, v) in settings {
+        cc.set(*k, v);
+    }
+    for (k, v) in &config.options {
+        cc.set(k, v);
+    }
+    cc.set("enable.idempotence", "true").set("acks", "all");
     cc
 }

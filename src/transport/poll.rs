@@ -16,6 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
+use crate::http::access;
 use crate::http::error::{ApiError, replay_failed};
 use crate::http::limits::ClientAddr;
 use crate::http::query::{POLL_PARAMS, QueryLimits, StreamParams};
@@ -30,6 +31,8 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         &POLL_PARAMS,
         QueryLimits::of(&app.config),
     )?;
+    let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
+    reader.authorize(app, &params.channels)?;
     let config = &app.config.poll;
     let limit = match params.limit.as_deref() {
         None => config.default_limit,
@@ -39,6 +42,8 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         None => Duration::ZERO,
         Some(v) => parse_wait(v, config.max_wait)?,
     };
+    // A long poll returns when its token expires; the next one is refused.
+    let wait = reader.time_left().map_or(wait, |left| wait.min(left));
     let start = params.start(None)?;
     // A long poll holds a place for as long as it waits.
     let _long_poll = if wait.is_zero() {

@@ -9,17 +9,19 @@
 //! browser reconnects by itself with `Last-Event-ID`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
+use crate::http::access;
 use crate::http::error::ApiError;
 use crate::http::limits::ClientAddr;
 use crate::http::query::{QueryLimits, StreamParams};
@@ -35,6 +37,8 @@ const TRANSPORT: &str = "sse";
 
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config))?;
+    let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
+    reader.authorize(app, &params.channels)?;
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -60,6 +64,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         )),
         subscription,
         heartbeat,
+        expiry: reader.time_left().map(|d| Box::pin(tokio::time::sleep(d))),
         shutdown: app.shutdown.clone(),
         batch: Vec::new(),
         done: false,
@@ -104,6 +109,9 @@ struct SseStream {
     subscription: Subscription,
     opening: Option<Bytes>,
     heartbeat: Interval,
+    /// When the token the stream was opened with expires; only a stream
+    /// with such a token pays for the timer.
+    expiry: Option<Pin<Box<Sleep>>>,
     shutdown: CancellationToken,
     batch: Vec<Delivery>,
     done: bool,
@@ -120,11 +128,22 @@ impl SseStream {
             return None;
         }
         self.batch.clear();
+        let expiry = &mut self.expiry;
+        let expired = async {
+            match expiry {
+                Some(at) => at.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => {
                 self.done = true;
                 Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"shutdown\"}\n\n"))
+            }
+            _ = expired => {
+                self.done = true;
+                Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"token_expired\"}\n\n"))
             }
             closed = self.subscription.next_batch(&mut self.batch, MAX_BATCH) => match closed {
                 Ok(()) => Some(self.encode_batch()),

@@ -24,6 +24,7 @@ use super::frame::{message_frame, text_frame, truncate};
 use super::protocol::{ClientMessage, error_json};
 use super::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::app::App;
+use crate::http::access::{self, Reader};
 use crate::http::error::replay_failed;
 use crate::http::query::start_at;
 use crate::hub::CloseReason;
@@ -50,6 +51,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Close code: no pong (nor any other frame) within `ws.pong_timeout`.
 const CLOSE_PONG_TIMEOUT: u16 = 4000;
+
+/// Close code: the connection's token expired and no `auth` message
+/// brought a fresh one in time.
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// Close code: the client read too slowly and a subscription's queue
 /// (`hub.subscriber_queue`) overflowed. Nothing is lost: it resubscribes
@@ -87,6 +92,12 @@ pub(super) struct Connection {
     pub(super) subscriptions: Subscriptions,
     /// The client's address, for the hub's limits per address.
     client: IpAddr,
+    /// Who is reading: the token of the upgrade request or of the last
+    /// `auth` message.
+    reader: Reader,
+    /// When `reader`'s token expires; the connection is closed then
+    /// (`4001`) unless an `auth` message brought a fresh one.
+    expires: Option<Instant>,
     /// Text frames encoded by Herald, written together at the end of a
     /// round.
     out: Vec<u8>,
@@ -94,13 +105,15 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(app: Arc<App>, socket: Socket, client: IpAddr) -> Self {
+    pub(super) fn new(app: Arc<App>, socket: Socket, reader: Reader, client: IpAddr) -> Self {
         let gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
         Connection {
             app,
             socket,
             subscriptions: Subscriptions::default(),
             client,
+            expires: reader.time_left().map(|left| Instant::now() + left),
+            reader,
             out: Vec::new(),
             _gauge: gauge,
         }
@@ -115,11 +128,41 @@ impl Connection {
         let mut keepalive = Keepalive::Idle;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
         let mut streak = 0u32;
+        // The token's expiry, re-armed when an `auth` message moves it;
+        // only a connection with an expiring token pays for the timer.
+        let mut expiry: Option<Pin<Box<Sleep>>> = None;
+        let mut armed_for = None;
         let ending = loop {
+            if self.expires != armed_for {
+                armed_for = self.expires;
+                expiry = self
+                    .expires
+                    .map(|at| Box::pin(tokio::time::sleep_until(at)));
+            }
+            let expired = async {
+                match expiry.as_mut() {
+                    Some(at) => at.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
                     break Ending::Close(CloseCode::Away, "shutdown".into());
+                }
+                _ = expired => {
+                    let reply = error_json(
+                        "token_expired",
+                        "the token expired; reconnect with a fresh one, or send {\"type\":\"auth\"} before it expires",
+                        None,
+                    );
+                    if let Err(ending) = self.reply(&reply).await {
+                        break ending;
+                    }
+                    break Ending::Close(
+                        CloseCode::Library(CLOSE_TOKEN_EXPIRED),
+                        "token expired".into(),
+                    );
                 }
                 first = std::future::poll_fn(|cx| self.subscriptions.poll_next(cx)),
                     if !self.subscriptions.is_empty() && streak < MAX_STREAK =>
@@ -244,7 +287,7 @@ impl Connection {
             Some(Err(e)) => return Err(read_error(e, self.app.config.limits.max_message_size)),
         };
         match message {
-            Message::Text(text) => match self.on_text(&text) {
+            Message::Text(text) => match self.on_text(&text).await {
                 Some(reply) => self.reply(&reply).await,
                 None => Ok(()),
             },
@@ -269,7 +312,7 @@ impl Connection {
 
     /// Acts on a client message; returns the reply to send now, if any
     /// (`subscribed` comes later, from the subscription itself).
-    fn on_text(&mut self, input: &str) -> Option<String> {
+    async fn on_text(&mut self, input: &str) -> Option<String> {
         let request = match ClientMessage::parse(input) {
             Ok(request) => request,
             Err(refusal) => {
@@ -305,6 +348,10 @@ impl Connection {
                         Some(&channel),
                     ));
                 }
+                if let Err(denied) = self.reader.authorize_one(&self.app, &channel) {
+                    let e = access::denied(denied);
+                    return Some(error_json(e.code, &e.message, Some(&channel)));
+                }
                 let start = match start_at(cursor.as_deref(), since.as_deref()) {
                     Ok(start) => start,
                     Err(e) => return Some(error_json(e.code, &e.message, Some(&channel))),
@@ -318,6 +365,7 @@ impl Connection {
                     .add(Arc::from(channel), EntryState::Subscribing(answer));
                 None
             }
+            ClientMessage::Auth { token } => Some(self.on_auth(&token).await),
             ClientMessage::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
                 true => {
                     // The subscription has left the hub; nothing more of it
@@ -332,6 +380,38 @@ impl Connection {
                 )),
             },
         }
+    }
+
+    /// A fresh token: verified, it replaces the connection's token (and
+    /// its expiry) at once, without touching a subscription the new token
+    /// still allows; one it does not allow is ended with an `error`. A token
+    /// refused leaves the old one in force, until it expires.
+    async fn on_auth(&mut self, token: &str) -> String {
+        let reader = match access::verify(&self.app, token).await {
+            Ok(reader) => reader,
+            Err(e) => return error_json(e.code, &e.message, None),
+        };
+        let refused: Vec<(Arc<str>, String)> = self
+            .subscriptions
+            .channels()
+            .filter_map(|channel| {
+                let denied = reader.authorize_one(&self.app, channel).err()?;
+                Some((channel.clone(), access::denied(denied).message))
+            })
+            .collect();
+        for (channel, message) in &refused {
+            self.subscriptions.remove(channel);
+            let frame = error_json(
+                "forbidden_channel",
+                &format!("{message}; the subscription has ended"),
+                Some(channel),
+            );
+            text_frame(&mut self.out, &[frame.as_bytes()]);
+        }
+        self.expires = reader.time_left().map(|left| Instant::now() + left);
+        let reply = serde_json::json!({"type": "authenticated", "exp": reader.expires_at_unix()});
+        self.reader = reader;
+        reply.to_string()
     }
 
     /// Writes the output buffer, after anything tungstenite still holds

@@ -50,6 +50,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use self::connection::Connection;
 use self::subscriptions::EntryState;
 use crate::app::App;
+use crate::http::access::{self, Reader};
 use crate::http::error::ApiError;
 use crate::http::limits::{ClientAddr, ConnectionPermit};
 use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
@@ -73,6 +74,8 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     let accept = handshake::accept_key(req.headers())?;
     let params =
         StreamParams::parse_for(req.uri().query(), &WS_PARAMS, QueryLimits::of(&app.config))?;
+    let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
+    reader.authorize(app, &params.channels)?;
     if params.cursor.is_some() && params.channels.len() != 1 {
         return Err(ApiError::bad_request(
             "conflicting_parameters",
@@ -114,7 +117,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, client, initial)).await;
+        Box::pin(serve(app, upgraded, reader, client, initial)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -122,11 +125,12 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     Ok(handshake::switching_protocols(&accept))
 }
 
-/// Runs an upgraded connection of `client` with its subscriptions from
-/// the URL.
+/// Runs an upgraded connection of `reader`, from `client`, with its
+/// subscriptions from the URL.
 async fn serve(
     app: Arc<App>,
     upgraded: Upgraded,
+    reader: Reader,
     client: IpAddr,
     initial: Vec<(Arc<str>, Subscription)>,
 ) {
@@ -137,7 +141,7 @@ async fn serve(
         .max_frame_size(Some(app.config.limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket, client);
+    let mut connection = Connection::new(app, socket, reader, client);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,

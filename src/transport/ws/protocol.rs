@@ -13,6 +13,11 @@ pub(super) enum ClientMessage {
     Unsubscribe {
         channel: String,
     },
+    /// A token for the connection: its first, or a fresh one before the
+    /// last expires.
+    Auth {
+        token: String,
+    },
 }
 
 /// Why a client message was refused: the `error` message's fields.
@@ -48,15 +53,30 @@ impl ClientMessage {
         let allowed: &[&str] = match kind {
             "subscribe" => &["type", "channel", "cursor", "since"],
             "unsubscribe" => &["type", "channel"],
+            "auth" => &["type", "token"],
             other => {
                 return Err(bad(
                     format!(
-                        "unknown message type {other:?} (expected \"subscribe\" or \"unsubscribe\")"
+                        "unknown message type {other:?} (expected \"subscribe\", \"unsubscribe\" or \"auth\")"
                     ),
                     None,
                 ));
             }
         };
+        if kind == "auth" {
+            let token = match fields.get("token") {
+                Some(serde_json::Value::String(t)) => t.clone(),
+                Some(_) => return Err(bad("\"token\" must be a string".into(), None)),
+                None => return Err(bad("auth needs a \"token\"".into(), None)),
+            };
+            if let Some(field) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+                return Err(bad(
+                    format!("unknown field {field:?} in auth (expected token)"),
+                    None,
+                ));
+            }
+            return Ok(ClientMessage::Auth { token });
+        }
         let channel = match fields.get("channel") {
             Some(serde_json::Value::String(c)) => c.clone(),
             Some(other) => {

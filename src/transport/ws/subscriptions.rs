@@ -135,6 +135,11 @@ impl Subscriptions {
         self.entries.push(Entry { channel, state });
     }
 
+    /// The channels subscribed (or subscribing).
+    pub(super) fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.entries.iter().map(|e| &e.channel)
+    }
+
     /// Drops a subscription (it leaves the hub now); whether there was one.
     pub(super) fn remove(&mut self, channel: &str) -> bool {
         let before = self.entries.len();

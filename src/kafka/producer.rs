@@ -1,0 +1,233 @@
+//! The producer behind `POST /publish`: one idempotent `FutureProducer`
+//! per node (`acks=all`), created only when `[publish]` is configured.
+//!
+//! A publish waits for Kafka's acknowledgement, bounded by
+//! `publish.timeout` (the producer's `message.timeout.ms`, so librdkafka's
+//! own retries stay inside it): the caller answers `200` only for a record
+//! Kafka holds, at the partition and offset returned here. The record then
+//! reaches subscribers like any other, through the ingest, on every node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{ErrorEvents, producer_config};
+use crate::config::{KafkaConfig, PublishConfig};
+use crate::metrics::Metrics;
+use crate::router::ProduceTarget;
+
+/// librdkafka callbacks of the publish producer: client errors become
+/// events (`herald_kafka_errors_total{kind}`, rate-limited log lines).
+struct PublishContext {
+    errors: ErrorEvents,
+}
+
+impl ClientContext for PublishContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.client_error(error, reason);
+    }
+}
+
+/// Where Kafka wrote a published record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a record was not (or not known to be) written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// No acknowledgement within `publish.timeout`: Kafka may still have
+    /// written the record, so a retry may produce it twice.
+    #[error(
+        "Kafka did not acknowledge the record within publish.timeout ({}); it may or may not have been written: {reason}",
+        humantime::format_duration(*timeout)
+    )]
+    TimedOut { timeout: Duration, reason: String },
+    /// Kafka or the producer cannot take records now (brokers down, the
+    /// local queue full, not enough in-sync replicas); nothing was written.
+    #[error("Kafka cannot take the record now: {0}")]
+    Unavailable(KafkaError),
+    /// Larger than the producer's `message.max.bytes` or the topic's limit.
+    #[error("the record is larger than Kafka accepts: {0}")]
+    TooLarge(KafkaError),
+    /// Kafka refused the record for good (authorization, an unknown topic
+    /// or partition, an invalid record): retrying will not help.
+    #[error("Kafka refused the record: {0}")]
+    Refused(KafkaError),
+}
+
+impl ProduceError {
+    fn from_kafka(error: KafkaError, timeout: Duration) -> ProduceError {
+        use RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::MessageTimedOut | Code::RequestTimedOut | Code::OperationTimedOut) => {
+                ProduceError::TimedOut {
+                    timeout,
+                    reason: error.to_string(),
+                }
+            }
+            Some(
+                Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge,
+            ) => ProduceError::TooLarge(error),
+            Some(
+                Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed
+                | Code::UnknownTopic
+                | Code::UnknownPartition
+                | Code::UnknownTopicOrPartition
+                | Code::InvalidRecord
+                | Code::InvalidTopic
+                | Code::InvalidRequiredAcks
+                | Code::PolicyViolation,
+            ) => ProduceError::Refused(error),
+            _ => ProduceError::Unavailable(error),
+        }
+    }
+}
+
+type PublishProducer = FutureProducer<PublishContext>;
+
+/// The node's publish producer.
+pub struct Publisher {
+    /// Replaced by a fresh producer after a fatal error (an idempotent
+    /// producer that lost track of its sequence numbers refuses every
+    /// later record); cloning it out is one reference count.
+    producer: Mutex<PublishProducer>,
+    config: ClientConfig,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Creates the producer. It connects in the background: a broker that is
+    /// down shows as `503` on the first publishes, not as a failed start.
+    pub fn new(
+        kafka: &KafkaConfig,
+        publish: &PublishConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Publisher, KafkaError> {
+        let config = producer_config(
+            kafka,
+            &[
+                // The whole delivery, retries included, within the bound
+                // a publish waits.
+                (
+                    "message.timeout.ms",
+                    publish.timeout.as_millis().to_string(),
+                ),
+                // The Java client's partitioner: a key lands on the same
+                // partition whether Herald or a Java producer wrote it, so
+                // per-key order holds across both.
+                ("partitioner", "murmur2_random".into()),
+                // A publish is one record that someone waits for.
+                ("linger.ms", "1".into()),
+            ],
+        );
+        let producer = Self::create(&config, &metrics)?;
+        Ok(Publisher {
+            producer: Mutex::new(producer),
+            config,
+            metrics,
+            timeout: publish.timeout,
+        })
+    }
+
+    fn create(
+        config: &ClientConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<PublishProducer, KafkaError> {
+        config.create_with_context(PublishContext {
+            errors: ErrorEvents::new(metrics.clone()),
+        })
+    }
+
+    /// Produces `payload` where `target` says and waits for Kafka's
+    /// acknowledgement, at most `publish.timeout`.
+    pub async fn produce(
+        &self,
+        target: &ProduceTarget,
+        payload: &[u8],
+    ) -> Result<Produced, ProduceError> {
+        let producer = self.producer.lock().clone();
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&target.topic).payload(payload);
+        if let Some(key) = &target.key {
+            record = record.key(key.as_str());
+        }
+        if !target.headers.is_empty() {
+            let headers =
+                target
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                        headers.insert(Header {
+                            key: name,
+                            value: Some(value.as_str()),
+                        })
+                    });
+            record = record.headers(headers);
+        }
+        // librdkafka ends the delivery by message.timeout.ms; the outer
+        // bound also covers the wait for room in a full local queue.
+        let sent = tokio::time::timeout(self.timeout, producer.send(record, self.timeout)).await;
+        let result = match sent {
+            Err(_) => Err(ProduceError::TimedOut {
+                timeout: self.timeout,
+                reason: "no delivery report in time".into(),
+            }),
+            Ok(Ok(delivery)) => Ok(Produced {
+                topic: target.topic.clone(),
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => Err(ProduceError::from_kafka(error, self.timeout)),
+        };
+        match &result {
+            Ok(_) => self
+                .metrics
+                .published
+                .with_label_values(&[&target.topic])
+                .inc(),
+            Err(_) => self.renew_after_fatal_error(&producer),
+        }
+        result
+    }
+
+    /// A producer in a fatal state refuses every later record: replace it
+    /// (once, whichever publish notices first).
+    fn renew_after_fatal_error(&self, failed: &PublishProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.lock();
+        if !std::ptr::eq(current.client(), failed.client()) {
+            return; // already replaced
+        }
+        tracing::error!(
+            ?code,
+            "publish producer failed fatally ({reason}); creating a new one"
+        );
+        match Self::create(&self.config, &self.metrics) {
+            Ok(fresh) => *current = fresh,
+            Err(e) => tracing::error!("cannot create a new publish producer: {e}"),
+        }
+    }
+
+    /// Waits (at most `timeout`) for records still on their way to Kafka.
+    pub fn flush(&self, timeout: Duration) {
+        let producer = self.producer.lock().clone();
+        if let Err(e) = producer.flush(timeout) {
+            tracing::warn!("publish producer: records still unsent at shutdown: {e}");
+        }
+    }
+}
