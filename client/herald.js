@@ -3,7 +3,10 @@
 // docs/client.md.
 //
 //   import { Herald } from "/herald.js";
-//   const herald = new Herald("http://127.0.0.1:8080", { transports: ["ws", "sse", "poll"] });
+//   const herald = new Herald("http://127.0.0.1:8080", {
+//     transports: ["ws", "sse", "poll"],
+//     token: async () => (await fetch("/herald-token")).text(), // or a string, or none
+//   });
 //   const sub = herald.subscribe("news", { onMessage(msg) { console.log(msg.data); } });
 //   sub.cursor;        // the position after the last message delivered
 //   herald.transport;  // "ws" | "sse" | "poll" | null while not connected
@@ -14,6 +17,13 @@
 // long polling. Reconnects use exponential backoff with full jitter and
 // resume every subscription from its own cursor, across reconnects and
 // transport switches. A message is never handed to the application twice.
+//
+// A `token` function is called before the first connection, again ahead of
+// the token's `exp`, and whenever Herald refuses or expires the token; the
+// fresh token is sent in place on a WebSocket (an `auth` message) and
+// reopens SSE streams and polls from their cursors. The token travels in
+// an `auth` message or an `Authorization` header, never in a URL, and is
+// never logged.
 
 const ALL_TRANSPORTS = ["ws", "sse", "poll"];
 const BACKOFF_BASE_MS = 500;
@@ -28,6 +38,17 @@ const STABLE_MS = 5000;
 // not arrive, something (a buffering proxy) is in the way.
 const SSE_OPEN_TIMEOUT_MS = 10000;
 const DEFAULT_POLL_WAIT_S = 25;
+// A token is renewed after this fraction of the time it has left when it
+// arrives (by its `exp`), give or take the jitter, so that clients that
+// got their tokens together do not all renew at once; never sooner than
+// MIN_RENEW_MS after the last one, however short-lived the tokens are.
+const RENEW_AT = 0.8;
+const RENEW_JITTER = 0.05;
+const MIN_RENEW_MS = 1000;
+// A token function that has not settled by then has failed.
+const TOKEN_TIMEOUT_MS = 30000;
+// The WebSocket close code of a connection whose token expired.
+const CLOSE_TOKEN_EXPIRED = 4001;
 
 // Error codes after which retrying the same subscription can succeed.
 const RETRYABLE = new Set([
@@ -39,6 +60,10 @@ const RETRYABLE = new Set([
   "too_many_long_polls",
   "slow_consumer",
 ]);
+
+// Refusals of the token itself: a fresh one from the token function may
+// be accepted.
+const TOKEN_REFUSED = new Set(["invalid_token", "token_expired"]);
 
 function backoff(attempt) {
   const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
@@ -105,6 +130,35 @@ class Subscription {
   }
 }
 
+// The claims of a JWT, read without verifying it (Herald does that), or
+// null when it is not one.
+function jwtClaims(token) {
+  try {
+    const b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+// How long a token just received has left, in ms, by its `exp`; null
+// without one, or when it looks expired already (Herald will say). With an
+// `iat` as well, the token's own lifetime wins over this clock when the
+// clock is plainly off: behind (more time left than the token ever had) or
+// ahead (expired on arrival).
+function tokenTimeLeft(token, now) {
+  const claims = jwtClaims(token);
+  if (!claims || typeof claims.exp !== "number") return null;
+  let left = claims.exp * 1000 - now;
+  if (typeof claims.iat === "number" && claims.exp > claims.iat) {
+    const lifetime = (claims.exp - claims.iat) * 1000;
+    if (left > lifetime || left <= 0) left = lifetime;
+  }
+  return left > 0 ? left : null;
+}
+
 function call(fn, arg) {
   try {
     fn(arg);
@@ -117,7 +171,19 @@ export class Herald {
   constructor(url, options = {}) {
     const base = url || (typeof location !== "undefined" ? location.origin : "");
     this.url = String(base).replace(/\/+$/, "");
-    this.token = options.token || null;
+    const token = options.token ?? null;
+    if (token !== null && typeof token !== "string" && typeof token !== "function") {
+      throw new TypeError("herald: options.token must be a string, a function returning one, or null");
+    }
+    // A function is asked for tokens; a string is used as it is until
+    // Herald refuses it.
+    this._tokenSource = typeof token === "function" ? token : null;
+    this._token = typeof token === "string" && token ? token : null;
+    this._tokenStale = this._tokenSource !== null; // ask before connecting
+    this._renewAt = Infinity; // when the current token is due for renewal
+    this._renewTimer = null;
+    this._fetching = null; // the token function's answer being awaited
+    this._tokenFailures = 0; // token refusals and failures since one last worked
     this.transports = (options.transports || ALL_TRANSPORTS).filter((t) => ALL_TRANSPORTS.includes(t));
     if (this.transports.length === 0) throw new Error("herald: no usable transport in options.transports");
     this.pollWait = options.pollWait ?? DEFAULT_POLL_WAIT_S;
@@ -152,6 +218,8 @@ export class Herald {
     this._closed = true;
     clearTimeout(this._timer);
     this._timer = null;
+    clearTimeout(this._renewTimer);
+    this._renewTimer = null;
     for (const sub of this._subs.values()) sub.closed = true;
     this._subs.clear();
     this._teardown();
@@ -186,9 +254,16 @@ export class Herald {
 
   _connect() {
     if (this._closed || this._subs.size === 0 || this._conn) return;
+    if (this._tokenDue()) {
+      this._fetchToken().then((ok) => {
+        if (ok) this._connect();
+        else if (!this._closed) this._schedule(backoff(Math.max(0, this._tokenFailures - 1)));
+      });
+      return;
+    }
     const name = this.transports[this._index];
     const open = { ws: openWs, sse: openSse, poll: openPoll }[name];
-    const conn = { name, openedAt: 0 };
+    const conn = { name, openedAt: 0, renew: () => this._reopen(conn) };
     const hooks = {
       current: () => this._conn === conn,
       opened: () => {
@@ -201,6 +276,19 @@ export class Herald {
       lost: (retryAfterMs = 0) => {
         if (this._conn !== conn) return;
         this._lost(conn, retryAfterMs);
+      },
+      // Herald accepted the token (or needed none) for a subscription.
+      authorized: () => {
+        if (this._conn === conn) this._tokenFailures = 0;
+      },
+      // Herald refused or expired `used`, the token the connection had:
+      // with a token function, reconnect with a fresh one.
+      tokenRefused: (err, used) => {
+        if (this._conn === conn) this._tokenRefused(conn, err, used);
+      },
+      // A WebSocket kept its token but refused the fresh one.
+      renewRefused: (err) => {
+        if (this._conn === conn) this._renewRefused(err);
       },
     };
     this._conn = conn;
@@ -232,12 +320,133 @@ export class Herald {
     this._schedule(Math.max(retryAfterMs, backoff(this._attempt++)));
   }
 
-  _query(params) {
-    const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(params)) q.append(k, v);
-    if (this.token) q.set("token", this.token);
-    return q.toString();
+  // The token went stale on a live connection (expired, refused): close
+  // it and connect again, the token function asked first. At once the
+  // first time (a token expiring is routine), then with backoff and
+  // reported to every subscription: the fresh tokens are refused too.
+  _tokenRefused(conn, err, used) {
+    this._conn = null;
+    this.transport = null;
+    conn.close();
+    if (this._closed || this._subs.size === 0) return;
+    if (used !== this._token) {
+      this._schedule(0); // a fresher token has arrived meanwhile
+      return;
+    }
+    this._tokenStale = true;
+    this._tokenFailures += 1;
+    if (this._tokenFailures > 1) this._warnAll(err);
+    this._schedule(this._tokenFailures > 1 ? backoff(this._tokenFailures - 2) : 0);
   }
+
+  // A WebSocket refused a fresh token in place; the one in force goes on
+  // until it expires. Ask again, backing off.
+  _renewRefused(err) {
+    this._tokenStale = true;
+    this._tokenFailures += 1;
+    this._warnAll(err);
+    this._retryRenew();
+  }
+
+  // SSE and polling carry the token in each request: reopen with the
+  // fresh one, every subscription from its cursor. What arrives meanwhile
+  // is read back from the cursor; the streams being replaced are ended
+  // first, so nothing comes twice.
+  _reopen(conn) {
+    if (this._conn !== conn) return;
+    this._conn = null;
+    this.transport = null;
+    conn.close();
+    this._connect();
+  }
+
+  _warnAll(err) {
+    for (const sub of this._subs.values()) sub._warn(err);
+  }
+
+  // Whether the token function must be asked before connecting.
+  _tokenDue() {
+    return this._tokenSource !== null && (this._tokenStale || Date.now() >= this._renewAt);
+  }
+
+  // Asks the token function (one call at a time, shared); resolves true
+  // once a token (or null, none) is in place, false when it failed, after
+  // reporting that to every subscription.
+  _fetchToken() {
+    if (this._fetching) return this._fetching;
+    this._fetching = (async () => {
+      let timer;
+      try {
+        const timeout = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${TOKEN_TIMEOUT_MS} ms`)), TOKEN_TIMEOUT_MS);
+        });
+        const source = this._tokenSource; // called as a plain function
+        const token = await Promise.race([Promise.resolve().then(() => source()), timeout]);
+        if (token != null && typeof token !== "string") {
+          throw new TypeError(`it returned a ${typeof token}, not a string or null`);
+        }
+        if (this._closed) return false;
+        this._setToken(token || null);
+        return true;
+      } catch (e) {
+        if (this._closed) return false;
+        this._tokenFailures += 1;
+        this._warnAll({ code: "token_unavailable", message: `the token function failed: ${(e && e.message) || e}` });
+        return false;
+      } finally {
+        clearTimeout(timer);
+        this._fetching = null;
+      }
+    })();
+    return this._fetching;
+  }
+
+  // Puts a fresh token in place and schedules its renewal from its `exp`.
+  _setToken(token) {
+    this._token = token;
+    this._tokenStale = false;
+    clearTimeout(this._renewTimer);
+    this._renewTimer = null;
+    this._renewAt = Infinity;
+    const now = Date.now();
+    const left = token ? tokenTimeLeft(token, now) : null;
+    if (left == null) return; // no exp: renewed only when Herald refuses it
+    const fraction = RENEW_AT + RENEW_JITTER * (2 * Math.random() - 1);
+    const delay = Math.max(MIN_RENEW_MS, left * fraction);
+    this._renewAt = now + delay;
+    this._renewTimer = setTimeout(() => this._renew(), delay);
+  }
+
+  // The current token is due: fetch a fresh one and hand it to the
+  // connection (not connected: the next connection asks first).
+  _renew() {
+    this._renewTimer = null;
+    if (this._closed || !this._conn) return;
+    this._fetchToken().then((ok) => {
+      if (this._closed) return;
+      if (!ok) this._retryRenew();
+      else if (this._conn) this._conn.renew();
+    });
+  }
+
+  _retryRenew() {
+    clearTimeout(this._renewTimer);
+    this._renewTimer = setTimeout(() => this._renew(), backoff(Math.max(0, this._tokenFailures - 1)));
+  }
+}
+
+// A request's headers with `token` as `Authorization: Bearer` (SSE and
+// polls are read with fetch, which can set it: the token stays out of
+// URLs, and so out of access logs and the browser's history).
+function withToken(token, headers = {}) {
+  if (token) headers.authorization = `Bearer ${token}`;
+  return headers;
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) q.append(k, v);
+  return q.toString();
 }
 
 // An HTTP refusal's `{"error":{"code","message"}}`, with the status.
@@ -264,14 +473,28 @@ function retryAfterMs(response) {
 }
 
 // ---- WebSocket: one socket, one subscription per channel ----------------
+//
+// The token goes in an `auth` message, the socket's first, not in the URL:
+// Herald's refusal of a token in the URL would come before the upgrade,
+// and a browser shows a refused upgrade only as a socket that never
+// opened (the transport would look broken). As a message, a refusal is an
+// `error` herald.js can read. A fresh token is sent the same way, in place.
 
 function openWs(herald, hooks) {
-  const url = herald.url.replace(/^http/, "ws") + "/ws" + (herald.token ? "?" + herald._query({}) : "");
+  const url = herald.url.replace(/^http/, "ws") + "/ws";
   // channel -> true once the server said `subscribed` on this socket:
   // frames for a channel before that belong to an earlier subscription.
   const live = new Map();
   const retries = new Map(); // channel -> timer for a resubscribe
   let attempt = 0;
+  // Tokens sent in `auth` messages whose answer has not come yet, in
+  // order (Herald answers them in order); the one Herald last accepted;
+  // whether it has accepted one on this socket; whether it said the token
+  // expired (close 4001 follows).
+  const sent = [];
+  let inForce = null;
+  let accepted = false;
+  let expired = false;
   let ws;
   try {
     ws = new WebSocket(url);
@@ -286,8 +509,27 @@ function openWs(herald, hooks) {
     live.set(sub.channel, false);
     send({ type: "subscribe", channel: sub.channel, ...sub._startParams() });
   };
+  // Before the socket opens there is nothing to do: it sends the current
+  // token when it does.
+  const sendAuth = () => {
+    const token = herald._token;
+    if (token == null || ws.readyState !== WebSocket.OPEN) return;
+    sent.push(token);
+    send({ type: "auth", token });
+  };
+  const detach = () => {
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  };
+  // The socket's token is no good: reconnect with a fresh one.
+  const tokenRefused = (err, used) => {
+    detach();
+    hooks.tokenRefused(err, used);
+  };
   ws.onopen = () => {
     hooks.opened();
+    // Herald handles a socket's messages in order: the subscriptions are
+    // decided with this token.
+    sendAuth();
     for (const sub of herald._subs.values()) subscribe(sub);
   };
   ws.onmessage = (event) => {
@@ -300,9 +542,15 @@ function openWs(herald, hooks) {
     const sub = msg.channel != null ? herald._subs.get(msg.channel) : undefined;
     const { type, ...body } = msg;
     switch (type) {
+      case "authenticated":
+        inForce = sent.length ? sent.shift() : inForce;
+        accepted = true;
+        hooks.authorized();
+        break;
       case "subscribed":
         if (sub && live.has(sub.channel)) {
           live.set(sub.channel, true);
+          hooks.authorized();
           sub._started(msg.cursor);
         }
         break;
@@ -314,11 +562,41 @@ function openWs(herald, hooks) {
         break;
       case "error": {
         const err = { code: msg.code, message: msg.message };
+        if (msg.channel == null && msg.code === "token_expired" && accepted) {
+          // Either the token in force expired (close 4001 follows, and a
+          // fresh token sent just before is never read) or the fresh one
+          // came expired (the one in force goes on, until it expires and
+          // that close comes). The same message either way: await the
+          // close, which reconnects with the fresh token, or a fresher one
+          // when it is refused there.
+          sent.shift();
+          expired = true;
+          break;
+        }
+        if (msg.channel == null && sent.length && (TOKEN_REFUSED.has(msg.code) || msg.code === "auth_unavailable")) {
+          // The answer to an `auth` message.
+          const used = sent.shift();
+          if (accepted) {
+            hooks.renewRefused(err); // the token in force goes on
+          } else if (msg.code === "auth_unavailable") {
+            herald._warnAll(err); // Herald cannot check tokens yet: retry later
+            end();
+          } else if (herald._tokenSource) {
+            tokenRefused(err, used);
+          }
+          // A fixed token refused: each subscription that needs one is
+          // refused on its own, for good; public ones go on.
+          break;
+        }
         if (!sub) {
           for (const s of herald._subs.values()) if (msg.channel == null) s._warn(err);
           break;
         }
         if (msg.code === "already_subscribed" || msg.code === "not_subscribed") break;
+        if (TOKEN_REFUSED.has(msg.code) && herald._tokenSource) {
+          tokenRefused(err, inForce);
+          break;
+        }
         live.delete(sub.channel);
         if (RETRYABLE.has(msg.code)) {
           sub._warn(err);
@@ -337,14 +615,21 @@ function openWs(herald, hooks) {
       }
     }
   };
-  const end = () => {
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  function end() {
+    detach();
     hooks.lost();
-  };
+  }
   ws.onerror = end;
-  ws.onclose = end;
+  ws.onclose = (event) => {
+    if ((event.code === CLOSE_TOKEN_EXPIRED || expired) && herald._tokenSource) {
+      tokenRefused({ code: "token_expired", message: "the token expired and the WebSocket was closed (4001)" }, inForce);
+    } else {
+      end();
+    }
+  };
   return {
     add: subscribe,
+    renew: sendAuth,
     remove: (sub) => {
       clearTimeout(retries.get(sub.channel));
       retries.delete(sub.channel);
@@ -353,7 +638,7 @@ function openWs(herald, hooks) {
     close: () => {
       for (const t of retries.values()) clearTimeout(t);
       retries.clear();
-      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      detach();
       try {
         ws.close(1000);
       } catch {}
@@ -365,7 +650,8 @@ function openWs(herald, hooks) {
 // AbortController. This keeps that set, ends every loop when one fails (the
 // transport is then reconnected as a whole), and hands `run(sub,
 // controller, loops)` what it needs: `end(retryAfter)`, `refused(sub,
-// response)` for an HTTP error, and `live(sub, controller)`.
+// response, token)` for an HTTP error to a request that carried `token`,
+// `tokenRefused(err, token)`, and `live(sub, controller)`.
 function perSubscription(herald, hooks, run) {
   const controllers = new Map(); // sub -> AbortController
   let ended = false;
@@ -383,9 +669,14 @@ function perSubscription(herald, hooks, run) {
     // Herald refused the request (so the transport itself works): a
     // refusal retrying cannot fix ends this subscription only; any other
     // ends the loops, to be retried after Retry-After or backoff.
-    async refused(sub, response) {
+    async refused(sub, response, token) {
       const err = await httpError(response);
+      if (ended) return;
       hooks.opened();
+      if (response.status === 401 && TOKEN_REFUSED.has(err.code) && herald._tokenSource) {
+        loops.tokenRefused(err, token);
+        return;
+      }
       if (!retryable(response)) {
         controllers.delete(sub);
         sub._fail(err);
@@ -393,6 +684,13 @@ function perSubscription(herald, hooks, run) {
       }
       sub._warn(err);
       loops.end(retryAfterMs(response));
+    },
+    // The token is stale: every loop ends, to be reopened with a fresh one.
+    tokenRefused(err, token) {
+      if (ended) return;
+      ended = true;
+      abortAll();
+      hooks.tokenRefused(err, token);
     },
     live(sub, controller) {
       return !ended && controllers.get(sub) === controller;
@@ -425,7 +723,8 @@ function perSubscription(herald, hooks, run) {
 // under herald.js's own backoff and transport fallback.
 function openSse(herald, hooks) {
   return perSubscription(herald, hooks, async (sub, controller, loops) => {
-    const url = `${herald.url}/sse?${herald._query({ channel: sub.channel, ...sub._startParams() })}`;
+    const url = `${herald.url}/sse?${query({ channel: sub.channel, ...sub._startParams() })}`;
+    const token = herald._token;
     let opened = false;
     const timer = setTimeout(() => {
       if (!opened && !controller.signal.aborted) loops.end(); // no `subscribed` in time: a proxy is buffering
@@ -433,19 +732,23 @@ function openSse(herald, hooks) {
     try {
       const response = await fetch(url, {
         signal: controller.signal,
-        headers: { accept: "text/event-stream" },
+        headers: withToken(token, { accept: "text/event-stream" }),
         cache: "no-store",
       });
       if (!response.ok) {
         clearTimeout(timer);
-        await loops.refused(sub, response);
+        await loops.refused(sub, response, token);
         return;
       }
       const reason = await readEvents(response.body, (ev) => {
+        // Replaced (a fresh token, a reconnect): its successor reads on
+        // from the cursor.
+        if (!loops.live(sub, controller)) return "aborted";
         if (ev.event === "subscribed") {
           opened = true;
           clearTimeout(timer);
           hooks.opened();
+          hooks.authorized();
           try {
             sub._started(JSON.parse(ev.data).cursor || ev.id);
           } catch {
@@ -461,11 +764,17 @@ function openSse(herald, hooks) {
             why = JSON.parse(ev.data);
           } catch {}
           if (why.reason === "replay_failed") sub._warn({ code: why.reason, message: why.message || why.reason });
+          if (why.reason === "token_expired") return "token_expired";
           return "reconnect";
         }
       });
       clearTimeout(timer);
-      if (!controller.signal.aborted && reason !== "aborted") loops.end();
+      if (controller.signal.aborted || reason === "aborted") return;
+      if (reason === "token_expired" && herald._tokenSource) {
+        loops.tokenRefused({ code: "token_expired", message: "the token expired and Herald ended the stream" }, token);
+      } else {
+        loops.end();
+      }
     } catch (e) {
       clearTimeout(timer);
       if (!controller.signal.aborted) loops.end();
@@ -524,15 +833,17 @@ function openPoll(herald, hooks) {
       const params = { channel: sub.channel, ...sub._startParams() };
       // The first poll without a cursor returns the live end's cursor at once.
       if (sub.cursor) params.wait = String(herald.pollWait);
+      const token = herald._token;
       let response;
       let body;
       try {
-        response = await fetch(`${herald.url}/poll?${herald._query(params)}`, {
+        response = await fetch(`${herald.url}/poll?${query(params)}`, {
           signal: controller.signal,
+          headers: withToken(token),
           cache: "no-store",
         });
         if (!response.ok) {
-          await loops.refused(sub, response);
+          await loops.refused(sub, response, token);
           return;
         }
         body = await response.json();
@@ -542,6 +853,7 @@ function openPoll(herald, hooks) {
       }
       if (controller.signal.aborted || !loops.live(sub, controller)) return;
       hooks.opened();
+      hooks.authorized();
       for (const gap of [].concat(body.gap || [])) sub._gap(gap);
       for (const msg of body.messages || []) sub._deliver(msg);
       if (body.cursor && !sub.closed) sub.cursor = body.cursor;
