@@ -9,6 +9,9 @@
 //!   produced, across a restart;
 //! - `herald.js` falls back from a refused WebSocket to SSE and resumes
 //!   without loss or duplicates;
+//! - `herald.js` with a token function handing out 3-second tokens (minted
+//!   in the page with WebCrypto) renews them on every transport, records
+//!   arriving exactly once across the renewals;
 //! - a screenshot of the demo page with live messages, `docs/demo.png`.
 //!
 //! `scripts/test.sh` installs what these need (chromium, `npm ci` in
@@ -61,6 +64,9 @@ struct Browser {
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
     next_id: u64,
+    /// The page's console and errors so far, for tests that check what
+    /// the page wrote there.
+    logs: Vec<String>,
 }
 
 impl Browser {
@@ -83,6 +89,7 @@ impl Browser {
             stdin,
             lines,
             next_id: 1,
+            logs: Vec::new(),
         };
         let hello = browser.line(TIMEOUT).await;
         assert_eq!(
@@ -104,7 +111,9 @@ impl Browser {
             let value: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|_| panic!("the browser driver printed {line:?}"));
             if let Some(text) = value.get("log") {
-                eprintln!("browser: {}", text.as_str().unwrap_or_default());
+                let text = text.as_str().unwrap_or_default();
+                eprintln!("browser: {text}");
+                self.logs.push(text.to_owned());
                 continue;
             }
             return value;
@@ -602,6 +611,401 @@ async fn herald_js_falls_back_to_sse_when_websocket_is_refused_and_resumes_exact
     );
     assert_clean(&mut browser).await;
     browser.eval("herald.close(), true").await;
+    browser.close().await;
+    node.shutdown().await;
+}
+
+/// The HS256 secret Herald checks the page's tokens with.
+const TOKEN_SECRET: &str = "a browser test secret of thirty-two bytes or more";
+
+/// How many records the token test produces, one every
+/// [`TOKEN_TEST_INTERVAL`]: 30 s of them.
+const TOKEN_TEST_RECORDS: u64 = 300;
+const TOKEN_TEST_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Herald with `[auth]` (HS256 with [`TOKEN_SECRET`], no leeway, no public
+/// channel) and one topic routed to the channels `feed` and `other`.
+fn secured_config(topic: &str) -> Config {
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\nmetadata_refresh = \"500ms\"\nstats_interval = \"200ms\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
+         [auth]\nhmac_secret = \"{TOKEN_SECRET}\"\nleeway = \"0s\"\n\
+         [[route]]\ntopic = \"{topic}\"\nchannel = \"feed\"\n\
+         [[route]]\ntopic = \"{topic}\"\nchannel = \"other\"\n",
+        bootstrap()
+    );
+    Config::parse(&text, "test").expect("test config")
+}
+
+/// The Heralds of the token test's page, by name: one per transport with
+/// 3-second tokens (renewed ahead of expiry), one per transport with
+/// 1-second tokens (which expire before herald.js renews them, as a
+/// token that lives under its 1 s minimum renewal interval does, so Herald
+/// ends the connection: each is the expiry path), and two whose tokens
+/// Herald refuses.
+const RENEWING: [&str; 3] = ["ws", "sse", "poll"];
+const EXPIRING: [&str; 3] = ["expiring-ws", "expiring-sse", "expiring-poll"];
+const REFUSED: [&str; 2] = ["refused-ws", "refused-sse"];
+
+/// Installs, in a page of Herald's origin, a token function per Herald
+/// that mints HS256 JWTs with WebCrypto (an implementation independent of
+/// the `jsonwebtoken` crate Herald verifies with) allowing `feed`, and
+/// starts `window.t[name]` for every name above: a Herald forced onto one
+/// transport, subscribed to `feed` (`received`, `over`: the transport of
+/// each, `errors`) and, for the renewing ones, to `other`, which the token
+/// does not allow (`refused`); `calls` counts the token function's calls.
+/// The refused Heralds sign with the wrong secret.
+///
+/// `window.wire[name]` records what went over the wire, told apart by the
+/// token's `sub` (the Herald's name): WebSockets opened, `auth` messages
+/// and `authenticated` answers, close codes, requests by path and channel,
+/// HTTP statuses, SSE streams Herald ended for `token_expired`, distinct
+/// tokens used; `tokenInUrl` counts URLs that carried one.
+fn token_page_js() -> String {
+    let js = r#"(async () => {
+  const { Herald } = await import("/herald.js");
+  const enc = new TextEncoder();
+  const b64url = (bytes) =>
+    btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const json64 = (value) => b64url(enc.encode(JSON.stringify(value)));
+  const hmacKey = (secret) =>
+    crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const good = await hmacKey(SECRET);
+  const wrong = await hmacKey(SECRET + ", almost");
+  const mint = async (key, claims) => {
+    const signed = `${json64({ alg: "HS256", typ: "JWT" })}.${json64(claims)}`;
+    const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, enc.encode(signed)));
+    return `${signed}.${b64url(mac)}`;
+  };
+  const claimsOf = (token) => {
+    try {
+      return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    } catch {
+      return {};
+    }
+  };
+  const subOf = (token) => claimsOf(token).sub ?? "?";
+
+  window.wire = {};
+  window.tokenInUrl = 0;
+  const wireOf = (name) =>
+    (wire[name] ??= {
+      sockets: 0, auths: 0, authenticated: 0, closes: [], requests: {}, statuses: {}, expiredStreams: 0,
+      tokens: new Set(), minMarginMs: null, lastExp: null,
+    });
+  // A token's first use: how long the one before it had left then.
+  const used = (w, token) => {
+    if (w.tokens.has(token)) return;
+    w.tokens.add(token);
+    const now = Date.now();
+    if (w.lastExp !== null) w.minMarginMs = Math.min(w.minMarginMs ?? Infinity, w.lastExp * 1000 - now);
+    w.lastExp = claimsOf(token).exp;
+  };
+  const NativeWebSocket = WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(url, ...rest) {
+      super(url, ...rest);
+      if (String(url).includes("token=")) tokenInUrl++;
+    }
+    send(data) {
+      const m = JSON.parse(data);
+      if (m.type === "auth") {
+        const w = wireOf(subOf(m.token));
+        if (!this.counted) {
+          this.counted = true;
+          w.sockets++;
+          this.addEventListener("message", (e) => {
+            if (JSON.parse(e.data).type === "authenticated") w.authenticated++;
+          });
+          this.addEventListener("close", (e) => w.closes.push(e.code));
+        }
+        w.auths++;
+        used(w, m.token);
+      }
+      super.send(data);
+    }
+  };
+  const nativeFetch = fetch;
+  window.fetch = async (url, init = {}) => {
+    if (String(url).includes("token=")) tokenInUrl++;
+    const bearer = init.headers && init.headers.authorization;
+    const w = wireOf(bearer ? subOf(bearer.slice("Bearer ".length)) : "none");
+    const u = new URL(url, location.href);
+    const what = `${u.pathname}?${u.searchParams.get("channel")}`;
+    w.requests[what] = (w.requests[what] || 0) + 1;
+    if (bearer) used(w, bearer.slice("Bearer ".length));
+    const response = await nativeFetch(url, init);
+    w.statuses[response.status] = (w.statuses[response.status] || 0) + 1;
+    if (u.pathname !== "/sse" || !response.ok) return response;
+    // Read a copy of the stream for how it ended.
+    const [mine, copy] = response.body.tee();
+    (async () => {
+      let text = "";
+      try {
+        for await (const chunk of copy.pipeThrough(new TextDecoderStream())) text += chunk;
+      } catch {}
+      if (text.includes('event: reconnect\ndata: {"reason":"token_expired"}')) w.expiredStreams++;
+    })();
+    return new Response(mine, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
+
+  window.t = {};
+  const start = (name, transport, { key = good, lifetime = 3, other = false } = {}) => {
+    const s = (t[name] = { received: [], over: [], errors: [], refused: [], calls: 0 });
+    s.herald = new Herald(location.origin, {
+      transports: [transport],
+      token: async () => {
+        s.calls++;
+        const now = Math.floor(Date.now() / 1000);
+        return mint(key, { sub: name, iat: now, exp: now + lifetime, channels: ["feed"] });
+      },
+    });
+    s.feed = s.herald.subscribe("feed", {
+      onMessage(msg) {
+        s.received.push(msg);
+        s.over.push(s.herald.transport);
+      },
+      onGap(gap) {
+        s.errors.push({ gap });
+      },
+      onError(err) {
+        s.errors.push(err);
+      },
+    });
+    if (other) {
+      s.herald.subscribe("other", {
+        onError(err) {
+          s.refused.push(err);
+        },
+      });
+    }
+  };
+  for (const transport of ["ws", "sse", "poll"]) {
+    start(transport, transport, { other: true });
+    start(`expiring-${transport}`, transport, { lifetime: 1 });
+  }
+  start("refused-ws", "ws", { key: wrong });
+  start("refused-sse", "sse", { key: wrong });
+  return true;
+})()"#;
+    js.replace("SECRET", &json!(TOKEN_SECRET).to_string())
+}
+
+/// What every Herald of the token page received and `window.wire` (its
+/// sets counted), in one evaluation.
+const SNAPSHOT_JS: &str = "({
+  page: Object.fromEntries(Object.entries(t).map(([name, s]) => [name, {
+    received: s.received, over: [...new Set(s.over)], errors: s.errors, refused: s.refused, calls: s.calls,
+  }])),
+  wire: Object.fromEntries(Object.entries(wire).map(([name, w]) => [name, { ...w, tokens: w.tokens.size }])),
+})";
+
+/// Every Herald with good tokens has received at least `n` records.
+fn all_received_js(n: u64) -> String {
+    format!(
+        "{}.every((name) => t[name].received.length >= {n})",
+        json!([RENEWING, EXPIRING].concat())
+    )
+}
+
+/// A count in the page's records, 0 when absent.
+fn count(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_renews_three_second_tokens_on_every_transport_and_delivers_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browser-token");
+    create_topic(&topic, 3).await;
+    let node = Node::start(secured_config(&topic), &[(&topic, 3)]).await;
+    let mut browser = Browser::launch().await;
+    browser.open_herald_origin(&node).await;
+    let started = Instant::now();
+    browser.eval(&token_page_js()).await;
+    browser
+        .wait(
+            "subscribed on every transport, `other` refused",
+            // A cursor once Herald answered: from then on nothing produced
+            // is missed (the expiring ones are often between connections).
+            &format!(
+                "{}.every((name) => t[name].feed.cursor) && {}.every((name) => t[name].refused.length === 1)",
+                json!([RENEWING, EXPIRING].concat()),
+                json!(RENEWING),
+            ),
+            TIMEOUT,
+        )
+        .await;
+
+    // 30 s of records, to every Herald at once: meanwhile the renewing ones
+    // renew about every 2 s, the expiring ones are cut off every second.
+    let producer = Producer::new();
+    let mut produced = Produced::default();
+    let mut every = tokio::time::interval(TOKEN_TEST_INTERVAL);
+    let producing = Instant::now();
+    for n in 0..TOKEN_TEST_RECORDS {
+        every.tick().await;
+        produced.send(&producer, &topic, n..n + 1).await;
+    }
+    let window = producing.elapsed();
+    browser
+        .wait(
+            "every record everywhere",
+            &all_received_js(TOKEN_TEST_RECORDS),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    let fence = TOKEN_TEST_RECORDS;
+    produced.send(&producer, &topic, fence..fence + 1).await;
+    browser
+        .wait(
+            "the fence everywhere",
+            &all_received_js(fence + 1),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    let elapsed = started.elapsed();
+
+    // One snapshot of both, taken at once: the Heralds are still renewing.
+    let snapshot = browser.eval(SNAPSHOT_JS).await;
+    let (page, wire) = (&snapshot["page"], &snapshot["wire"]);
+    for name in [RENEWING, EXPIRING].concat() {
+        let s = &page[name];
+        let w = &wire[name];
+        let transport = name.trim_start_matches("expiring-");
+        produced.assert_exact(s["received"].as_array().unwrap(), None, name);
+        assert_eq!(
+            s["over"],
+            json!([transport]),
+            "{name}: every message over {transport}"
+        );
+        let calls = count(&s["calls"]);
+        let tokens = count(&w["tokens"]);
+        assert!(
+            calls >= 8,
+            "{name}: the token function was called {calls} times"
+        );
+        assert!(
+            tokens >= 8 && tokens <= calls,
+            "{name}: {tokens} tokens used of {calls} minted"
+        );
+        eprintln!(
+            "token test, {name}: {} records, {calls} token calls, {tokens} tokens used, errors {}, wire {w}",
+            TOKEN_TEST_RECORDS + 1,
+            s["errors"]
+        );
+    }
+    for name in RENEWING {
+        let s = &page[name];
+        let w = &wire[name];
+        assert_eq!(s["errors"], json!([]), "{name}: no error, no gap");
+        // A channel the token does not allow: refused once, for good.
+        let refused = s["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 1, "{name}: {refused:?}");
+        assert_eq!(refused[0]["code"], "forbidden_channel", "{name}");
+        assert_eq!(refused[0]["fatal"], true, "{name}");
+        // Renewed ahead of expiry: Herald never had to end anything (the
+        // test prints how far ahead: `minMarginMs`).
+        assert!(w["minMarginMs"].as_f64().unwrap() > 0.0, "{name}: {w}");
+        assert_eq!(w["expiredStreams"], 0, "{name}: {w}");
+        assert_eq!(count(&w["statuses"]["401"]), 0, "{name}: {w}");
+    }
+    // In place on the WebSocket: one socket all along, each fresh token
+    // answered `authenticated`.
+    let ws = &wire["ws"];
+    assert_eq!(ws["sockets"], 1, "the WebSocket was never replaced: {ws}");
+    assert_eq!(ws["closes"], json!([]), "{ws}");
+    assert_eq!(ws["authenticated"], ws["auths"], "{ws}");
+    // SSE reopened its stream with each fresh token; both HTTP transports
+    // asked for `other` once.
+    let sse = &wire["sse"]["requests"];
+    assert!(count(&sse["/sse?feed"]) >= 8, "{sse}");
+    assert_eq!(sse["/sse?other"], 1, "{sse}");
+    assert_eq!(
+        wire["poll"]["requests"]["/poll?other"], 1,
+        "{}",
+        wire["poll"]
+    );
+
+    // Expired before renewal, on each transport: Herald ended the
+    // connection (close 4001; `reconnect` `token_expired`; a long poll
+    // returned and the next was `401`) and herald.js came back with a
+    // fresh token, from the cursor: the exact records above.
+    let expiring_ws = &wire["expiring-ws"];
+    let closed_4001 = expiring_ws["closes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| **c == 4001)
+        .count();
+    assert!(closed_4001 >= 8, "{expiring_ws}");
+    assert!(
+        count(&wire["expiring-sse"]["expiredStreams"]) >= 8,
+        "{}",
+        wire["expiring-sse"]
+    );
+    assert!(
+        count(&wire["expiring-poll"]["statuses"]["401"]) >= 8,
+        "{}",
+        wire["expiring-poll"]
+    );
+    for name in EXPIRING {
+        // An expiry is routine and not reported, unless the fresh token
+        // was refused too (it may arrive expired when minted at the very
+        // end of a second).
+        for e in page[name]["errors"].as_array().unwrap() {
+            assert_eq!(e["code"], "token_expired", "{name}: {e}");
+            assert_eq!(e["fatal"], false, "{name}: {e}");
+        }
+    }
+
+    assert!(
+        wire.get("none").is_none(),
+        "every request carried a token: {wire}"
+    );
+    assert_eq!(browser.eval("tokenInUrl").await, 0, "no token in a URL");
+
+    // Tokens Herald refuses: retried with a fresh one, backing off, each
+    // refusal after the first reported; never a record, never given up.
+    for name in REFUSED {
+        let s = &page[name];
+        let calls = count(&s["calls"]);
+        let errors = s["errors"].as_array().unwrap();
+        eprintln!(
+            "token test, {name}: {calls} token calls, {} errors reported in {elapsed:?}",
+            errors.len()
+        );
+        assert_eq!(s["received"], json!([]), "{name}");
+        assert!(
+            (3..=25).contains(&calls),
+            "{name}: {calls} token calls in {elapsed:?}: backing off"
+        );
+        // The first refusal in a row is not reported (an expiry is
+        // routine); the last call's may still be on its way.
+        let reported = errors.len() as u64;
+        assert!(
+            (calls - 2..=calls - 1).contains(&reported),
+            "{name}: {reported} refusals reported of {calls}: {errors:?}"
+        );
+        for e in errors {
+            assert_eq!(e["code"], "invalid_token", "{name}: {e}");
+            assert_eq!(e["fatal"], false, "{name}: {e}");
+        }
+    }
+    // herald.js never logs a token (a JWT starts `eyJ`, base64 of `{"`).
+    assert!(
+        !browser.logs.iter().any(|l| l.contains("eyJ")),
+        "a token in the page's console: {:?}",
+        browser.logs
+    );
+    eprintln!(
+        "token test: {} records produced over {window:?}, {elapsed:?} from subscribing to the fence",
+        TOKEN_TEST_RECORDS + 1
+    );
+
+    browser
+        .eval("Object.values(t).forEach((s) => s.herald.close()), true")
+        .await;
     browser.close().await;
     node.shutdown().await;
 }
