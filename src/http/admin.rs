@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::listener::next_connection;
 use super::routes::{Surface, route};
 use crate::app::App;
 
@@ -38,17 +39,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     http.timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEAD_TIMEOUT);
     loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("admin accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = next_connection(&app, &listener, "admin accept").await else {
+            break;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "admin listener full; closing a connection");

@@ -34,18 +34,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     let limits = ConnectionLimits::new(&app.config.limits);
     let http = hyper_builder(&app.config.http);
     loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = next_connection(&app, &listener, "accept").await else {
+            break;
         };
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
@@ -88,6 +78,29 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 /// client that trickles its next head gets no longer), and a head over
 /// `http.max_head_bytes` or `http.max_headers` is hyper's own `431` (with
 /// no body).
+/// The next accepted connection, or `None` once shutdown has started. A
+/// failed accept (usually EMFILE) is logged and retried after a pause
+/// instead of spinning. Shared with the admin listener.
+pub(super) async fn next_connection(
+    app: &App,
+    listener: &TcpListener,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!("{what} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 fn hyper_builder(config: &HttpConfig) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
