@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::api_keys::key_problem;
 use crate::auth::{Auth, AuthConfig, AuthConfigError};
+use crate::push::keys::VapidKeys;
 use crate::router::{RouteSpec, Router, RouterError};
 
 /// Why a configuration could not be loaded. The message names the key.
@@ -57,6 +58,8 @@ pub struct Config {
     /// Who may read which channel (`[auth]`); absent, every channel is
     /// public.
     pub auth: Option<AuthConfig>,
+    /// Web Push (`[push]`); absent, `/push/…` answers `404`.
+    pub push: Option<PushConfig>,
     /// `POST /publish`: off (the endpoint answers `404`) unless the
     /// section is present.
     pub publish: Option<PublishConfig>,
@@ -107,6 +110,20 @@ pub struct KafkaConfig {
     /// `fetch.wait.max.ms`, …), passed through unchanged.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// `[push]`: Web Push.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The VAPID private key, a PKCS#8 PEM file (`herald push keygen --out
+    /// FILE` writes one). Every node of a deployment needs the same key:
+    /// browsers' subscriptions are bound to its public half. A missing,
+    /// unreadable or invalid file is a config error. No default.
+    pub vapid_private_key_file: std::path::PathBuf,
+    /// Who runs this server, for push services that need to reach the
+    /// operator (RFC 8292 §2.1): a `mailto:` or `https:` URI. No default.
+    pub vapid_subject: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -561,6 +578,23 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             Auth::check_config(auth)?;
+        }
+        if let Some(push) = &self.push {
+            VapidKeys::load(&push.vapid_private_key_file).map_err(|e| {
+                invalid(
+                    "push.vapid_private_key_file",
+                    push.vapid_private_key_file.display(),
+                    &e.to_string(),
+                )
+            })?;
+            let subject = &push.vapid_subject;
+            if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+                return Err(invalid(
+                    "push.vapid_subject",
+                    subject,
+                    "must be a mailto: or https:// URI push services can reach the operator at",
+                ));
+            }
         }
         if self.http.listen.port() != 0 && self.http.admin_listen == Some(self.http.listen) {
             return Err(invalid(

@@ -51,6 +51,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod node;
 pub mod per_ip;
+pub mod push;
 pub mod record;
 pub mod router;
 pub mod shutdown;

@@ -45,6 +45,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Web Push tools.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
     /// Run with an embedded Kafka, sample routes and a demo page.
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -52,6 +57,17 @@ enum Command {
         /// Interval of the sample records produced to `news` (0 disables).
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         ticker: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushCommand {
+    /// Write a new VAPID key pair (the private key, PKCS#8 PEM, mode 0600)
+    /// and print its public key. Never overwrites a file.
+    Keygen {
+        /// The file to create (for `push.vapid_private_key_file`).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -101,6 +117,25 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             })
+        }
+        Command::Push {
+            command: PushCommand::Keygen { out },
+        } => {
+            let written = herald::push::keys::VapidKeys::generate().and_then(|keys| {
+                keys.write_new(&out)?;
+                Ok(keys)
+            });
+            match written {
+                Ok(keys) => {
+                    println!("{}: VAPID private key written", out.display());
+                    println!("public key: {}", keys.public_key_base64());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Dev { listen, ticker } => runtime(|shutdown| async move {
             herald::dev::run(listen, ticker, shutdown)

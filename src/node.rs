@@ -19,6 +19,7 @@ use crate::kafka::ingest;
 use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replayer;
 use crate::metrics::{Metrics, Watermarks};
+use crate::push::keys::VapidKeys;
 use crate::router::Router;
 
 /// Why Herald could not start.
@@ -37,6 +38,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthConfigError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("[push]: {0}")]
+    Push(#[from] crate::push::keys::KeyError),
 }
 
 /// How long stopping waits for published records still on their way to
@@ -111,6 +114,17 @@ impl Herald {
                 Some(Publishing { publisher, keys })
             }
         };
+        let vapid = match &config.push {
+            None => None,
+            Some(push) => {
+                let keys = VapidKeys::load(&push.vapid_private_key_file)?;
+                tracing::info!(
+                    public_key = keys.public_key_base64(),
+                    "Web Push keys loaded"
+                );
+                Some(keys)
+            }
+        };
         let hub = Hub::new(
             config.hub.clone(),
             config.limits.max_channels_per_connection,
@@ -145,6 +159,7 @@ impl Herald {
             dev_info,
             tasks: TaskTracker::new(),
             publishing,
+            vapid,
         });
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");

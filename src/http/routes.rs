@@ -53,6 +53,7 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
         }
         (method, "/publish") => Ok(publish::method_not_allowed(app, method)),
         (&Method::GET, "/herald.js") => Ok(herald_js()),
+        (&Method::GET, "/push/vapid-public-key") => vapid_public_key(app),
         (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -115,6 +116,20 @@ fn method_not_allowed<B>(req: &Request<B>) -> ApiError {
 /// and must be able to say so.
 pub fn is_probe<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics")
+}
+
+/// `{"key"}`: the VAPID public key a page passes to
+/// `pushManager.subscribe` as its `applicationServerKey`.
+fn vapid_public_key(app: &App) -> Result<Response<Body>, ApiError> {
+    let keys = app.vapid.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Web Push is not enabled on this node (no [push] section)",
+        )
+    })?;
+    let body = serde_json::json!({"key": keys.public_key_base64()}).to_string();
+    Ok(full(StatusCode::OK, "application/json", body))
 }
 
 /// The browser client, `client/herald.js`, built into the binary.
