@@ -1,21 +1,11 @@
 //! The `herald` binary's config handling: `check` and `serve` exit 64 with a
 //! message naming the key on an invalid config.
 
-use std::io::Write;
-use std::process::Command;
+mod common;
 
-fn herald(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run herald");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::io::Write;
+
+use common::run_herald as herald;
 
 fn config_file(text: &str) -> tempfile_lite::File {
     tempfile_lite::File::with(text)

@@ -7,24 +7,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::run_herald as herald;
 use common::*;
-
-fn herald(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run herald");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A fresh directory of this test's own.
 fn scratch(name: &str) -> PathBuf {

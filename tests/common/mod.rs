@@ -19,6 +19,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// How long any single awaited event may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Runs the `herald` binary with `args` (errors-only logging): its exit
+/// code, stdout and stderr.
+pub fn run_herald(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run herald");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").expect(
         "KAFKA_BOOTSTRAP is not set: these tests need a real Kafka broker; run them with scripts/test.sh",
