@@ -81,7 +81,13 @@ impl PushService {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {} {}: {e}", python.display(), script.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} {}: {e} (run scripts/test.sh, which creates target/push-venv)",
+                    python.display(),
+                    script.display()
+                )
+            });
         let stdin = child.stdin.take().expect("piped stdin");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
