@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Kafka record timestamp → the push service accepted the push, by
     /// push service.
     pub push_latency: HistogramVec,
+    /// Partitions of the routed topics this node pushes for (its share of
+    /// the `push.group_id` group).
+    pub push_assigned_partitions: IntGauge,
 }
 
 impl Default for Metrics {
@@ -215,6 +218,14 @@ impl Metrics {
                         0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     ]),
                     &["service"],
+                )
+                .expect("valid metric"),
+            ),
+            push_assigned_partitions: reg(
+                &registry,
+                IntGauge::new(
+                    "herald_push_assigned_partitions",
+                    "Partitions of the routed topics this node pushes for (its share of push.group_id).",
                 )
                 .expect("valid metric"),
             ),
