@@ -360,6 +360,11 @@ async fn a_gone_subscription_is_removed_for_good_and_a_throttled_one_waits() {
     assert_eq!(metric(addr, &sent("retried", 1)).await, 1.0);
     herald.stop().await;
 
+    // Herald created the subscriptions topic compacted.
+    assert_eq!(
+        cleanup_policy(&deployment.subscriptions_topic).await,
+        "compact"
+    );
     // The tombstone is in the topic: a restarted node does not have it.
     let herald = deployment.start().await;
     let addr = herald.local_addr();
@@ -459,6 +464,25 @@ async fn a_large_record_is_pushed_truncated_with_a_cursor_to_fetch_it() {
     assert_eq!(messages[0]["data"]["text"].as_str().unwrap().len(), 5000);
     assert_no_failures(&service).await;
     herald.stop().await;
+}
+
+/// The topic's `cleanup.policy`, as the broker reports it.
+async fn cleanup_policy(topic: &str) -> String {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap();
+    resource
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone())
+        .unwrap()
 }
 
 fn hs256(claims: Value) -> String {
