@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::push_service::{PushService, Received};
@@ -628,12 +628,7 @@ impl Node {
             .unwrap()
             .write_all(deployment.toml(&addr.to_string()).as_bytes())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start herald");
+        let child = spawn_serve(&path);
         wait_readyz(addr, 200, Duration::from_secs(60)).await;
         Node {
             child,
