@@ -31,6 +31,18 @@ impl Watermarks {
             .copied()
     }
 
+    /// Records a partition's watermarks read when it is assigned, unless a
+    /// statistics report has already given newer ones: so that
+    /// `herald_partition_lag` has every partition from the first scrape
+    /// after `/readyz`, not only after the first report
+    /// (`kafka.stats_interval`).
+    pub fn seed(&self, topic: &str, partition: i32, low: i64, high: i64) {
+        self.inner
+            .lock()
+            .entry((topic.to_owned(), partition))
+            .or_insert((low, high));
+    }
+
     /// Records `((topic, partition), (low, high))` pairs from one
     /// statistics report.
     pub fn update(&self, marks: impl IntoIterator<Item = ((String, i32), (i64, i64))>) {
