@@ -652,6 +652,7 @@ impl Hub {
             gaps: Vec::new(),
             failure: None,
             inbox,
+            from_history: backlog.len(),
             backlog: backlog.into(),
             positions: start_at,
         })
