@@ -211,3 +211,42 @@ async fn clients_resuming_the_same_range_together_share_one_kafka_read() {
     );
     b.stop().await;
 }
+
+/// A cursor past the partition's end (another cluster, a recreated topic,
+/// a forged cursor) is refused, naming the position and the end; one at
+/// the end resumes there and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_partition_end_is_refused() {
+    let (topic, herald) = herald_with_topic("ahead", 1, "c").await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+    for n in 0..3 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let at = |offset: i64| {
+        let mut cursor = herald::hub::cursor::Cursor::new();
+        cursor.set(&topic, 0, offset);
+        cursor.encode()
+    };
+    for transport in ["sse", "poll"] {
+        let (status, body) = match transport {
+            "sse" => {
+                let sse = Sse::connect(addr, &format!("channel=c&cursor={}", at(20)), None).await;
+                (sse.status, sse.error_body().await)
+            }
+            _ => poll(addr, &format!("channel=c&cursor={}", at(20))).await,
+        };
+        assert_eq!(status, 400, "{transport}: {body}");
+        assert_eq!(body["error"]["code"], "cursor_ahead", "{transport}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{topic}/0@20")) && message.contains("(3)"),
+            "{message}"
+        );
+    }
+    // At the end: accepted, and the next record arrives.
+    let mut sse = Sse::connect(addr, "channel=c", Some(&at(3))).await;
+    producer.send_n(&topic, "k", 3).await;
+    assert_eq!(ns(&sse.messages(1).await), vec![3]);
+    herald.stop().await;
+}

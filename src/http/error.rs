@@ -77,6 +77,7 @@ impl From<SubscribeError> for ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_replays_per_ip")
             }
             SubscribeError::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
+            SubscribeError::CursorAhead { .. } => (StatusCode::BAD_REQUEST, "cursor_ahead"),
             SubscribeError::SinceNeedsKafka | SubscribeError::SinceUnanswered { .. } => {
                 (StatusCode::BAD_REQUEST, "since_unsupported")
             }

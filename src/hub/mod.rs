@@ -115,6 +115,14 @@ pub trait ReplaySource: Send + Sync {
         ts: i64,
         client: IpAddr,
     ) -> Result<OffsetsForTime, SubscribeError>;
+
+    /// Starts reading the brokers' high watermark of each partition, under
+    /// the same limits as [`ReplaySource::offsets_for_time`].
+    fn high_watermarks(
+        &self,
+        partitions: Vec<(Arc<str>, i32)>,
+        client: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError>;
 }
 
 /// Why a subscription was refused. Each names the offending value.
@@ -168,6 +176,15 @@ pub enum SubscribeError {
     Kafka(String),
     #[error("since= needs Kafka to find offsets by time, and this hub has no Kafka access")]
     SinceNeedsKafka,
+    #[error(
+        "cursor position {topic}/{partition}@{offset} is beyond the end of the partition ({end}): the cursor is from another cluster or from a topic deleted and created again, or was not made by Herald; resume without it (or with since=)"
+    )]
+    CursorAhead {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        end: i64,
+    },
     #[error(
         "the broker did not answer offsets-for-times for {topic}/{partition} (librdkafka's mock cluster under herald dev does not), and reading it instead would mean {records} records: resume with a cursor"
     )]
@@ -413,8 +430,13 @@ impl Hub {
         // than refusing them: a browser's EventSource gives up for good on
         // any non-200 answer, and clients reconnect in a burst on restarts.
         self.wait_ready(READY_WAIT).await;
-        let Start::Since(ts) = start else {
-            return self.subscribe(channels, start, client);
+        let ts = match start {
+            Start::Since(ts) => ts,
+            Start::Cursor(cursor) => {
+                self.check_not_ahead(&cursor, client).await?;
+                return self.subscribe(channels, Start::Cursor(cursor), client);
+            }
+            Start::Live => return self.subscribe(channels, start, client),
         };
         let source = self
             .inner
@@ -445,6 +467,49 @@ impl Hub {
             cursor.set(topic, *partition, offset);
         }
         self.subscribe(channels, Start::Cursor(cursor), client)
+    }
+
+    /// A cursor offset past this node's ingest position is normal (another
+    /// node read further); past the partition's end at the brokers it can
+    /// only come from another cluster, a recreated topic or a forgery, and
+    /// starting there would skip the records that fill the difference
+    /// without a word. Only such positions are checked, with one
+    /// watermark look-up.
+    async fn check_not_ahead(&self, cursor: &Cursor, client: IpAddr) -> Result<(), SubscribeError> {
+        let positions = self.positions();
+        let ahead: Vec<((Arc<str>, i32), i64)> = cursor
+            .iter()
+            .filter(|(topic, partition, offset)| {
+                positions
+                    .get(topic, *partition)
+                    .is_some_and(|at| *offset > at)
+            })
+            .map(|(topic, partition, offset)| ((Arc::from(topic), partition), offset))
+            .collect();
+        if ahead.is_empty() {
+            return Ok(());
+        }
+        let Some(source) = self.inner.replay.read().clone() else {
+            return Ok(());
+        };
+        let partitions: Vec<(Arc<str>, i32)> = ahead.iter().map(|(tp, _)| tp.clone()).collect();
+        let ends = source
+            .high_watermarks(partitions, client)?
+            .await
+            .map_err(|_| {
+                SubscribeError::Kafka("the watermark look-up ended without an answer".into())
+            })??;
+        for (((topic, partition), offset), end) in ahead.into_iter().zip(ends) {
+            if offset > end {
+                return Err(SubscribeError::CursorAhead {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    end,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Deduplicates channel names (in linear time) and checks their

@@ -225,6 +225,29 @@ impl ReplaySource for Replayer {
         ts: i64,
         client: IpAddr,
     ) -> Result<OffsetsForTime, SubscribeError> {
+        self.look_up(client, move |config| {
+            offsets_for_time(config, &partitions, ts)
+        })
+    }
+
+    fn high_watermarks(
+        &self,
+        partitions: Vec<(Arc<str>, i32)>,
+        client: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError> {
+        self.look_up(client, move |config| high_watermarks(config, &partitions))
+    }
+}
+
+impl Replayer {
+    /// Runs one look-up (`find`, blocking, with a consumer of its own)
+    /// under the look-up limits: `replay.max_concurrent_lookups` on the
+    /// node, and with replays `replay.max_concurrent_per_ip` per client.
+    fn look_up(
+        &self,
+        client: IpAddr,
+        find: impl FnOnce(&ClientConfig) -> Result<Vec<i64>, SubscribeError> + Send + 'static,
+    ) -> Result<OffsetsForTime, SubscribeError> {
         let client_place = self.client_place(client)?;
         let permit =
             self.lookups
@@ -236,7 +259,7 @@ impl ReplaySource for Replayer {
         let config = self.consumer_config();
         let (tx, rx) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let found = offsets_for_time(&config, &partitions, ts);
+            let found = find(&config);
             // The places go before the answer: a subscription that goes on
             // to a replay must find its own look-up's place free.
             drop((permit, client_place));
@@ -244,6 +267,25 @@ impl ReplaySource for Replayer {
         });
         Ok(rx)
     }
+}
+
+/// The high watermark of each partition, fresh from the brokers. Blocking.
+fn high_watermarks(
+    config: &ClientConfig,
+    partitions: &[(Arc<str>, i32)],
+) -> Result<Vec<i64>, SubscribeError> {
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
+    partitions
+        .iter()
+        .map(|(topic, p)| {
+            consumer
+                .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
+                .map(|(_, high)| high)
+                .map_err(|e| SubscribeError::Kafka(e.to_string()))
+        })
+        .collect()
 }
 
 /// The first offset at or after `ts` of each partition (the high watermark
