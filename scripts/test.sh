@@ -43,6 +43,31 @@ setup_browser() {
 }
 setup_browser
 
+# The Web Push tests POST to a test push service in Python
+# (tests/push/push_service.py), which decrypts with libraries independent of
+# Herald's. Its venv is target/push-venv, made when missing and
+# reinstalled only when tests/push/requirements.txt changed since.
+setup_python() {
+  local venv=target/push-venv
+  local stamp=$venv/.requirements.stamp
+  if [[ ! -f $stamp ]] || ! cmp -s tests/push/requirements.txt "$stamp"; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      log "installing Debian's python3-venv for the push service"
+      local sudo=""
+      [[ $(id -u) == 0 ]] || sudo=sudo
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    fi
+    log "pip install -r tests/push/requirements.txt into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/push/requirements.txt
+    cp tests/push/requirements.txt "$stamp"
+  fi
+  export HERALD_PUSH_PYTHON=$PWD/$venv/bin/python
+}
+setup_python
+
 # Build before starting Kafka, so the broker is not kept waiting. The
 # smoke run at the end needs target/debug/herald-bench and the herald it
 # starts beside itself; the tests alone do not build herald-bench's binary.

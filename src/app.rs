@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::kafka::producer::Publisher;
 use crate::metrics::{Metrics, Watermarks};
-use crate::push::keys::VapidKeys;
+use crate::push::Push;
 
 /// Shared state of one running Herald.
 pub struct App {
@@ -40,8 +40,8 @@ pub struct App {
     pub long_polls: Arc<Semaphore>,
     /// `POST /publish`: present only when `[publish]` is configured.
     pub publishing: Option<Publishing>,
-    /// The VAPID key pair: present only when `[push]` is configured.
-    pub vapid: Option<VapidKeys>,
+    /// Web Push: present only when `[push]` is configured.
+    pub push: Option<Arc<Push>>,
 }
 
 /// What `POST /publish` needs: the node's producer and the keys that may

@@ -124,6 +124,200 @@ pub struct PushConfig {
     /// Who runs this server, for push services that need to reach the
     /// operator (RFC 8292 §2.1): a `mailto:` or `https:` URI. No default.
     pub vapid_subject: String,
+    /// The compacted topic that holds every registered subscription, keyed
+    /// by subscription id; created (`cleanup.policy=compact`) if missing.
+    /// Kafka is the only place subscriptions are kept.
+    #[serde(default = "defaults::subscriptions_topic")]
+    pub subscriptions_topic: String,
+    /// Partitions of the subscriptions topic when Herald creates it.
+    #[serde(default = "defaults::one")]
+    pub subscriptions_topic_partitions: i32,
+    /// Replication factor of the subscriptions topic when Herald creates
+    /// it; `-1` is the broker's `default.replication.factor`.
+    #[serde(default = "defaults::minus_one")]
+    pub subscriptions_topic_replication: i32,
+    /// The consumer group through which the nodes share the sending: each
+    /// partition of the routed topics is pushed by one node at a time.
+    #[serde(default = "defaults::push_group_id")]
+    pub group_id: String,
+    /// Hosts a subscription's endpoint may name (`*.example.com` matches
+    /// any subdomain; `host:port` pins a port). Anything else is `400
+    /// endpoint_not_allowed`: Herald sends requests to these hosts only.
+    #[serde(default = "defaults::allowed_endpoint_hosts")]
+    pub allowed_endpoint_hosts: Vec<String>,
+    /// Accept `http://` endpoints (a local push service in tests); off,
+    /// only `https://` ones.
+    #[serde(default)]
+    pub allow_http_endpoints: bool,
+    /// How long a push service keeps a message for a browser that is
+    /// offline (the `TTL` header, whole seconds).
+    #[serde(default = "defaults::push_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The `Urgency` header (RFC 8030 §5.3): `very-low`, `low`, `normal`,
+    /// `high`.
+    #[serde(default)]
+    pub urgency: Urgency,
+    /// One request to a push service, connect included; past it the
+    /// attempt counts as failed and is retried.
+    #[serde(default = "defaults::push_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests in flight at once to one push service (scheme, host and
+    /// port of the endpoint).
+    #[serde(default = "defaults::push_max_in_flight_per_service")]
+    pub max_in_flight_per_service: usize,
+    /// Pushes waiting for one push service (sending or backing off); past
+    /// it a push to that service is dropped (counted, logged), so a slow
+    /// service cannot hold up the others.
+    #[serde(default = "defaults::push_max_queued_per_service")]
+    pub max_queued_per_service: usize,
+    /// Pushes not yet finished on this node, every service together; at
+    /// the limit the node stops reading records until some finish.
+    #[serde(default = "defaults::push_max_pending")]
+    pub max_pending: usize,
+    /// Attempts of one push (the first included) before it is dropped.
+    #[serde(default = "defaults::push_max_attempts")]
+    pub max_attempts: u32,
+    /// How long one push may keep being retried, from its first attempt.
+    #[serde(default = "defaults::push_retry_deadline", with = "humantime_serde")]
+    pub retry_deadline: Duration,
+    /// The first retry's delay; each later one doubles it (with jitter),
+    /// up to 30 s. A `Retry-After` longer than the delay wins.
+    #[serde(default = "defaults::push_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Channels one subscription may list; more is `400 too_many_channels`.
+    #[serde(default = "defaults::push_max_channels_per_subscription")]
+    pub max_channels_per_subscription: usize,
+    /// Subscriptions one channel may have; a registration past it is `409
+    /// too_many_subscriptions`.
+    #[serde(default = "defaults::push_max_subscriptions_per_channel")]
+    pub max_subscriptions_per_channel: usize,
+    /// Subscriptions in all (the table every node keeps in memory); a
+    /// registration past it is `409 too_many_subscriptions`.
+    #[serde(default = "defaults::push_max_subscriptions")]
+    pub max_subscriptions: usize,
+    /// Largest registration body, in bytes (`413 body_too_large`).
+    #[serde(default = "defaults::push_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a registration body (`408
+    /// body_timeout`).
+    #[serde(default = "defaults::push_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl PushConfig {
+    /// A `[push]` with these keys and every other key at its default.
+    pub fn new(vapid_private_key_file: &Path, vapid_subject: &str) -> PushConfig {
+        serde_json::from_value(serde_json::json!({
+            "vapid_private_key_file": vapid_private_key_file,
+            "vapid_subject": vapid_subject,
+        }))
+        .expect("the other keys of [push] have defaults")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: &dyn std::fmt::Debug, reason: &str| ConfigError::Invalid {
+            key: format!("push.{key}"),
+            value: format!("{value:?}"),
+            reason: reason.to_owned(),
+        };
+        if !crate::record::is_valid_topic(&self.subscriptions_topic) {
+            return Err(invalid(
+                "subscriptions_topic",
+                &self.subscriptions_topic,
+                "not a valid Kafka topic name (1 to 249 of [A-Za-z0-9._-])",
+            ));
+        }
+        if self.subscriptions_topic_partitions < 1 {
+            return Err(invalid(
+                "subscriptions_topic_partitions",
+                &self.subscriptions_topic_partitions,
+                "must be at least 1",
+            ));
+        }
+        if self.subscriptions_topic_replication == 0 || self.subscriptions_topic_replication < -1 {
+            return Err(invalid(
+                "subscriptions_topic_replication",
+                &self.subscriptions_topic_replication,
+                "must be at least 1, or -1 for the broker's default",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("group_id", &self.group_id, "must not be empty"));
+        }
+        for host in &self.allowed_endpoint_hosts {
+            if !crate::push::endpoint::is_host_pattern(host) {
+                return Err(invalid(
+                    "allowed_endpoint_hosts",
+                    host,
+                    "a host name or IP address, optionally `*.` in front (any subdomain) and `:port` behind",
+                ));
+            }
+        }
+        if self.ttl > Duration::from_secs(28 * 24 * 3600) {
+            return Err(invalid(
+                "ttl",
+                &self.ttl,
+                "at most 28 days (push services keep messages no longer)",
+            ));
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "request_timeout",
+                &self.request_timeout,
+                "must be at least 100ms",
+            ));
+        }
+        for (key, value) in [
+            ("max_in_flight_per_service", self.max_in_flight_per_service),
+            ("max_queued_per_service", self.max_queued_per_service),
+            ("max_pending", self.max_pending),
+            ("max_attempts", self.max_attempts as usize),
+            (
+                "max_channels_per_subscription",
+                self.max_channels_per_subscription,
+            ),
+            (
+                "max_subscriptions_per_channel",
+                self.max_subscriptions_per_channel,
+            ),
+            ("max_subscriptions", self.max_subscriptions),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, &value, "must be at least 1"));
+            }
+        }
+        if self.max_body_bytes < 256 {
+            return Err(invalid(
+                "max_body_bytes",
+                &self.max_body_bytes,
+                "must be at least 256 (a browser subscription alone is about 200 bytes)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// RFC 8030 §5.3 `Urgency`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Urgency {
+    VeryLow,
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Urgency {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::VeryLow => "very-low",
+            Urgency::Low => "low",
+            Urgency::Normal => "normal",
+            Urgency::High => "high",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -462,6 +656,67 @@ mod defaults {
     pub fn stats_interval() -> Duration {
         Duration::from_secs(5)
     }
+    pub fn subscriptions_topic() -> String {
+        "herald.push.subscriptions".into()
+    }
+    pub fn one() -> i32 {
+        1
+    }
+    pub fn minus_one() -> i32 {
+        -1
+    }
+    pub fn push_group_id() -> String {
+        "herald-push".into()
+    }
+    pub fn allowed_endpoint_hosts() -> Vec<String> {
+        [
+            "*.push.services.mozilla.com",
+            "fcm.googleapis.com",
+            "*.notify.windows.com",
+            "web.push.apple.com",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn push_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn push_request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn push_max_in_flight_per_service() -> usize {
+        64
+    }
+    pub fn push_max_queued_per_service() -> usize {
+        10_000
+    }
+    pub fn push_max_pending() -> usize {
+        100_000
+    }
+    pub fn push_max_attempts() -> u32 {
+        5
+    }
+    pub fn push_retry_deadline() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn push_retry_backoff() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn push_max_channels_per_subscription() -> usize {
+        16
+    }
+    pub fn push_max_subscriptions_per_channel() -> usize {
+        100_000
+    }
+    pub fn push_max_subscriptions() -> usize {
+        1_000_000
+    }
+    pub fn push_max_body_bytes() -> usize {
+        4096
+    }
+    pub fn push_body_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 impl Default for HttpConfig {
@@ -595,6 +850,7 @@ impl Config {
                     "must be a mailto: or https:// URI push services can reach the operator at",
                 ));
             }
+            push.validate()?;
         }
         if self.http.listen.port() != 0 && self.http.admin_listen == Some(self.http.listen) {
             return Err(invalid(
@@ -734,6 +990,14 @@ impl Config {
                 value: format!("{value:?}"),
                 reason,
             },
+        })
+        .and_then(|router| match &self.push {
+            Some(push) if router.consumes(&push.subscriptions_topic) => Err(invalid(
+                "push.subscriptions_topic",
+                &push.subscriptions_topic,
+                "a [[route]] reads this topic: it holds subscriptions (endpoints and keys), which must never reach clients",
+            )),
+            _ => Ok(()),
         })?;
         Ok(())
     }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, proto,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, proto,
 };
 
 /// The `transport` label values, created at start so their series read 0.
@@ -71,6 +72,14 @@ pub struct Metrics {
     pub hub_evictions: IntCounterVec,
     /// Requests answered with an error, by status code and error code.
     pub http_errors: IntCounterVec,
+    /// Web Push subscriptions in this node's table.
+    pub push_subscriptions: IntGauge,
+    /// Push attempts by result (`delivered`, `expired`, `retried`,
+    /// `dropped`) and push service (`scheme://host:port`).
+    pub push_sent: IntCounterVec,
+    /// Kafka record timestamp → the push service accepted the push, by
+    /// push service.
+    pub push_latency: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -181,6 +190,33 @@ impl Metrics {
                 "herald_http_errors_total",
                 "Requests answered with an error.",
                 &["status", "code"],
+            ),
+            push_subscriptions: reg(
+                &registry,
+                IntGauge::new(
+                    "herald_push_subscriptions",
+                    "Web Push subscriptions in this node's table.",
+                )
+                .expect("valid metric"),
+            ),
+            push_sent: counter_vec(
+                "herald_push_sent_total",
+                "Web Push attempts by result (delivered, expired, retried, dropped) and push service.",
+                &["result", "service"],
+            ),
+            push_latency: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "herald_push_latency_seconds",
+                        "Kafka record timestamp to the push service accepting the push.",
+                    )
+                    .buckets(vec![
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    ]),
+                    &["service"],
+                )
+                .expect("valid metric"),
             ),
             delivered_by: Vec::new(),
             registry,

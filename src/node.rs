@@ -19,7 +19,7 @@ use crate::kafka::ingest;
 use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replayer;
 use crate::metrics::{Metrics, Watermarks};
-use crate::push::keys::VapidKeys;
+use crate::push::Push;
 use crate::router::Router;
 
 /// Why Herald could not start.
@@ -39,7 +39,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("[push]: {0}")]
-    Push(#[from] crate::push::keys::KeyError),
+    Push(#[from] crate::push::StartError),
 }
 
 /// How long stopping waits for published records still on their way to
@@ -54,6 +54,8 @@ pub struct Herald {
     app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
     ingest: std::thread::JoinHandle<()>,
+    /// The Web Push sender, when `[push]` is configured.
+    push_sender: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Herald {
@@ -114,15 +116,17 @@ impl Herald {
                 Some(Publishing { publisher, keys })
             }
         };
-        let vapid = match &config.push {
+        let push = match &config.push {
             None => None,
             Some(push) => {
-                let keys = VapidKeys::load(&push.vapid_private_key_file)?;
+                let push = Push::new(&config.kafka, push, metrics.clone())?;
                 tracing::info!(
-                    public_key = keys.public_key_base64(),
-                    "Web Push keys loaded"
+                    public_key = push.keys.public_key_base64(),
+                    group = push.config.group_id,
+                    topic = push.config.subscriptions_topic,
+                    "Web Push is enabled"
                 );
-                Some(keys)
+                Some(Arc::new(push))
             }
         };
         let hub = Hub::new(
@@ -147,6 +151,13 @@ impl Herald {
             metrics.clone(),
         )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
+        let push_sender = match &push {
+            None => None,
+            Some(push) => Some(
+                push.start(&config.kafka, hub.clone(), shutdown.clone())
+                    .map_err(|e| StartError::Push(e.into()))?,
+            ),
+        };
         auth.start(shutdown.clone());
         let app = Arc::new(App {
             long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
@@ -159,7 +170,7 @@ impl Herald {
             dev_info,
             tasks: TaskTracker::new(),
             publishing,
-            vapid,
+            push,
         });
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
@@ -174,6 +185,7 @@ impl Herald {
             app,
             server,
             ingest,
+            push_sender,
         })
     }
 
@@ -196,6 +208,9 @@ impl Herald {
     pub async fn stop(self) {
         self.app.shutdown.cancel();
         let _ = self.server.await;
+        if let Some(sender) = self.push_sender {
+            let _ = sender.await;
+        }
         let app = self.app.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(publishing) = &app.publishing {

@@ -96,10 +96,10 @@ async fn a_node_serves_its_vapid_public_key() {
     let pem = std::fs::read_to_string(&key).unwrap();
 
     let (_topic, herald) = herald_with_topic_and("pushkey", 1, "news", |c| {
-        c.push = Some(herald::config::PushConfig {
-            vapid_private_key_file: key.clone(),
-            vapid_subject: "mailto:ops@example.com".into(),
-        });
+        let mut push = herald::config::PushConfig::new(&key, "mailto:ops@example.com");
+        push.subscriptions_topic = unique_topic("pushkey-subs");
+        push.group_id = unique_topic("pushkey-group");
+        c.push = Some(push);
     })
     .await;
     let addr = herald.local_addr();

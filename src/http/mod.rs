@@ -5,7 +5,8 @@
 //! parameters ([`query`]), CORS ([`cors`]), the bare connection that
 //! serves an event stream without hyper ([`stream_connection`]), and
 //! `POST /publish` ([`publish`]), which produces to Kafka and is no
-//! transport.
+//! transport, and the Web Push registrations ([`push`]), which write to
+//! Kafka too. Both read bounded bodies ([`body`]).
 //!
 //! Imports point one way: the transports use `http`'s types (errors,
 //! bodies, query parameters, the connection permit); only [`routes`] and
@@ -14,12 +15,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod body;
 pub mod cors;
 pub mod error;
 pub mod head;
 pub mod limits;
 pub mod listener;
 pub mod publish;
+pub mod push;
 pub mod query;
 pub mod response;
 pub mod routes;

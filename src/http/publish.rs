@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::body;
 use super::error::ApiError;
 use super::response::{Body, full};
 use crate::app::{App, Publishing};
@@ -211,47 +211,21 @@ fn authorize(publishing: &Publishing, headers: &http::HeaderMap) -> Result<(), U
     }
 }
 
-/// The whole body, refused past `max_body_bytes` (at once when
-/// `Content-Length` says so, else as soon as that many bytes arrived) or
-/// when the client takes longer than `body_timeout` to send it.
+/// The body, bounded by `publish.max_body_bytes` and
+/// `publish.body_timeout`.
 async fn read_body<B>(req: Request<B>, config: &PublishConfig) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the body is larger than publish.max_body_bytes ({} bytes)",
-                config.max_body_bytes
-            ),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
-        return Err(too_large());
-    }
-    let limited = Limited::new(req.into_body(), config.max_body_bytes);
-    match tokio::time::timeout(config.body_timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the body did not arrive within publish.body_timeout ({})",
-                humantime::format_duration(config.body_timeout)
-            ),
-        )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("reading the body failed: {e}"),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
+    body::read(
+        req,
+        body::Bounds {
+            max_bytes: config.max_body_bytes,
+            max_bytes_key: "publish.max_body_bytes",
+            timeout: config.body_timeout,
+            timeout_key: "publish.body_timeout",
+        },
+    )
+    .await
 }

@@ -9,8 +9,8 @@ use hyper::body::Incoming;
 
 use super::cors::{finish_response, preflight};
 use super::error::ApiError;
-use super::publish;
 use super::response::{Body, full};
+use super::{publish, push};
 use crate::app::App;
 use crate::transport;
 
@@ -54,7 +54,17 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
         (method, "/publish") => Ok(publish::method_not_allowed(app, method)),
         (&Method::GET, "/herald.js") => Ok(herald_js()),
         (&Method::GET, "/herald-sw.js") => Ok(herald_sw_js()),
-        (&Method::GET, "/push/vapid-public-key") => vapid_public_key(app),
+        (&Method::GET, "/push/vapid-public-key") => push::vapid_public_key(app),
+        // Registrations come from pages: CORS headers, from the request
+        // head kept aside (the handlers take the body).
+        (&Method::POST, "/push/subscriptions") => {
+            let headers = req.headers().clone();
+            return finish_response(app, &headers, push::register(app, req).await);
+        }
+        (&Method::DELETE, "/push/subscriptions") => {
+            let headers = req.headers().clone();
+            return finish_response(app, &headers, push::unregister(app, req).await);
+        }
         (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -69,7 +79,9 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
                 .unwrap_or_default(),
         )),
         (&Method::OPTIONS, _) => return preflight(app, req.headers()),
-        (_, "/sse" | "/ws" | "/poll") => Err(method_not_allowed(&req)),
+        (_, "/sse" | "/ws" | "/poll" | "/push/subscriptions" | "/push/vapid-public-key") => {
+            Err(method_not_allowed(&req))
+        }
         (_, path) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -117,20 +129,6 @@ fn method_not_allowed<B>(req: &Request<B>) -> ApiError {
 /// and must be able to say so.
 pub fn is_probe<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics")
-}
-
-/// `{"key"}`: the VAPID public key a page passes to
-/// `pushManager.subscribe` as its `applicationServerKey`.
-fn vapid_public_key(app: &App) -> Result<Response<Body>, ApiError> {
-    let keys = app.vapid.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "Web Push is not enabled on this node (no [push] section)",
-        )
-    })?;
-    let body = serde_json::json!({"key": keys.public_key_base64()}).to_string();
-    Ok(full(StatusCode::OK, "application/json", body))
 }
 
 /// The browser client, `client/herald.js`, built into the binary.

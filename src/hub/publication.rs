@@ -67,7 +67,7 @@ impl Publication {
 }
 
 impl Envelope {
-    fn encode(channel: &str, record: &Record) -> Envelope {
+    pub fn encode(channel: &str, record: &Record) -> Envelope {
         let mut head = Vec::with_capacity(channel.len() + 32);
         head.extend_from_slice(b"{\"channel\":");
         write_json_string(&mut head, channel);

@@ -6,6 +6,7 @@
 pub mod ingest;
 pub mod producer;
 pub mod replay;
+pub mod topics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -116,17 +117,21 @@ pub fn consumer_config(
     cc
 }
 
-/// Settings of the publish producer: the producer's own `settings`, then
+/// Settings of a producer (`role` names it in `client.id`): the producer's own `settings`, then
 /// the `[kafka.options]` table (shared with the consumers: `security.*`,
 /// `sasl.*` apply to both, and librdkafka ignores a consumer-only property
 /// in a producer with a warning), then what publishing promises and no
 /// option may change: an idempotent producer (no duplicate and no reorder
 /// from its own retries) waiting for every in-sync replica (`acks=all`).
 /// Config validation refuses options that contradict those two.
-pub fn producer_config(config: &KafkaConfig, settings: &[(&str, String)]) -> ClientConfig {
+pub fn producer_config(
+    config: &KafkaConfig,
+    role: &str,
+    settings: &[(&str, String)],
+) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.brokers)
-        .set("client.id", format!("{}-publish", config.client_id));
+        .set("client.id", format!("{}-{role}", config.client_id));
     for (k, v) in settings {
         cc.set(*k, v);
     }

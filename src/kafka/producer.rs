@@ -118,6 +118,7 @@ impl Publisher {
     ) -> Result<Publisher, KafkaError> {
         let config = producer_config(
             kafka,
+            "publish",
             &[
                 // The whole delivery, retries included, within the bound
                 // a publish waits.

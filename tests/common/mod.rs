@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod push_service;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
