@@ -10,7 +10,7 @@
 // reports what its service worker forwards.
 //
 // Protocol: line-based JSON, as driver.mjs. It prints
-// {"ready":true,"push":<push service origin>,"pages":<origin of the pages>}
+// {"ready":true,"push_service":<its origin>,"pages":<origin of the pages>}
 // once both servers listen; then each line on stdin is a command
 // {"id","op",…} answered by exactly one {"id","ok":true,"value"} or
 // {"id","ok":false,"error"}. Lines without an id are events: {"log"} (the
@@ -142,13 +142,17 @@ function toPage(command) {
 // What keeps Firefox quiet with no network: no first-run or what's-new
 // pages, no telemetry, updates, studies, remote settings, safe browsing,
 // captive portal or connectivity checks, DNS over HTTPS, speculative
-// connections. Then the push service of the test, notifications granted,
-// and page and service worker consoles on stdout.
+// connections. Then the push service of the test, notifications granted
+// and shown by Firefox itself, and page and service worker consoles on
+// stdout.
 function userJs() {
   const prefs = {
     "dom.push.serverURL": push.url,
     "dom.push.testing.allowInsecureServerURL": true,
     "permissions.default.desktop-notification": 1,
+    // Notifications in Firefox's own alert windows: the system's (libnotify
+    // over D-Bus) is not there in a test, and showNotification would fail.
+    "alerts.useSystemBackend": false,
     // Reconnect to the push service 1 s after it closed the socket (5 s
     // by default), doubling from there.
     "dom.push.retryBaseInterval": 1000,
@@ -297,7 +301,7 @@ const ops = {
   },
 };
 
-send({ ready: true, push: push.origin, pages: pagesOrigin });
+send({ ready: true, push_service: push.origin, pages: pagesOrigin });
 
 const input = createInterface({ input: process.stdin });
 input.on("line", async (line) => {
