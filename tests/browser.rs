@@ -1156,6 +1156,22 @@ async fn demo_page_shows_live_messages_and_is_screenshotted() {
         .await;
     assert_eq!(shown["rows"], records.len(), "{shown}");
     assert_eq!(shown["transport"], "WebSocket", "{shown}");
+    // `herald dev` has no [push]: the Notifications button says so.
+    let push = browser
+        .wait(
+            "the Notifications box checked",
+            r#"!document.getElementById("push-result").textContent.startsWith("Checking") && {
+  disabled: document.getElementById("push-on").disabled,
+  reason: document.getElementById("push-result").textContent,
+}"#,
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(push["disabled"], true, "{push}");
+    assert!(
+        push["reason"].as_str().unwrap().contains("[push]"),
+        "{push}"
+    );
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/demo.png");
     browser
