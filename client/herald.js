@@ -11,6 +11,7 @@
 //   sub.cursor;        // the position after the last message delivered
 //   herald.transport;  // "ws" | "sse" | "poll" | null while not connected
 //   sub.close(); herald.close();
+//   await herald.push.subscribe(["news"]); // Web Push: notifications, no page open
 //
 // Transports are tried in the order of `transports`: WebSocket first; when
 // it cannot connect (a proxy that drops Upgrade, a refused /ws) SSE, then
@@ -24,6 +25,9 @@
 // reopens SSE streams and polls from their cursors. The token travels in
 // an `auth` message or an `Authorization` header, never in a URL, and is
 // never logged.
+//
+// `herald.push` (at the end of this file) subscribes the browser through
+// its push service, with Herald's service worker, herald-sw.js.
 
 const ALL_TRANSPORTS = ["ws", "sse", "poll"];
 const BACKOFF_BASE_MS = 500;

@@ -1,6 +1,7 @@
 //! In a real browser: Debian's Chromium, driven by playwright-core
 //! (`tests/browser/driver.mjs`, a child process speaking line-based JSON),
-//! against Herald started in-process on a real Kafka.
+//! and Debian's Firefox ESR for Web Push, against Herald started
+//! in-process on a real Kafka.
 //!
 //! - the browser's own `EventSource` survives a Herald restart by itself,
 //!   resuming with `Last-Event-ID`, and ends with exactly the records
@@ -12,10 +13,14 @@
 //! - `herald.js` with a token function handing out 3-second tokens (minted
 //!   in the page with WebCrypto) renews them on every transport, records
 //!   arriving exactly once across the renewals;
-//! - a screenshot of the demo page with live messages, `docs/demo.png`.
+//! - a screenshot of the demo page with live messages, `docs/demo.png`;
+//! - in Firefox ESR (`tests/browser/firefox.mjs`, with a push service of
+//!   the test's own, `autopush.mjs`): `herald.push` subscribes, each record
+//!   is pushed once, a truncated one is read back from /poll, a renewed
+//!   subscription is registered again, and unsubscribing ends it.
 //!
-//! `scripts/test.sh` installs what these need (chromium, `npm ci` in
-//! `tests/browser`); without them the tests fail and say so.
+//! `scripts/test.sh` installs what these need (chromium, firefox-esr, `npm
+//! ci` in `tests/browser`); without them the tests fail and say so.
 
 mod common;
 
