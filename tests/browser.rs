@@ -1423,6 +1423,20 @@ impl Firefox {
             .collect()
     }
 
+    /// The endpoints of the subscriptions made at the push service, in
+    /// order. Firefox may send a `register` again (same channel id) when it
+    /// reconnects before the answer came: one subscription.
+    fn endpoints_registered(&self) -> Vec<String> {
+        let mut endpoints: Vec<String> = Vec::new();
+        for e in self.push_events("register") {
+            let endpoint = e["endpoint"].as_str().unwrap().to_owned();
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        endpoints
+    }
+
     async fn close(mut self) {
         let _ = self.call("close", json!({}), TIMEOUT).await;
         let _ = tokio::time::timeout(TIMEOUT, self.child.wait()).await;
@@ -1608,13 +1622,12 @@ async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_b
         "{subscribed}"
     );
     // The refused attempt's browser subscription was reused, not replaced.
-    let registered = firefox.push_events("register");
+    let registered = firefox.endpoints_registered();
     assert_eq!(
-        registered.len(),
-        1,
-        "one subscription at the push service: {registered:?}"
+        registered,
+        [endpoint.clone()],
+        "one subscription at the push service"
     );
-    assert_eq!(registered[0]["endpoint"], endpoint.as_str());
     let stored = firefox.eval(STORED_JS).await;
     assert_eq!(stored["url"], herald.as_str(), "{stored}");
     assert_eq!(stored["channels"], json!(["alerts"]), "{stored}");
@@ -1785,9 +1798,10 @@ async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_b
     let renewed = change["endpoint"].as_str().unwrap().to_owned();
     assert_ne!(renewed, endpoint);
     assert_eq!(change["previous"], endpoint.as_str(), "{change}");
-    let registered = firefox.push_events("register");
-    assert_eq!(registered.len(), 2, "{registered:?}");
-    assert_eq!(registered[1]["endpoint"], renewed.as_str());
+    assert_eq!(
+        firefox.endpoints_registered(),
+        [endpoint.clone(), renewed.clone()]
+    );
     wait_until_metric(node.addr(), "herald_push_subscriptions", 1.0).await;
     let stored = firefox.eval(STORED_JS).await;
     assert_eq!(stored["endpoint"], renewed.as_str(), "{stored}");
@@ -1822,9 +1836,12 @@ async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_b
             .await,
         true
     );
+    // (A request Firefox may send again, as `register`.)
     let unregistered = firefox.push_events("unregister");
-    assert_eq!(unregistered.len(), 1, "{unregistered:?}");
-    assert_eq!(unregistered[0]["channelID"], renewed_id);
+    assert!(
+        !unregistered.is_empty() && unregistered.iter().all(|u| u["channelID"] == renewed_id),
+        "{unregistered:?}"
+    );
     wait_until_metric(node.addr(), "herald_push_subscriptions", 0.0).await;
     assert_eq!(firefox.eval(STORED_JS).await, Value::Null);
     assert_eq!(
