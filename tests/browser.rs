@@ -1625,7 +1625,7 @@ async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_b
     let registered = firefox.endpoints_registered();
     assert_eq!(
         registered,
-        [endpoint.clone()],
+        vec![endpoint.clone()],
         "one subscription at the push service"
     );
     let stored = firefox.eval(STORED_JS).await;
