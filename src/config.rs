@@ -1079,6 +1079,24 @@ mod tests {
         channel = "news"
     "#;
 
+    /// The example file's commented `[push]` shows every key at its
+    /// default: uncommented, it parses to exactly the defaults.
+    #[test]
+    fn the_example_push_section_shows_the_defaults() {
+        let example = include_str!("../config/herald.example.toml");
+        let start = example.find("# [push]").expect("a [push] section");
+        let section: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| !l.starts_with("# #"))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let parsed: PushConfig = toml::from_str(section.trim_start_matches("[push]\n")).unwrap();
+        let defaults =
+            PushConfig::new(Path::new("/etc/herald/vapid.pem"), "mailto:ops@example.com");
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, "test").unwrap();

@@ -4,7 +4,8 @@
 //! so kcat or any Kafka client can produce to it; and `POST /publish` is on,
 //! with a development API key made at start, printed in the banner and
 //! handed to the demo page through `/dev/info`, so a first message needs no
-//! Kafka client at all.
+//! Kafka client at all. Web Push is on too, with a VAPID key made for the
+//! run, for the demo page's "Enable notifications" button.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,9 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::node::{Herald, StartError};
+use crate::push::keys::VapidKeys;
 
 /// Topics created in the embedded Kafka, with their partition counts.
 pub const DEV_TOPICS: &[(&str, i32)] = &[("news", 3), ("users", 3), ("events.clicks", 1)];
+
+/// The embedded Kafka's push subscriptions topic.
+const DEV_PUSH_TOPIC: &str = "herald.push.subscriptions";
 
 /// The routes `herald dev` runs with.
 const DEV_ROUTES: &str = r#"
@@ -44,6 +49,10 @@ pub enum DevError {
     Start(#[from] StartError),
     #[error("cannot make a development API key: {0}")]
     Random(getrandom::Error),
+    #[error("cannot make a directory for the development VAPID key: {0}")]
+    VapidDir(std::io::Error),
+    #[error("cannot make a development VAPID key: {0}")]
+    Vapid(crate::push::keys::KeyError),
 }
 
 /// A fresh publish key for this run: 128 random bits from the OS, in hex.
@@ -67,10 +76,21 @@ pub async fn run(
     for (topic, partitions) in DEV_TOPICS {
         cluster.create_topic(topic, *partitions, 1)?;
     }
+    // Web Push with a VAPID key made for this run (subscriptions do not
+    // outlive the embedded Kafka anyway), removed at exit.
+    cluster.create_topic(DEV_PUSH_TOPIC, 1, 1)?;
+    let vapid_dir = std::env::temp_dir().join(format!("herald-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&vapid_dir).map_err(DevError::VapidDir)?;
+    let vapid_file = vapid_dir.join("vapid.pem");
+    let _ = std::fs::remove_file(&vapid_file);
+    VapidKeys::generate()
+        .and_then(|keys| keys.write_new(&vapid_file))
+        .map_err(DevError::Vapid)?;
     let brokers = cluster.bootstrap_servers();
     let key = development_key()?;
     let text = format!(
-        "[kafka]\nbrokers = \"{brokers}\"\nmetadata_refresh = \"1s\"\nstats_interval = \"1s\"\n\n[http]\nlisten = \"{listen}\"\n\n[publish]\napi_keys = [\"{key}\"]\n{DEV_ROUTES}"
+        "[kafka]\nbrokers = \"{brokers}\"\nmetadata_refresh = \"1s\"\nstats_interval = \"1s\"\n\n[http]\nlisten = \"{listen}\"\n\n[publish]\napi_keys = [\"{key}\"]\n\n[push]\nvapid_private_key_file = {vapid:?}\nvapid_subject = \"mailto:dev@herald.invalid\"\nsubscriptions_topic = \"{DEV_PUSH_TOPIC}\"\n{DEV_ROUTES}",
+        vapid = vapid_file.display().to_string(),
     );
     let config = Config::parse(&text, "herald dev")?;
     let info = serde_json::json!({
@@ -82,7 +102,7 @@ pub async fn run(
     let addr = herald.local_addr();
     println!(
         "\nHerald dev is running.\n\
-         \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n  publish key      {key}  (made for this run)\n\
+         \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n  publish key      {key}  (made for this run)\n  web push         on: VAPID key made for this run, GET /push/vapid-public-key\n\
          \nPublish a message (no Kafka client needed):\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"news\",\"data\":{{\"hello\":\"world\"}}}}' http://{addr}/publish\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"user.k7\",\"data\":{{\"n\":1}}}}' http://{addr}/publish\n\
          \nProduce a record:\n  echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t news\n  echo 'k7:{{\"n\":1}}' | kcat -P -b {brokers} -t users -K:    # channel user.k7\n"
     );
@@ -92,6 +112,7 @@ pub async fn run(
     shutdown.cancelled().await;
     herald.stop().await;
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&vapid_dir);
     Ok(())
 }
 

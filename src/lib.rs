@@ -24,7 +24,12 @@
 //!   WebSocket, Server-Sent Events, short and long polling.
 //! - [`http`] — the listener and its limits, request routing, the error
 //!   type, bodies, query parameters, CORS, the bare event-stream
-//!   connection, and `POST /publish`.
+//!   connection, `POST /publish` and `/push/subscriptions`.
+//! - [`push`] — Web Push: subscriptions kept in a compacted Kafka topic
+//!   that every node follows, and a consumer group over the routed topics
+//!   that pushes each record once per subscription of its channels. Beside
+//!   the live path, never in it: `kafka`, `hub` and the transports do not
+//!   import it; `http` serves its registration endpoints.
 //! - [`app`] — the state every handler shares; [`node`] starts and stops
 //!   one Herald ([`run`] is `herald serve`); [`dev`] is `herald dev`.
 //! - [`auth`] — tokens (JWT), keys and JWKS, channel patterns: who may

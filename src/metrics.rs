@@ -31,6 +31,18 @@ impl Watermarks {
             .copied()
     }
 
+    /// Records a partition's watermarks read when it is assigned, unless a
+    /// statistics report has already given newer ones: so that
+    /// `herald_partition_lag` has every partition from the first scrape
+    /// after `/readyz`, not only after the first report
+    /// (`kafka.stats_interval`).
+    pub fn seed(&self, topic: &str, partition: i32, low: i64, high: i64) {
+        self.inner
+            .lock()
+            .entry((topic.to_owned(), partition))
+            .or_insert((low, high));
+    }
+
     /// Records `((topic, partition), (low, high))` pairs from one
     /// statistics report.
     pub fn update(&self, marks: impl IntoIterator<Item = ((String, i32), (i64, i64))>) {
@@ -80,6 +92,9 @@ pub struct Metrics {
     /// Kafka record timestamp → the push service accepted the push, by
     /// push service.
     pub push_latency: HistogramVec,
+    /// Partitions of the routed topics this node pushes for (its share of
+    /// the `push.group_id` group).
+    pub push_assigned_partitions: IntGauge,
 }
 
 impl Default for Metrics {
@@ -215,6 +230,14 @@ impl Metrics {
                         0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     ]),
                     &["service"],
+                )
+                .expect("valid metric"),
+            ),
+            push_assigned_partitions: reg(
+                &registry,
+                IntGauge::new(
+                    "herald_push_assigned_partitions",
+                    "Partitions of the routed topics this node pushes for (its share of push.group_id).",
                 )
                 .expect("valid metric"),
             ),

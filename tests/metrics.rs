@@ -107,3 +107,24 @@ async fn readyz_waits_for_kafka_positions() {
     assert_eq!(sse.error_body().await["error"]["code"], "not_ready");
     herald.stop().await;
 }
+
+/// Every partition has its `herald_partition_lag` series as soon as the
+/// node is ready, long before librdkafka's first statistics report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_lag_is_there_from_the_first_scrape_after_ready() {
+    let topic = unique_topic("lagnow");
+    create_topic(&topic, 3).await;
+    let mut cfg = config(&[(&topic, "m")]);
+    // No statistics report during the test.
+    cfg.kafka.stats_interval = std::time::Duration::from_secs(600);
+    let herald = start(cfg, &[(&topic, 3)]).await;
+    let addr = herald.local_addr();
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    let (_, text) = get(addr, "/metrics").await;
+    let m = parse_metrics(&text);
+    for p in 0..3 {
+        let series = format!("herald_partition_lag{{partition=\"{p}\",topic=\"{topic}\"}}");
+        assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
+    }
+    herald.stop().await;
+}

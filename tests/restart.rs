@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use common::*;
 
@@ -45,12 +45,7 @@ async fn spawn(topic: &str, warm_history: u64) -> Process {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start herald");
+    let child = spawn_serve(&path);
     wait_readyz(addr, 200, TIMEOUT).await;
     Process {
         child,

@@ -252,6 +252,7 @@ impl Ingest {
                     continue;
                 }
                 let (low, high) = self.consumer.fetch_watermarks(name, id, REQUEST_TIMEOUT)?;
+                self.consumer.context().watermarks.seed(name, id, low, high);
                 let (start, live_end) = match (self.first_refresh_done, self.start) {
                     // Read back the last `warm_history` records so clients
                     // resuming right after a restart are served from memory.

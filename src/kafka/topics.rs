@@ -1,6 +1,7 @@
 //! Topics Herald owns (today the Web Push subscriptions topic): created
 //! when missing, checked when present.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -15,59 +16,81 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ensured {
     Created,
-    /// There already, with `cleanup.policy` including `compact`.
-    Compacted,
-    /// There already, with another `cleanup.policy` (the value): its
-    /// records will be deleted by retention.
-    NotCompacted(String),
-    /// There already; its config could not be read (a broker that does
-    /// not implement DescribeConfigs, such as librdkafka's mock cluster).
-    Unchecked,
+    /// There already (see [`cleanup_policy`]).
+    Existed,
 }
 
-/// Creates `topic` with `cleanup.policy=compact` if it does not exist;
-/// otherwise reports whether it is compacted.
-pub async fn ensure_compacted(
-    kafka: &KafkaConfig,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-) -> Result<Ensured, KafkaError> {
+fn admin(kafka: &KafkaConfig) -> Result<Arc<AdminClient<DefaultClientContext>>, KafkaError> {
     let mut cc = rdkafka::ClientConfig::new();
     cc.set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("{}-admin", kafka.client_id));
     for (k, v) in &kafka.options {
         cc.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = cc.create()?;
-    let options = AdminOptions::new()
+    Ok(Arc::new(cc.create()?))
+}
+
+fn options() -> AdminOptions {
+    AdminOptions::new()
         .operation_timeout(Some(ADMIN_TIMEOUT))
-        .request_timeout(Some(ADMIN_TIMEOUT));
+        .request_timeout(Some(ADMIN_TIMEOUT))
+}
+
+/// Whether the brokers' metadata has `topic` with partitions.
+async fn exists(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+) -> Result<bool, KafkaError> {
+    let admin = admin.clone();
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || {
+        admin.inner().fetch_metadata(Some(&name), ADMIN_TIMEOUT)
+    })
+    .await
+    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?;
+    let metadata = metadata?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
+/// Creates `topic` with `cleanup.policy=compact` if it does not exist.
+pub async fn ensure_compacted(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<Ensured, KafkaError> {
+    let admin = admin(kafka)?;
+    // Looked up first: a broker that cannot create topics (no CreateTopics
+    // ACL, or librdkafka's mock cluster, which never answers) may have it.
+    if exists(&admin, topic).await? {
+        return Ok(Ensured::Existed);
+    }
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
-    let results = admin.create_topics(&[new], &options).await?;
+    let results = admin.create_topics(&[new], &options()).await?;
     match results.into_iter().next() {
-        Some(Ok(_)) => return Ok(Ensured::Created),
-        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {}
-        Some(Err((_, code))) => return Err(KafkaError::AdminOp(code)),
-        None => {
-            return Err(KafkaError::AdminOpCreation(
-                "no result for the topic".into(),
-            ));
-        }
+        Some(Ok(_)) => Ok(Ensured::Created),
+        // Created by another node a moment ago.
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(Ensured::Existed),
+        Some(Err((_, code))) => Err(KafkaError::AdminOp(code)),
+        None => Err(KafkaError::AdminOpCreation(
+            "no result for the topic".into(),
+        )),
     }
+}
+
+/// The topic's `cleanup.policy`; `None` when the broker does not say (one
+/// that does not implement DescribeConfigs, such as librdkafka's mock
+/// cluster, which may take the whole admin timeout not to).
+pub async fn cleanup_policy(kafka: &KafkaConfig, topic: &str) -> Option<String> {
+    let admin = admin(kafka).ok()?;
     let described = admin
-        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
-        .await;
-    let Ok(described) = described else {
-        return Ok(Ensured::Unchecked);
-    };
-    let Some(Ok(resource)) = described.into_iter().next() else {
-        return Ok(Ensured::Unchecked);
-    };
-    match resource.get("cleanup.policy").and_then(|e| e.value.clone()) {
-        Some(policy) if policy.split(',').any(|p| p.trim() == "compact") => Ok(Ensured::Compacted),
-        Some(policy) => Ok(Ensured::NotCompacted(policy)),
-        None => Ok(Ensured::Unchecked),
-    }
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options())
+        .await
+        .ok()?;
+    let resource = described.into_iter().next()?.ok()?;
+    resource.get("cleanup.policy").and_then(|e| e.value.clone())
 }

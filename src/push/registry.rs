@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Store, StoredSubscription, SubscriptionId};
 use crate::config::{KafkaConfig, PushConfig};
-use crate::kafka::topics::{Ensured, ensure_compacted};
+use crate::kafka::topics::{Ensured, cleanup_policy, ensure_compacted};
 use crate::kafka::{consumer_config, producer_config};
 
 /// How long a registration waits for Kafka's acknowledgement.
@@ -173,12 +173,24 @@ async fn ensure_topic(kafka: &KafkaConfig, push: &PushConfig, shutdown: &Cancell
             Ok(Ensured::Created) => {
                 tracing::info!(topic, "push subscriptions topic created (compacted)")
             }
-            Ok(Ensured::Compacted | Ensured::Unchecked) => {}
-            Ok(Ensured::NotCompacted(policy)) => tracing::error!(
-                topic,
-                policy,
-                "the push subscriptions topic is not compacted: retention will delete subscriptions; set cleanup.policy=compact on it"
-            ),
+            Ok(Ensured::Existed) => {
+                // Checked beside the start, not before it: a broker may
+                // take its whole timeout not to answer.
+                let kafka = kafka.clone();
+                let topic = topic.clone();
+                tokio::spawn(async move {
+                    match cleanup_policy(&kafka, &topic).await {
+                        Some(policy) if !policy.split(',').any(|p| p.trim() == "compact") => {
+                            tracing::error!(
+                                topic,
+                                policy,
+                                "the push subscriptions topic is not compacted: retention will delete subscriptions; set cleanup.policy=compact on it"
+                            )
+                        }
+                        _ => {}
+                    }
+                });
+            }
             Err(e) => {
                 tracing::warn!(
                     topic,

@@ -15,7 +15,7 @@
 //! so a slow or failing service holds up no other; and the live
 //! WebSocket/SSE/poll path never waits for any of this.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Push;
 use super::payload;
-use super::store::Subscription;
+use super::store::{Subscription, SubscriptionId};
 use crate::config::KafkaConfig;
 use crate::hub::Hub;
 use crate::kafka::{ErrorEvents, consumer_config, to_record};
@@ -66,14 +66,15 @@ pub fn start(
     let context = GroupContext {
         tracker: tracker.clone(),
         errors: ErrorEvents::new(push.metrics.clone()),
+        known_at_start: Mutex::new(None),
+        assigned: push.metrics.push_assigned_partitions.clone(),
     };
     let consumer: StreamConsumer<GroupContext> = consumer_config(
         kafka,
         "push",
         &[
             ("group.id", push.config.group_id.clone()),
-            // A group that has never committed starts at the live end: a
-            // new deployment does not push the topics' history.
+            // Only when committing a start failed (GroupContext).
             ("auto.offset.reset", "latest".into()),
             ("enable.auto.commit", "false".into()),
             ("fetch.wait.max.ms", "50".into()),
@@ -99,6 +100,7 @@ pub fn start(
         tracker,
         client,
         services: Mutex::new(HashMap::new()),
+        queues: Mutex::new(HashMap::new()),
         jobs: TaskTracker::new(),
         refresh_every: kafka.metadata_refresh,
     };
@@ -112,6 +114,9 @@ struct Sender {
     tracker: Arc<Mutex<Tracker>>,
     client: reqwest::Client,
     services: Mutex<HashMap<String, Arc<Service>>>,
+    /// Pushes waiting behind the one in flight, per subscription (an entry
+    /// exists while one is in flight).
+    queues: Mutex<HashMap<SubscriptionId, VecDeque<Job>>>,
     /// Pushes not finished, every service together (`push.max_pending`).
     pending: Arc<Semaphore>,
     jobs: TaskTracker,
@@ -201,6 +206,11 @@ impl Sender {
         let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
         match self.consumer.subscribe(&names) {
             Ok(()) => {
+                self.consumer
+                    .context()
+                    .known_at_start
+                    .lock()
+                    .get_or_insert_with(|| wanted.iter().cloned().collect());
                 tracing::info!(topics = ?wanted, group = self.push.config.group_id, "push: sending for these topics");
                 *subscribed = wanted;
             }
@@ -273,8 +283,35 @@ impl Sender {
                 service,
                 _permit: permit,
             };
-            self.jobs.spawn(self.clone().send(job));
+            self.enqueue(job);
         }
+    }
+
+    /// A subscription's pushes go one at a time, in the order of their
+    /// records, so a browser sees each partition in offset order (and one
+    /// subscription never has more than one request in flight).
+    fn enqueue(self: &Arc<Self>, job: Job) {
+        let id = job.subscription.id;
+        {
+            let mut queues = self.queues.lock();
+            if let Some(queue) = queues.get_mut(&id) {
+                queue.push_back(job);
+                return;
+            }
+            queues.insert(id, VecDeque::new());
+        }
+        let sender = self.clone();
+        self.jobs.spawn(async move {
+            let mut next = Some(job);
+            while let Some(job) = next {
+                sender.clone().send(job).await;
+                let mut queues = sender.queues.lock();
+                next = queues.get_mut(&id).and_then(VecDeque::pop_front);
+                if next.is_none() {
+                    queues.remove(&id);
+                }
+            }
+        });
     }
 
     fn service(&self, origin: &str) -> Arc<Service> {
@@ -648,11 +685,63 @@ impl Tracker {
     }
 }
 
-/// The group consumer's callbacks: commit what is finished before
-/// partitions go to another node, and count client errors.
+/// The group consumer's callbacks: where a partition nobody has pushed
+/// from yet starts, committing what is finished before partitions go to
+/// another node, and counting client errors.
 struct GroupContext {
     tracker: Arc<Mutex<Tracker>>,
     errors: ErrorEvents,
+    /// The topics of this node's first subscription (set once).
+    known_at_start: Mutex<Option<HashSet<String>>>,
+    assigned: prometheus::IntGauge,
+}
+
+impl GroupContext {
+    /// Commits a start for every assigned partition the group has no
+    /// offset for, before the assignment takes effect: a topic this node
+    /// knew when it started begins at its live end (a new deployment does
+    /// not push history), one that appeared later at its beginning (as
+    /// the ingest reads it: nothing produced to a new topic is missed).
+    /// Committed at once, so a node that takes the partition over later
+    /// continues from there rather than choosing again.
+    fn commit_starts(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let committed = match consumer.committed_offsets(assigned.clone(), METADATA_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    "push consumer: committed offsets: {e}; new partitions start at their end"
+                );
+                return;
+            }
+        };
+        let known = self.known_at_start.lock().clone().unwrap_or_default();
+        let mut starts = TopicPartitionList::new();
+        for e in committed.elements() {
+            if e.offset() != Offset::Invalid {
+                continue;
+            }
+            match consumer.fetch_watermarks(e.topic(), e.partition(), METADATA_TIMEOUT) {
+                Ok((low, high)) => {
+                    let start = if known.contains(e.topic()) { high } else { low };
+                    let _ = starts.add_partition_offset(
+                        e.topic(),
+                        e.partition(),
+                        Offset::Offset(start),
+                    );
+                }
+                Err(err) => tracing::warn!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "push consumer: watermarks: {err}; the partition starts at its end"
+                ),
+            }
+        }
+        if starts.count() > 0
+            && let Err(e) = consumer.commit(&starts, CommitMode::Sync)
+        {
+            tracing::warn!("push consumer: committing start offsets: {e}");
+        }
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -663,13 +752,28 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            let offsets = self.tracker.lock().revoke(revoked);
-            if offsets.count() > 0
-                && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
-            {
-                tracing::debug!("push consumer: commit at rebalance: {e}");
+        match rebalance {
+            Rebalance::Revoke(revoked) => {
+                self.assigned.set(0);
+                let offsets = self.tracker.lock().revoke(revoked);
+                if offsets.count() > 0
+                    && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+                {
+                    tracing::debug!("push consumer: commit at rebalance: {e}");
+                }
             }
+            Rebalance::Assign(assigned) => self.commit_starts(consumer, assigned),
+            Rebalance::Error(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            self.assigned.set(assigned.count() as i64);
+            tracing::info!(
+                partitions = assigned.count(),
+                "push: partitions assigned to this node"
+            );
         }
     }
 }

@@ -21,6 +21,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// How long any single awaited event may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Starts `herald serve --config <path>` as a process of its own (warnings
+/// logged, stdout dropped), for tests that kill it.
+pub fn spawn_serve(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config", config.to_str().expect("a UTF-8 path")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start herald")
+}
+
 /// Runs the `herald` binary with `args` (errors-only logging): its exit
 /// code, stdout and stderr.
 pub fn run_herald(args: &[&str]) -> (i32, String, String) {
