@@ -250,10 +250,11 @@
     const previous = (event.oldSubscription && event.oldSubscription.endpoint) || state.endpoint;
     await saveState({ ...state, endpoint: subscription.endpoint, id });
     if (previous && previous !== subscription.endpoint) {
-      // Herald would drop it at the push service's 404/410; sooner is better.
+      // Herald would drop it at the push service's 404/410; sooner is
+      // better. No token: the endpoint is the capability.
       await fetch(`${url}/push/subscriptions`, {
         method: "DELETE",
-        headers,
+        headers: { "content-type": "application/json" },
         body: JSON.stringify({ endpoint: previous }),
       }).catch(() => {});
     }

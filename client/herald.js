@@ -1098,13 +1098,14 @@ class HeraldPush {
     return herald._token;
   }
 
+  // Herald takes no token for it: the endpoint is the capability.
   _delete(endpoint) {
-    return this._request("DELETE", { endpoint }, undefined, { notFoundIsFine: true });
+    return this._request("DELETE", { endpoint }, null, { notFoundIsFine: true });
   }
 
   // A request to /push/subscriptions with `token` (by default the
-  // Herald's); a refused token is renewed once (with a token function) and
-  // the request sent again.
+  // Herald's; null for none); a refused token is renewed once (with a
+  // token function) and the request sent again.
   async _request(method, body, token = undefined, { notFoundIsFine = false } = {}) {
     const herald = this._herald;
     if (token === undefined) token = await this._token();
