@@ -84,6 +84,9 @@ pub struct Metrics {
     pub hub_evictions: IntCounterVec,
     /// Requests answered with an error, by status code and error code.
     pub http_errors: IntCounterVec,
+    /// Messages delivered to resuming clients from history or from Kafka
+    /// (in `delivered` too, not in `delivery_latency`), by transport.
+    pub catch_up_delivered: IntCounterVec,
     /// Web Push subscriptions in this node's table.
     pub push_subscriptions: IntGauge,
     /// Push attempts by result (`delivered`, `expired`, `retried`,
@@ -206,6 +209,11 @@ impl Metrics {
                 "Requests answered with an error.",
                 &["status", "code"],
             ),
+            catch_up_delivered: counter_vec(
+                "herald_catch_up_delivered_total",
+                "Messages delivered to resuming clients from history or Kafka (not in herald_delivery_latency_seconds).",
+                &["transport"],
+            ),
             push_subscriptions: reg(
                 &registry,
                 IntGauge::new(
@@ -248,6 +256,7 @@ impl Metrics {
         for transport in TRANSPORTS {
             metrics.connections.with_label_values(&[transport]);
             metrics.slow_disconnects.with_label_values(&[transport]);
+            metrics.catch_up_delivered.with_label_values(&[transport]);
         }
         metrics.delivered_by = TRANSPORTS
             .iter()

@@ -128,3 +128,46 @@ async fn partition_lag_is_there_from_the_first_scrape_after_ready() {
     }
     herald.stop().await;
 }
+
+/// A resuming client's catch-up is not latency: records it gets from
+/// history are counted in `herald_catch_up_delivered_total`, and only
+/// records published while it is subscribed in
+/// `herald_delivery_latency_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_histogram_counts_live_deliveries_only() {
+    let (topic, herald) = herald_with_topic("catchup", 1, "c").await;
+    let addr = herald.local_addr();
+    let (_, cursor) = poll_ok(addr, "channel=c").await;
+    let producer = Producer::new();
+    for n in 0..20 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    // Wait until the hub holds them, so they come from history.
+    wait_until_metric(
+        addr,
+        &format!("herald_messages_consumed_total{{partition=\"0\",topic=\"{topic}\"}}"),
+        20.0,
+    )
+    .await;
+    let mut sse = Sse::connect(addr, "channel=c", Some(&cursor)).await;
+    assert_eq!(ns(&sse.messages(20).await), (0..20).collect::<Vec<_>>());
+    for n in 20..25 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    assert_eq!(ns(&sse.messages(5).await), (20..25).collect::<Vec<_>>());
+    wait_until_metric(
+        addr,
+        "herald_messages_delivered_total{transport=\"sse\"}",
+        25.0,
+    )
+    .await;
+    assert_eq!(
+        metric(addr, "herald_catch_up_delivered_total{transport=\"sse\"}").await,
+        20.0
+    );
+    assert_eq!(
+        metric(addr, "herald_delivery_latency_seconds_count").await,
+        5.0
+    );
+    herald.stop().await;
+}

@@ -77,7 +77,9 @@ impl From<SubscribeError> for ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_replays_per_ip")
             }
             SubscribeError::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
-            SubscribeError::SinceNeedsKafka => (StatusCode::BAD_REQUEST, "since_unsupported"),
+            SubscribeError::SinceNeedsKafka | SubscribeError::SinceUnanswered { .. } => {
+                (StatusCode::BAD_REQUEST, "since_unsupported")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

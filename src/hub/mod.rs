@@ -168,6 +168,14 @@ pub enum SubscribeError {
     Kafka(String),
     #[error("since= needs Kafka to find offsets by time, and this hub has no Kafka access")]
     SinceNeedsKafka,
+    #[error(
+        "the broker did not answer offsets-for-times for {topic}/{partition} (librdkafka's mock cluster under herald dev does not), and reading it instead would mean {records} records: resume with a cursor"
+    )]
+    SinceUnanswered {
+        topic: String,
+        partition: i32,
+        records: i64,
+    },
 }
 
 /// The hub handle; cheap to clone.
@@ -652,6 +660,7 @@ impl Hub {
             gaps: Vec::new(),
             failure: None,
             inbox,
+            from_history: backlog.len(),
             backlog: backlog.into(),
             positions: start_at,
         })

@@ -25,6 +25,10 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 pub struct Delivery {
     pub publication: Arc<Publication>,
     pub cursor: String,
+    /// Published after the subscription started; `false` for records a
+    /// resuming client catches up on from history or from Kafka, whose
+    /// age says nothing about Herald's latency.
+    pub live: bool,
 }
 
 /// Records a subscriber will never get because Kafka deleted them
@@ -67,6 +71,8 @@ pub struct Subscription {
     /// Publications taken from history at subscribe time, then drained
     /// batches from the inbox, in publication order.
     pub(super) backlog: VecDeque<Arc<Publication>>,
+    /// How many at the front of `backlog` came from history.
+    pub(super) from_history: usize,
     /// Next offset per partition: what the cursor encodes.
     pub(super) positions: Positions,
 }
@@ -136,7 +142,16 @@ impl Subscription {
         let start = out.len();
         loop {
             // Read-back records first, each batch up to `max`.
-            Self::take(&mut self.replayed, &mut self.positions, out, start, max);
+            // Read back from Kafka: never live.
+            let mut all_catching_up = usize::MAX;
+            Self::take(
+                &mut self.replayed,
+                &mut self.positions,
+                out,
+                start,
+                max,
+                &mut all_catching_up,
+            );
             if out.len() > start {
                 return Poll::Ready(Ok(()));
             }
@@ -158,7 +173,14 @@ impl Subscription {
             }
         }
         loop {
-            Self::take(&mut self.backlog, &mut self.positions, out, start, max);
+            Self::take(
+                &mut self.backlog,
+                &mut self.positions,
+                out,
+                start,
+                max,
+                &mut self.from_history,
+            );
             if out.len() > start {
                 return Poll::Ready(Ok(()));
             }
@@ -172,24 +194,29 @@ impl Subscription {
 
     /// Moves publications from `queue` into `out` (as deliveries, skipping
     /// those already delivered) until `out` holds `max` more than `start`
-    /// or [`MAX_BATCH_BYTES`] of records.
+    /// or [`MAX_BATCH_BYTES`] of records. The first `catching_up` of
+    /// `queue` are not live (and the count goes down as they are taken).
     fn take(
         queue: &mut VecDeque<Arc<Publication>>,
         positions: &mut Positions,
         out: &mut Vec<Delivery>,
         start: usize,
         max: usize,
+        catching_up: &mut usize,
     ) {
         let mut bytes = 0;
         while out.len() - start < max && bytes < MAX_BATCH_BYTES {
             let Some(publication) = queue.pop_front() else {
                 break;
             };
+            let live = *catching_up == 0;
+            *catching_up = catching_up.saturating_sub(1);
             if let Some(cursor) = accept(positions, &publication) {
                 bytes += publication.record.size();
                 out.push(Delivery {
                     publication,
                     cursor,
+                    live,
                 });
             }
         }

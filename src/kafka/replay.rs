@@ -272,14 +272,80 @@ fn offsets_for_time(
                 .ok_or_else(|| SubscribeError::Kafka(format!("no offset for {topic}/{p}")))?;
             match elem.offset() {
                 Offset::Offset(o) => Ok(o),
-                // No record at or after `ts`: start at the end.
-                _ => consumer
-                    .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-                    .map(|(_, high)| high)
-                    .map_err(|e| SubscribeError::Kafka(e.to_string())),
+                // No record at or after `ts`, says the broker: start at
+                // the end — once the last record agrees.
+                _ => end_unless_contradicted(&consumer, topic, *p, ts),
             }
         })
         .collect()
+}
+
+/// Records one `since=` look-up may read itself when the broker did not
+/// answer offsets-for-times.
+const SINCE_SCAN_LIMIT: i64 = 100_000;
+
+/// The end of `topic/p`, where the broker found no record at or after
+/// `ts` — unless its last record is at or after `ts`: then the broker did
+/// not really answer (librdkafka's mock cluster under `herald dev` answers
+/// every offsets-for-times with "none"), and the partition is read to find
+/// the first such record, up to [`SINCE_SCAN_LIMIT`] records; beyond that
+/// the look-up is refused rather than silently started at the live end.
+fn end_unless_contradicted(
+    consumer: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    ts: i64,
+) -> Result<i64, SubscribeError> {
+    let (low, high) = consumer
+        .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+        .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
+    if high <= low || first_at_or_after(consumer, topic, p, high - 1, high, ts)?.is_none() {
+        return Ok(high);
+    }
+    if high - low > SINCE_SCAN_LIMIT {
+        return Err(SubscribeError::SinceUnanswered {
+            topic: topic.to_owned(),
+            partition: p,
+            records: high - low,
+        });
+    }
+    Ok(first_at_or_after(consumer, topic, p, low, high, ts)?.unwrap_or(high))
+}
+
+/// The offset of the first record in `[from, to)` of `topic/p` whose
+/// timestamp is at or after `ts`, reading them.
+fn first_at_or_after(
+    consumer: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    from: i64,
+    to: i64,
+    ts: i64,
+) -> Result<Option<i64>, SubscribeError> {
+    let kafka = |e: rdkafka::error::KafkaError| SubscribeError::Kafka(e.to_string());
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(from))
+        .map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.map_err(kafka)?;
+        if message.topic() != topic || message.partition() != p {
+            continue;
+        }
+        if message.timestamp().to_millis().is_some_and(|t| t >= ts) {
+            return Ok(Some(message.offset()));
+        }
+        if message.offset() >= to - 1 {
+            return Ok(None);
+        }
+    }
+    Err(SubscribeError::Kafka(format!(
+        "reading {topic}/{p} from {from} for since= took longer than {REQUEST_TIMEOUT:?}"
+    )))
 }
 
 /// One client's replay, on a blocking thread.

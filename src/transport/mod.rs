@@ -15,8 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
 
-/// Counts delivered messages and their latency (Kafka timestamp → now,
-/// just before they are written).
+/// Counts delivered messages and the latency of live ones (Kafka
+/// timestamp → now, just before they are written); those a resuming
+/// client catches up on are counted apart, their age being the client's
+/// absence, not Herald's latency.
 pub fn observe_delivered(metrics: &Metrics, transport: &str, batch: &[Delivery]) {
     if batch.is_empty() {
         return;
@@ -27,10 +29,18 @@ pub fn observe_delivered(metrics: &Metrics, transport: &str, batch: &[Delivery])
     metrics.delivery_latency.observe_ms(
         batch
             .iter()
+            .filter(|d| d.live)
             .filter_map(|d| d.publication.record.timestamp)
             .map(|ts| (now_ms - ts).max(0) as u64),
     );
     metrics.delivered_to(transport).inc_by(batch.len() as u64);
+    let catching_up = batch.iter().filter(|d| !d.live).count();
+    if catching_up > 0 {
+        metrics
+            .catch_up_delivered
+            .with_label_values(&[transport])
+            .inc_by(catching_up as u64);
+    }
 }
 
 /// Counts a connection (or a poll in progress) in
