@@ -11,6 +11,7 @@
 //   sub.cursor;        // the position after the last message delivered
 //   herald.transport;  // "ws" | "sse" | "poll" | null while not connected
 //   sub.close(); herald.close();
+//   await herald.push.subscribe(["news"]); // Web Push: notifications, no page open
 //
 // Transports are tried in the order of `transports`: WebSocket first; when
 // it cannot connect (a proxy that drops Upgrade, a refused /ws) SSE, then
@@ -24,6 +25,9 @@
 // reopens SSE streams and polls from their cursors. The token travels in
 // an `auth` message or an `Authorization` header, never in a URL, and is
 // never logged.
+//
+// `herald.push` (at the end of this file) subscribes the browser through
+// its push service, with Herald's service worker, herald-sw.js.
 
 const ALL_TRANSPORTS = ["ws", "sse", "poll"];
 const BACKOFF_BASE_MS = 500;
@@ -196,6 +200,9 @@ export class Herald {
     this._conn = null;
     this._timer = null;
     this._closed = false;
+    // Web Push: subscriptions held by the browser's push service, which
+    // reach a service worker with no page open.
+    this.push = new HeraldPush(this);
     this._online = () => {
       if (!this._conn && this._timer) this._schedule(0);
     };
@@ -391,7 +398,8 @@ export class Herald {
       } catch (e) {
         if (this._closed) return false;
         this._tokenFailures += 1;
-        this._warnAll({ code: "token_unavailable", message: `the token function failed: ${(e && e.message) || e}` });
+        this._tokenError = `the token function failed: ${(e && e.message) || e}`;
+        this._warnAll({ code: "token_unavailable", message: this._tokenError });
         return false;
       } finally {
         clearTimeout(timer);
@@ -405,6 +413,7 @@ export class Herald {
   _setToken(token) {
     this._token = token;
     this._tokenStale = false;
+    this.push._tokenChanged(token);
     clearTimeout(this._renewTimer);
     this._renewTimer = null;
     this._renewAt = Infinity;
@@ -858,5 +867,348 @@ function openPoll(herald, hooks) {
       for (const msg of body.messages || []) sub._deliver(msg);
       if (body.cursor && !sub.closed) sub.cursor = body.cursor;
     }
+  });
+}
+
+// ---- Web Push: herald.push ----------------------------------------------
+//
+// A push subscription is the browser's, made with Herald's VAPID key and
+// registered with Herald for some channels; Herald sends each of their
+// records through the browser's push service to the service worker
+// (herald-sw.js), which shows it as a notification, with no page open.
+// herald.js keeps what the service worker needs in IndexedDB: Herald's
+// URL, the channels, the key, the endpoint and the token (see herald-sw.js).
+
+// Where, per service worker scope; herald-sw.js reads the same.
+const PUSH_DB = "herald-push";
+const PUSH_STORE = "subscriptions";
+const SW_PATH = "/herald-sw.js";
+// Firefox sometimes never answers the first pushManager call made while
+// its push service is still starting (the page's first visit): such a
+// call is made again after this long, up to PUSH_CALL_ATTEMPTS times.
+const PUSH_CALL_TIMEOUT_MS = 3000;
+const PUSH_CALL_ATTEMPTS = 5;
+const NO_ANSWER = Symbol("no answer");
+
+// A Web Push failure: `code` is Herald's error code for a refusal
+// (`forbidden_channel`, `invalid_token`, `endpoint_not_allowed`, …, with
+// `status`), or one of herald.js's own: `push_unsupported`,
+// `permission_denied`, `permission_dismissed`, `push_not_enabled`,
+// `service_worker_origin`, `service_worker_failed`, `push_subscribe_failed`,
+// `token_unavailable`, `network_error`.
+export class HeraldPushError extends Error {
+  constructor(code, message, status = null) {
+    super(message);
+    this.name = "HeraldPushError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+class HeraldPush {
+  constructor(herald) {
+    this._herald = herald;
+    // The scope whose stored token follows herald.js's fresh tokens: set
+    // once this page subscribed or found a subscription.
+    this._scope = null;
+  }
+
+  // Whether this browser can take push subscriptions at all.
+  get supported() {
+    return (
+      typeof navigator !== "undefined" &&
+      "serviceWorker" in navigator &&
+      typeof PushManager !== "undefined" &&
+      typeof Notification !== "undefined"
+    );
+  }
+
+  // Subscribes this browser to `channels` (an array, or one channel): asks
+  // for permission to notify, registers the service worker, subscribes with
+  // Herald's key (reusing a subscription made with it) and registers the
+  // subscription with Herald, whose answer replaces the channels of an
+  // earlier one. Resolves {id, endpoint, channels, subscription}.
+  async subscribe(channels, options = {}) {
+    channels = [].concat(channels).map(String);
+    if (channels.length === 0 || channels.some((c) => c === "")) {
+      throw new TypeError("herald.push.subscribe: give one or more channel names");
+    }
+    this._checkSupport();
+    await this._permission();
+    const registration = await this._register(options);
+    const keyText = await this.vapidKey();
+    const key = fromBase64url(keyText);
+    let subscription = await currentSubscription(registration);
+    const previous = await pushState("readonly", (s) => s.get(registration.scope)).catch(() => null);
+    if (subscription && !sameKey(subscription, key, previous, keyText)) {
+      // Made with another key (Herald's changed, or another server's): the
+      // push service would refuse Herald's messages to it.
+      await this._delete(subscription.endpoint).catch(() => {});
+      await subscription.unsubscribe().catch(() => {});
+      subscription = null;
+    }
+    if (!subscription) {
+      try {
+        subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+      } catch (e) {
+        throw new HeraldPushError("push_subscribe_failed", `the browser's push service refused: ${e && e.name}: ${e && e.message}`);
+      }
+    }
+    const token = await this._token();
+    const state = { url: this._herald.url, channels, key: keyText, endpoint: subscription.endpoint, token };
+    // Stored first: a message may come before Herald's answer does.
+    await this._save(registration.scope, state);
+    let body;
+    try {
+      body = await this._request("POST", { subscription: subscription.toJSON(), channels }, token);
+    } catch (e) {
+      await this._save(registration.scope, previous);
+      throw e;
+    }
+    await this._save(registration.scope, { ...state, id: body.id });
+    this._scope = registration.scope;
+    return { id: body.id, endpoint: subscription.endpoint, channels, subscription };
+  }
+
+  // Ends the subscription: Herald forgets it, then the browser does.
+  // Resolves true, or false when there was none.
+  async unsubscribe(options = {}) {
+    if (!this.supported) return false;
+    const registration = await this._existing(options);
+    const subscription = registration && (await currentSubscription(registration));
+    if (!subscription) {
+      if (registration) await this._save(registration.scope, null);
+      return false;
+    }
+    await this._delete(subscription.endpoint);
+    await subscription.unsubscribe();
+    await this._save(registration.scope, null);
+    if (this._scope === registration.scope) this._scope = null;
+    return true;
+  }
+
+  // This browser's subscription as herald.js registered it: {endpoint,
+  // channels, id, subscription}, or null.
+  async subscription(options = {}) {
+    if (!this.supported) return null;
+    const registration = await this._existing(options);
+    const subscription = registration && (await currentSubscription(registration));
+    if (!subscription) return null;
+    const state = await pushState("readonly", (s) => s.get(registration.scope)).catch(() => null);
+    if (!state || state.endpoint !== subscription.endpoint) return null;
+    this._scope = registration.scope;
+    return { endpoint: subscription.endpoint, channels: state.channels, id: state.id ?? null, subscription };
+  }
+
+  // Herald's VAPID public key, base64url (`push_not_enabled` without
+  // `[push]`).
+  async vapidKey() {
+    const response = await this._fetch(`${this._herald.url}/push/vapid-public-key`, { cache: "no-store" });
+    if (response.status === 404) {
+      const err = await httpError(response);
+      throw new HeraldPushError("push_not_enabled", `Herald has Web Push off: ${err.message}`, 404);
+    }
+    if (!response.ok) {
+      const err = await httpError(response);
+      throw new HeraldPushError(err.code, err.message, err.status);
+    }
+    return (await response.json()).key;
+  }
+
+  _checkSupport() {
+    if (!this.supported) {
+      throw new HeraldPushError("push_unsupported", "this browser has no service workers, Push API or notifications");
+    }
+  }
+
+  async _permission() {
+    if (Notification.permission === "granted") return;
+    if (Notification.permission === "denied") {
+      throw new HeraldPushError("permission_denied", "notifications are blocked for this site (the browser's site settings can allow them)");
+    }
+    const answer = await Notification.requestPermission();
+    if (answer === "denied") throw new HeraldPushError("permission_denied", "the user blocked notifications");
+    if (answer !== "granted") throw new HeraldPushError("permission_dismissed", "the user did not allow notifications");
+  }
+
+  // The service worker's script URL: `serviceWorker` as given, else
+  // Herald's /herald-sw.js, which must then be on this page's origin.
+  _scriptUrl(options) {
+    const url = new URL(String(options.serviceWorker || SW_PATH), options.serviceWorker ? location.href : `${this._herald.url}/`);
+    if (url.origin !== location.origin) {
+      throw new HeraldPushError(
+        "service_worker_origin",
+        `a service worker must be on the page's origin, ${location.origin}, not ${url.origin}: host a script there ` +
+          `that does importScripts("${this._herald.url}${SW_PATH}") and pass its URL as { serviceWorker }`,
+      );
+    }
+    return url.href;
+  }
+
+  async _register(options) {
+    if (isRegistration(options.serviceWorker)) return activated(options.serviceWorker);
+    const url = this._scriptUrl(options);
+    let registration;
+    try {
+      registration = await navigator.serviceWorker.register(url, options.scope ? { scope: options.scope } : undefined);
+    } catch (e) {
+      throw new HeraldPushError("service_worker_failed", `registering ${url} failed: ${e && e.name}: ${e && e.message}`);
+    }
+    return activated(registration);
+  }
+
+  // The registration of the service worker, without registering it.
+  async _existing(options) {
+    if (isRegistration(options.serviceWorker)) return options.serviceWorker;
+    const url = this._scriptUrl(options);
+    const registrations = await navigator.serviceWorker.getRegistrations();
+    return (
+      registrations.find((r) => [r.active, r.waiting, r.installing].some((w) => w && w.scriptURL === url)) || null
+    );
+  }
+
+  async _save(scope, state) {
+    try {
+      await pushState("readwrite", (s) => (state ? s.put(state, scope) : s.delete(scope)));
+    } catch (e) {
+      // The subscription works without it, but the service worker cannot
+      // read truncated messages back nor re-subscribe by itself.
+      console.warn("herald: cannot store the push subscription in IndexedDB:", e && e.message);
+    }
+  }
+
+  // herald.js has a fresh token: the service worker uses it from now on.
+  _tokenChanged(token) {
+    const scope = this._scope;
+    if (!scope || typeof indexedDB === "undefined") return;
+    pushState("readwrite", (s) => {
+      const read = s.get(scope);
+      read.onsuccess = () => {
+        if (read.result) s.put({ ...read.result, token }, scope);
+      };
+    }).catch(() => {});
+  }
+
+  // The token to send: the Herald's own, asked for when due.
+  async _token() {
+    const herald = this._herald;
+    if (herald._tokenDue() && !(await herald._fetchToken())) {
+      throw new HeraldPushError("token_unavailable", herald._tokenError || "the token function failed");
+    }
+    return herald._token;
+  }
+
+  // Herald takes no token for it: the endpoint is the capability.
+  _delete(endpoint) {
+    return this._request("DELETE", { endpoint }, null, { notFoundIsFine: true });
+  }
+
+  // A request to /push/subscriptions with `token` (by default the
+  // Herald's; null for none); a refused token is renewed once (with a
+  // token function) and the request sent again.
+  async _request(method, body, token = undefined, { notFoundIsFine = false } = {}) {
+    const herald = this._herald;
+    if (token === undefined) token = await this._token();
+    for (let attempt = 0; ; attempt++) {
+      const response = await this._fetch(`${herald.url}/push/subscriptions`, {
+        method,
+        headers: withToken(token, { "content-type": "application/json" }),
+        body: JSON.stringify(body),
+      });
+      if (response.ok) return response.status === 204 ? {} : response.json();
+      if (response.status === 404 && notFoundIsFine) return {};
+      const err = await httpError(response);
+      if (response.status === 401 && TOKEN_REFUSED.has(err.code) && herald._tokenSource && attempt === 0) {
+        herald._tokenStale = true;
+        token = await this._token();
+        continue;
+      }
+      throw new HeraldPushError(err.code, err.message, err.status);
+    }
+  }
+
+  async _fetch(url, init) {
+    try {
+      return await fetch(url, init);
+    } catch (e) {
+      throw new HeraldPushError("network_error", `${init.method || "GET"} ${url} failed: ${e && e.message}`);
+    }
+  }
+}
+
+// registration.pushManager.getSubscription(), asked again when it does
+// not answer in time (see PUSH_CALL_TIMEOUT_MS).
+async function currentSubscription(registration) {
+  for (let attempt = 1; ; attempt++) {
+    let timer;
+    const late = new Promise((resolve) => (timer = setTimeout(() => resolve(NO_ANSWER), PUSH_CALL_TIMEOUT_MS)));
+    try {
+      const answer = await Promise.race([registration.pushManager.getSubscription(), late]);
+      if (answer !== NO_ANSWER) return answer;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (attempt >= PUSH_CALL_ATTEMPTS) {
+      throw new HeraldPushError("push_subscribe_failed", "the browser's push service did not answer getSubscription()");
+    }
+  }
+}
+
+function isRegistration(value) {
+  return typeof ServiceWorkerRegistration !== "undefined" && value instanceof ServiceWorkerRegistration;
+}
+
+// Resolves the registration once it has an active worker, which
+// pushManager.subscribe needs.
+function activated(registration) {
+  if (registration.active) return Promise.resolve(registration);
+  const worker = registration.installing || registration.waiting;
+  return new Promise((resolve, reject) => {
+    worker.addEventListener("statechange", () => {
+      if (worker.state === "activated") resolve(registration);
+      if (worker.state === "redundant") {
+        reject(new HeraldPushError("service_worker_failed", `the service worker ${worker.scriptURL} failed to install`));
+      }
+    });
+  });
+}
+
+// Whether `subscription` was made with the key `key`: by its options
+// where the browser tells, else by what herald.js stored for it.
+function sameKey(subscription, key, stored, keyText) {
+  if (subscription.options) {
+    const given = subscription.options.applicationServerKey;
+    if (!given) return false;
+    const bytes = new Uint8Array(given);
+    return bytes.length === key.length && bytes.every((b, i) => b === key[i]);
+  }
+  return !!stored && stored.endpoint === subscription.endpoint && stored.key === keyText;
+}
+
+function fromBase64url(text) {
+  const b64 = String(text).replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+}
+
+// Runs `act(store)` in a transaction on herald.js's push store; resolves
+// the result of the request it returns, once the transaction completed.
+function pushState(mode, act) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(PUSH_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(PUSH_STORE);
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction(PUSH_STORE, mode);
+      const request = act(tx.objectStore(PUSH_STORE));
+      tx.oncomplete = () => {
+        db.close();
+        resolve(request ? request.result : undefined);
+      };
+      tx.onerror = tx.onabort = () => {
+        db.close();
+        reject(tx.error);
+      };
+    };
   });
 }

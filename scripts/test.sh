@@ -19,16 +19,21 @@ if [[ ${HERALD_LINT:-1} != 0 ]]; then
 fi
 
 # The browser tests (tests/browser.rs) drive Debian's chromium with
-# playwright-core from npm. Installed here when missing; a second run only
-# checks (apt-get only without /usr/bin/chromium, npm ci only when
-# package-lock.json changed since the last one).
+# playwright-core from npm, and Debian's firefox-esr (the Web Push test: the
+# one browser that subscribes with no internet) with a push service in
+# Node (ws from npm). Installed here when missing; a second run only checks
+# (apt-get only without /usr/bin/chromium or /usr/bin/firefox-esr, npm ci
+# only when package-lock.json changed since the last one).
 setup_browser() {
   local sudo=""
   [[ $(id -u) == 0 ]] || sudo=sudo
-  if [[ ! -x /usr/bin/chromium ]]; then
-    log "installing Debian's chromium for the browser tests"
+  local missing=()
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  [[ -x /usr/bin/firefox-esr ]] || missing+=(firefox-esr)
+  if ((${#missing[@]})); then
+    log "installing Debian's ${missing[*]} for the browser tests"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     log "the browser tests need Node.js 20+ and npm on PATH"
@@ -36,7 +41,7 @@ setup_browser() {
   fi
   local stamp=tests/browser/node_modules/.package-lock.stamp
   if [[ ! -f $stamp ]] || ! cmp -s tests/browser/package-lock.json "$stamp"; then
-    log "npm ci in tests/browser (playwright-core)"
+    log "npm ci in tests/browser (playwright-core, ws)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     cp tests/browser/package-lock.json "$stamp"
   fi

@@ -1,6 +1,7 @@
 //! In a real browser: Debian's Chromium, driven by playwright-core
 //! (`tests/browser/driver.mjs`, a child process speaking line-based JSON),
-//! against Herald started in-process on a real Kafka.
+//! and Debian's Firefox ESR for Web Push, against Herald started
+//! in-process on a real Kafka.
 //!
 //! - the browser's own `EventSource` survives a Herald restart by itself,
 //!   resuming with `Last-Event-ID`, and ends with exactly the records
@@ -12,10 +13,14 @@
 //! - `herald.js` with a token function handing out 3-second tokens (minted
 //!   in the page with WebCrypto) renews them on every transport, records
 //!   arriving exactly once across the renewals;
-//! - a screenshot of the demo page with live messages, `docs/demo.png`.
+//! - a screenshot of the demo page with live messages, `docs/demo.png`;
+//! - in Firefox ESR (`tests/browser/firefox.mjs`, with a push service of
+//!   the test's own, `autopush.mjs`): `herald.push` subscribes, each record
+//!   is pushed once, a truncated one is read back from /poll, a renewed
+//!   subscription is registered again, and unsubscribing ends it.
 //!
-//! `scripts/test.sh` installs what these need (chromium, `npm ci` in
-//! `tests/browser`); without them the tests fail and say so.
+//! `scripts/test.sh` installs what these need (chromium, firefox-esr, `npm
+//! ci` in `tests/browser`); without them the tests fail and say so.
 
 mod common;
 
@@ -1156,6 +1161,16 @@ async fn demo_page_shows_live_messages_and_is_screenshotted() {
         .await;
     assert_eq!(shown["rows"], records.len(), "{shown}");
     assert_eq!(shown["transport"], "WebSocket", "{shown}");
+    // `herald dev` has Web Push on: the Notifications button is ready (it
+    // is not pressed: Chromium's push service is out of reach here).
+    let push = browser
+        .wait("the Notifications box checked", PUSH_BOX_JS, TIMEOUT)
+        .await;
+    assert_eq!(push["disabled"], false, "{push}");
+    assert!(
+        push["reason"].as_str().unwrap().starts_with("Off."),
+        "{push}"
+    );
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/demo.png");
     browser
@@ -1166,8 +1181,30 @@ async fn demo_page_shows_live_messages_and_is_screenshotted() {
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "a real screenshot"
     );
+
+    // A Herald without [push]: the button is disabled, saying why.
+    let topic = unique_topic("browser-demo-nopush");
+    create_topic(&topic, 1).await;
+    let node = Node::start(config(&[(&topic, "news")]), &[(&topic, 1)]).await;
+    browser.goto(&format!("{}/", node.url())).await;
+    let push = browser
+        .wait("the Notifications box checked", PUSH_BOX_JS, TIMEOUT)
+        .await;
+    assert_eq!(push["disabled"], true, "{push}");
+    assert!(
+        push["reason"].as_str().unwrap().contains("[push]"),
+        "{push}"
+    );
     browser.close().await;
+    node.shutdown().await;
 }
+
+/// The demo page's Notifications box once it has checked for Web Push:
+/// whether its button is disabled, and what it says.
+const PUSH_BOX_JS: &str = r#"!document.getElementById("push-result").textContent.startsWith("Checking") && {
+  disabled: document.getElementById("push-on").disabled,
+  reason: document.getElementById("push-result").textContent,
+}"#;
 
 /// Waits for `herald dev` on `addr` to be ready; returns its `/dev/info`.
 async fn dev_info(addr: &str) -> Value {
@@ -1188,4 +1225,654 @@ async fn dev_info(addr: &str) -> Value {
         .await
         .expect("/dev/info body");
     serde_json::from_slice(&body).expect("/dev/info is JSON")
+}
+
+// ---- Web Push in Firefox ESR --------------------------------------------
+
+/// Firefox ESR, the one browser that takes a push subscription here: its
+/// push service is the test's own (`tests/browser/autopush.mjs`), as
+/// Chromium's is Google's and cannot be reached.
+fn firefox_binary() -> String {
+    std::env::var("HERALD_FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".into())
+}
+
+/// Fails (never skips) with what to do when Firefox or `ws` is missing.
+fn check_firefox_prerequisites() {
+    let firefox = firefox_binary();
+    assert!(
+        Path::new(&firefox).exists(),
+        "{firefox} is missing: the Web Push browser test needs Debian's firefox-esr package; \
+         run scripts/test.sh, which installs it (apt-get install firefox-esr)"
+    );
+    assert!(
+        browser_dir().join("node_modules/ws/package.json").exists(),
+        "tests/browser/node_modules is missing or old: run scripts/test.sh, which runs `npm ci` there"
+    );
+}
+
+/// Firefox behind `firefox.mjs`, with the push service and the test page
+/// it serves. Events (the push service's, the page's reports) are kept in
+/// arrival order for the test to read.
+struct Firefox {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next_id: u64,
+    /// `http://127.0.0.1:PORT` of the push service (its endpoints).
+    push_origin: String,
+    /// `http://127.0.0.1:PORT` of the test page and its service worker.
+    pages_origin: String,
+    /// What the push service saw: `hello`, `register`, `delivery`, `ack`,
+    /// `refused`, `unregister`, … (see autopush.mjs).
+    push: Vec<Value>,
+    /// What the page reported: `{"type":"sw","message":…}` for each message
+    /// its service worker posted, `{"type":"error"}` for its errors.
+    reports: Vec<Value>,
+}
+
+impl Firefox {
+    async fn start() -> Firefox {
+        check_firefox_prerequisites();
+        let mut child = Command::new("node")
+            .arg("firefox.mjs")
+            .current_dir(browser_dir())
+            .env("HERALD_FIREFOX", firefox_binary())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // No kill on drop: when a test fails, its end of stdin closes
+            // and the driver ends Firefox and removes its profile.
+            .spawn()
+            .expect("cannot run `node tests/browser/firefox.mjs`: is Node.js installed? run scripts/test.sh");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut firefox = Firefox {
+            child,
+            stdin,
+            lines,
+            next_id: 1,
+            push_origin: String::new(),
+            pages_origin: String::new(),
+            push: Vec::new(),
+            reports: Vec::new(),
+        };
+        let hello = firefox.line(TIMEOUT).await;
+        assert_eq!(
+            hello["ready"], true,
+            "the Firefox driver did not start: {hello}"
+        );
+        firefox.push_origin = hello["push_service"].as_str().unwrap().to_owned();
+        firefox.pages_origin = hello["pages"].as_str().unwrap().to_owned();
+        firefox
+    }
+
+    /// The driver's next answer line; events are kept, logs go to stderr.
+    async fn line(&mut self, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = self
+                .next_line(deadline)
+                .await
+                .expect("timed out waiting for the Firefox driver");
+            if let Some(answer) = self.keep_event(line) {
+                return answer;
+            }
+        }
+    }
+
+    /// The driver's next line, or `None` at `deadline`.
+    async fn next_line(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+            .await
+            .ok()?
+            .expect("reading the Firefox driver")
+            .expect("the Firefox driver exited");
+        let value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the Firefox driver printed {line:?}"));
+        Some(value)
+    }
+
+    /// Keeps `line` if it is an event (logs go to stderr); else it is an
+    /// answer, returned.
+    fn keep_event(&mut self, line: Value) -> Option<Value> {
+        if let Some(text) = line.get("log") {
+            eprintln!("firefox: {}", text.as_str().unwrap_or_default());
+        } else if let Some(event) = line.get("push") {
+            eprintln!("push service: {event}");
+            self.push.push(event.clone());
+        } else if let Some(report) = line.get("report") {
+            eprintln!("page: {}", abbreviated(report));
+            self.reports.push(report.clone());
+        } else {
+            return Some(line);
+        }
+        None
+    }
+
+    async fn call(&mut self, op: &str, mut args: Value, timeout: Duration) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        args["id"] = id.into();
+        args["op"] = op.into();
+        let mut text = args.to_string();
+        text.push('\n');
+        self.stdin
+            .write_all(text.as_bytes())
+            .await
+            .expect("writing to the Firefox driver");
+        let answer = self.line(timeout + Duration::from_secs(10)).await;
+        assert_eq!(answer["id"], id, "answer out of order: {answer}");
+        assert_eq!(
+            answer["ok"], true,
+            "firefox {op} failed: {}",
+            answer["error"]
+        );
+        answer["value"].clone()
+    }
+
+    /// Launches Firefox on a page of the driver's (launched again once
+    /// when a new profile's first launch does not load it).
+    async fn open(&mut self, path: &str) {
+        let launches = self
+            .call("open", json!({ "path": path }), Duration::from_secs(120))
+            .await;
+        eprintln!("firefox: the page loaded: {launches}");
+    }
+
+    /// Evaluates a JavaScript expression in the page (promises awaited).
+    async fn eval(&mut self, js: &str) -> Value {
+        let timeout = Duration::from_secs(60);
+        let args = json!({"js": js, "timeout_ms": timeout.as_millis() as u64});
+        self.call("eval", args, timeout).await
+    }
+
+    /// Reads events until `done` holds for them, or fails after `timeout`.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl FnMut(&Firefox) -> bool,
+    ) {
+        let started = Instant::now();
+        assert!(
+            self.try_wait_for(what, timeout, done).await,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        eprintln!("firefox: {what} after {:?}", started.elapsed());
+    }
+
+    /// Reads events until `done` holds for them (true) or `timeout` has
+    /// passed (false).
+    async fn try_wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Firefox) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            let Some(line) = self.next_line(deadline).await else {
+                return false;
+            };
+            if let Some(answer) = self.keep_event(line) {
+                panic!("an answer nobody asked for while waiting for {what}: {answer}");
+            }
+        }
+        true
+    }
+
+    /// The envelopes the service worker forwarded to the page, in order.
+    fn envelopes(&self) -> Vec<Value> {
+        self.reports
+            .iter()
+            .filter(|r| r["type"] == "sw" && r["message"]["type"] == "herald.push")
+            .map(|r| r["message"]["envelope"].clone())
+            .collect()
+    }
+
+    /// The push service's events of one type.
+    fn push_events(&self, kind: &str) -> Vec<Value> {
+        self.push
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// The endpoints of the subscriptions made at the push service, in
+    /// order. Firefox may send a `register` again (same channel id) when it
+    /// reconnects before the answer came: one subscription.
+    fn endpoints_registered(&self) -> Vec<String> {
+        let mut endpoints: Vec<String> = Vec::new();
+        for e in self.push_events("register") {
+            let endpoint = e["endpoint"].as_str().unwrap().to_owned();
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        endpoints
+    }
+
+    async fn close(mut self) {
+        let _ = self.call("close", json!({}), TIMEOUT).await;
+        let _ = tokio::time::timeout(TIMEOUT, self.child.wait()).await;
+    }
+}
+
+/// `value` as JSON, long strings cut short (a record too large for a push
+/// is 5,000 characters).
+fn abbreviated(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 600 {
+        return text;
+    }
+    let cut = (0..=600)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
+/// The HS256 secret of the Web Push test's Herald.
+const PUSH_TOKEN_SECRET: &str = "the web push browser test's secret, thirty-two bytes or more";
+
+/// A token for `channels`, valid for an hour, minted with jwt-simple (not
+/// the crate Herald verifies with).
+fn push_token(channels: &[&str]) -> String {
+    use jwt_simple::prelude::*;
+    let key = HS256Key::from_bytes(PUSH_TOKEN_SECRET.as_bytes());
+    let claims =
+        Claims::with_custom_claims(json!({ "channels": channels }), Duration::from_hours(1))
+            .with_subject("push-test");
+    key.authenticate(claims).expect("sign the token")
+}
+
+/// Herald with `[auth]` (no public channel), `[push]` sending to the test's
+/// push service on 127.0.0.1 over plain HTTP, the test page's origin
+/// allowed, and `topic` routed to the channels `alerts` and `secret`.
+fn push_config(topic: &str, vapid_key: &Path, pages_origin: &str) -> Config {
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\nmetadata_refresh = \"500ms\"\nstats_interval = \"200ms\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\nallowed_origins = [\"{pages_origin}\"]\n\
+         [auth]\nhmac_secret = \"{PUSH_TOKEN_SECRET}\"\n\
+         [push]\nvapid_private_key_file = \"{}\"\nvapid_subject = \"mailto:push-test@herald.invalid\"\n\
+         subscriptions_topic = \"{topic}-subscriptions\"\ngroup_id = \"{topic}-push\"\n\
+         allowed_endpoint_hosts = [\"127.0.0.1\"]\nallow_http_endpoints = true\n\
+         [[route]]\ntopic = \"{topic}\"\nchannel = \"alerts\"\n\
+         [[route]]\ntopic = \"{topic}\"\nchannel = \"secret\"\n",
+        bootstrap(),
+        vapid_key.display(),
+    );
+    Config::parse(&text, "test").expect("test config")
+}
+
+/// herald.js from Herald, a Herald with the page's token, and
+/// `window.sw`: the test's service worker (`push/sw.js`, which imports
+/// herald-sw.js from Herald; title and body from the query).
+fn push_page_js(herald: &str, token: &str) -> String {
+    format!(
+        r#"(async () => {{
+  const {{ Herald, HeraldPushError }} = await import("{herald}/herald.js");
+  window.HeraldPushError = HeraldPushError;
+  window.herald = new Herald("{herald}", {{ token: {token} }});
+  window.sw = "/sw.js?herald=" + encodeURIComponent("{herald}") + "&title=/title&body=/body";
+  return herald.push.supported;
+}})()"#,
+        token = json!(token),
+    )
+}
+
+/// What herald.js stored for the service worker of the page's scope.
+const STORED_JS: &str = r#"new Promise((resolve, reject) => {
+  const open = indexedDB.open("herald-push", 1);
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const get = open.result.transaction("subscriptions").objectStore("subscriptions").get(location.origin + "/");
+    get.onsuccess = () => resolve(get.result ?? null);
+    get.onerror = () => reject(get.error);
+  };
+})"#;
+
+/// The records of the Web Push test, `{"n", "title", "body"}`; the last
+/// one's body is too large for a push (4 KiB), so Herald sends it without
+/// `data` and the service worker reads it back from /poll.
+const PUSH_RECORDS: u64 = 6;
+/// How long a warm-up record may take before another is produced.
+const WARM_UP_EVERY: Duration = Duration::from_secs(3);
+const LARGE_BODY_BYTES: usize = 5000;
+
+fn push_payload(n: u64) -> String {
+    let body = if n == PUSH_RECORDS - 1 {
+        "x".repeat(LARGE_BODY_BYTES)
+    } else {
+        format!("record {n} in the browser")
+    };
+    json!({"n": n, "title": format!("Alert {n}"), "body": body}).to_string()
+}
+
+/// Envelopes carrying `data.n` (the test's records, not the warm-up ones).
+fn numbered(envelopes: &[Value]) -> Vec<&Value> {
+    envelopes
+        .iter()
+        .filter(|e| e["data"]["n"].is_u64())
+        .collect()
+}
+
+/// Firefox ESR subscribed through herald.push gets, through a push
+/// service of the test's own, exactly the records produced to its channel:
+/// each pushed once, encrypted (Firefox decrypts it) and VAPID-signed for
+/// the endpoint's origin and port, shown as a notification titled from
+/// the record; a record too large for a push is read back from /poll by
+/// the service worker with the token herald.js stored for it. When the
+/// push service forgets the subscription, the service worker subscribes
+/// again and registers the new one, and records keep coming; unsubscribe
+/// ends it at Herald and at the push service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_back_and_survives_rotation()
+ {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browser-push");
+    create_topic(&topic, 3).await;
+    let dir = std::env::temp_dir().join(format!("herald-browser-push-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let vapid_key = dir.join("vapid.pem");
+    let (code, _, err) = run_herald(&["push", "keygen", "--out", vapid_key.to_str().unwrap()]);
+    assert_eq!(code, 0, "herald push keygen: {err}");
+
+    let mut firefox = Firefox::start().await;
+    let node = Node::start(
+        push_config(&topic, &vapid_key, &firefox.pages_origin),
+        &[(&topic, 3)],
+    )
+    .await;
+    let herald = node.url();
+
+    // The service worker Herald serves is the file in the repo.
+    let sw = reqwest::get(format!("{herald}/herald-sw.js"))
+        .await
+        .unwrap();
+    assert_eq!(sw.status(), 200);
+    assert!(
+        sw.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(
+        sw.text().await.unwrap(),
+        include_str!("../client/herald-sw.js")
+    );
+
+    firefox.open("/page.html").await;
+    let token = push_token(&["alerts"]);
+    assert_eq!(
+        firefox.eval(&push_page_js(&herald, &token)).await,
+        true,
+        "push supported"
+    );
+
+    // A channel the token does not allow: Herald's refusal, with its code.
+    let refused = firefox
+        .eval(
+            r#"herald.push.subscribe(["alerts", "secret"], { serviceWorker: sw }).then(
+  () => "subscribed",
+  (e) => ({ name: e.name, code: e.code, status: e.status, isError: e instanceof HeraldPushError }))"#,
+        )
+        .await;
+    assert_eq!(
+        refused,
+        json!({"name": "HeraldPushError", "code": "forbidden_channel", "status": 403, "isError": true})
+    );
+    let subscribed = firefox
+        .eval("herald.push.subscribe(['alerts'], { serviceWorker: sw }).then(({ id, endpoint, channels }) => ({ id, endpoint, channels }))")
+        .await;
+    let endpoint = subscribed["endpoint"].as_str().unwrap().to_owned();
+    assert!(
+        endpoint.starts_with(&format!("{}/wpush/", firefox.push_origin)),
+        "an endpoint of the test's push service: {subscribed}"
+    );
+    assert_eq!(subscribed["channels"], json!(["alerts"]));
+    assert!(
+        subscribed["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{subscribed}"
+    );
+    // The refused attempt's browser subscription was reused, not replaced.
+    let registered = firefox.endpoints_registered();
+    assert_eq!(
+        registered,
+        vec![endpoint.clone()],
+        "one subscription at the push service"
+    );
+    let stored = firefox.eval(STORED_JS).await;
+    assert_eq!(stored["url"], herald.as_str(), "{stored}");
+    assert_eq!(stored["channels"], json!(["alerts"]), "{stored}");
+    assert_eq!(stored["endpoint"], endpoint.as_str(), "{stored}");
+    assert_eq!(
+        stored["token"],
+        token.as_str(),
+        "the service worker's token"
+    );
+    let status = firefox
+        .eval("herald.push.subscription({ serviceWorker: sw }).then((s) => s && { endpoint: s.endpoint, channels: s.channels })")
+        .await;
+    assert_eq!(
+        status,
+        json!({"endpoint": endpoint, "channels": ["alerts"]})
+    );
+
+    // Herald's push consumer group starts at the live end once it has its
+    // partitions: a warm-up record, again until one arrives, says it has.
+    let producer = Producer::new();
+    let warmed = Instant::now();
+    for w in 0.. {
+        assert!(w < 30, "no warm-up record reached the page");
+        let payload = json!({"warmup": w}).to_string();
+        producer
+            .send(
+                &topic,
+                None,
+                Some(b"warmup"),
+                Some(payload.as_bytes()),
+                None,
+            )
+            .await;
+        let arrived = firefox
+            .try_wait_for("a warm-up record", WARM_UP_EVERY, |f| {
+                !f.envelopes().is_empty()
+            })
+            .await;
+        if arrived {
+            break;
+        }
+    }
+    eprintln!("push: the sender is live after {:?}", warmed.elapsed());
+
+    let mut produced = BTreeMap::new();
+    for n in 0..PUSH_RECORDS {
+        let key = format!("k{}", n % 3);
+        let position = producer
+            .send(
+                &topic,
+                None,
+                Some(key.as_bytes()),
+                Some(push_payload(n).as_bytes()),
+                None,
+            )
+            .await;
+        produced.insert(n, (key, position));
+    }
+    firefox
+        .wait_for("every record in the page", RECEIVE_TIMEOUT, |f| {
+            numbered(&f.envelopes()).len() >= PUSH_RECORDS as usize
+        })
+        .await;
+    let check = |envelopes: &[Value], produced: &BTreeMap<u64, (String, (i32, i64))>| {
+        let got = numbered(envelopes);
+        let mut ns: Vec<u64> = got
+            .iter()
+            .map(|e| e["data"]["n"].as_u64().unwrap())
+            .collect();
+        ns.sort_unstable();
+        assert_eq!(
+            ns,
+            produced.keys().copied().collect::<Vec<_>>(),
+            "each record once"
+        );
+        for e in got {
+            let n = e["data"]["n"].as_u64().unwrap();
+            let (key, (partition, offset)) = &produced[&n];
+            assert_eq!(e["channel"], "alerts", "{e}");
+            assert_eq!(e["topic"], topic.as_str(), "{e}");
+            assert_eq!(
+                (
+                    e["partition"].as_i64().unwrap(),
+                    e["offset"].as_i64().unwrap()
+                ),
+                (*partition as i64, *offset),
+                "{e}"
+            );
+            assert_eq!(e["key"], key.as_str(), "{e}");
+            assert!(e["cursor"].as_str().is_some_and(|c| !c.is_empty()), "{e}");
+            assert!(e.get("readBackError").is_none(), "{e}");
+            let expected: Value = serde_json::from_str(&push_payload(n)).unwrap();
+            assert_eq!(e["data"], expected, "record {n}'s data");
+            // Only the large one came without data and was read back.
+            assert_eq!(
+                e["truncated"] == true,
+                n == PUSH_RECORDS - 1,
+                "record {n}: {e}"
+            );
+        }
+    };
+    check(&firefox.envelopes(), &produced);
+
+    // The push service: each push VAPID-signed for its origin with the
+    // port, none refused, each acked by Firefox as delivered.
+    let deliveries = firefox.push_events("delivery");
+    assert!(
+        firefox.push_events("refused").is_empty(),
+        "{:?}",
+        firefox.push_events("refused")
+    );
+    for d in &deliveries {
+        assert_eq!(d["vapid"]["aud"], firefox.push_origin.as_str(), "{d}");
+        assert_eq!(d["vapid"]["sub"], "mailto:push-test@herald.invalid", "{d}");
+        assert!(d["bytes"].as_u64().unwrap() <= 4096, "{d}");
+    }
+    firefox
+        .wait_for("every push acked", TIMEOUT, |f| {
+            f.push_events("ack").len() >= f.push_events("delivery").len()
+        })
+        .await;
+    for ack in firefox.push_events("ack") {
+        assert_eq!(ack["code"], 100, "delivered and decrypted: {ack}");
+    }
+
+    // One notification per channel: each replaced the one before.
+    let shown = firefox
+        .eval(
+            r#"navigator.serviceWorker.getRegistration("/").then((r) => r.getNotifications()).then((all) =>
+  all.map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data })))"#,
+        )
+        .await;
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let last = &shown[0];
+    assert_eq!(last["tag"], "alerts", "{last}");
+    if let Some(n) = last["data"]["data"]["n"].as_u64() {
+        assert_eq!(last["title"], format!("Alert {n}"), "{last}");
+        assert_eq!(
+            last["body"].as_str().unwrap().chars().next(),
+            Some(if n == PUSH_RECORDS - 1 { 'x' } else { 'r' })
+        );
+    } else {
+        assert_eq!(
+            last["title"], "alerts",
+            "a warm-up record has no title: {last}"
+        );
+    }
+
+    // The push service forgets the subscription (Firefox gets a new user
+    // agent id): the service worker subscribes again and registers the new
+    // endpoint with the stored channels and token, and drops the old one.
+    firefox.call("rotate", json!({}), TIMEOUT).await;
+    firefox
+        .wait_for("the renewed subscription", RECEIVE_TIMEOUT, |f| {
+            f.reports
+                .iter()
+                .any(|r| r["message"]["type"] == "herald.pushsubscriptionchange")
+        })
+        .await;
+    let change = firefox
+        .reports
+        .iter()
+        .find(|r| r["message"]["type"] == "herald.pushsubscriptionchange")
+        .unwrap()["message"]
+        .clone();
+    assert!(change.get("error").is_none(), "{change}");
+    let renewed = change["endpoint"].as_str().unwrap().to_owned();
+    assert_ne!(renewed, endpoint);
+    assert_eq!(change["previous"], endpoint.as_str(), "{change}");
+    assert_eq!(
+        firefox.endpoints_registered(),
+        [endpoint.clone(), renewed.clone()]
+    );
+    wait_until_metric(node.addr(), "herald_push_subscriptions", 1.0).await;
+    let stored = firefox.eval(STORED_JS).await;
+    assert_eq!(stored["endpoint"], renewed.as_str(), "{stored}");
+
+    let before = firefox.envelopes().len();
+    let n = PUSH_RECORDS;
+    let position = producer
+        .send(
+            &topic,
+            None,
+            Some(b"k0"),
+            Some(push_payload(n).as_bytes()),
+            None,
+        )
+        .await;
+    produced.insert(n, ("k0".to_owned(), position));
+    firefox
+        .wait_for("a record at the renewed endpoint", RECEIVE_TIMEOUT, |f| {
+            numbered(&f.envelopes()).len() > PUSH_RECORDS as usize
+        })
+        .await;
+    check(&firefox.envelopes(), &produced);
+    let renewed_id = renewed.rsplit('/').next().unwrap();
+    let last_delivery = firefox.push_events("delivery").last().unwrap().clone();
+    assert_eq!(last_delivery["channelID"], renewed_id, "{last_delivery}");
+    assert!(firefox.envelopes().len() > before);
+
+    // Unsubscribing ends it at Herald and at the push service.
+    assert_eq!(
+        firefox
+            .eval("herald.push.unsubscribe({ serviceWorker: sw })")
+            .await,
+        true
+    );
+    // (A request Firefox may send again, as `register`.)
+    let unregistered = firefox.push_events("unregister");
+    assert!(
+        !unregistered.is_empty() && unregistered.iter().all(|u| u["channelID"] == renewed_id),
+        "{unregistered:?}"
+    );
+    wait_until_metric(node.addr(), "herald_push_subscriptions", 0.0).await;
+    assert_eq!(firefox.eval(STORED_JS).await, Value::Null);
+    assert_eq!(
+        firefox
+            .eval("herald.push.subscription({ serviceWorker: sw })")
+            .await,
+        Value::Null
+    );
+    assert!(
+        !firefox.reports.iter().any(|r| r["type"] == "error"),
+        "the page had errors: {:?}",
+        firefox.reports
+    );
+
+    firefox.close().await;
+    node.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

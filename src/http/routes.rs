@@ -1,6 +1,6 @@
 //! The request router: which handler answers which method and path, and
 //! the small endpoints of Herald's own (`/metrics`, `/healthz`, `/readyz`,
-//! `/herald.js`, the demo page). `POST /publish` is [`super::publish`]'s.
+//! `/herald.js`, `/herald-sw.js`, the demo page). `POST /publish` is [`super::publish`]'s.
 
 use std::sync::Arc;
 
@@ -53,6 +53,7 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
         }
         (method, "/publish") => Ok(publish::method_not_allowed(app, method)),
         (&Method::GET, "/herald.js") => Ok(herald_js()),
+        (&Method::GET, "/herald-sw.js") => Ok(herald_sw_js()),
         (&Method::GET, "/push/vapid-public-key") => push::vapid_public_key(app),
         // Registrations come from pages: CORS headers, from the request
         // head kept aside (the handlers take the body).
@@ -132,11 +133,17 @@ pub fn is_probe<B>(req: &Request<B>) -> bool {
 
 /// The browser client, `client/herald.js`, built into the binary.
 fn herald_js() -> Response<Body> {
-    let mut response = full(
-        StatusCode::OK,
-        "text/javascript; charset=utf-8",
-        include_str!("../../client/herald.js"),
-    );
+    client_script(include_str!("../../client/herald.js"))
+}
+
+/// The Web Push service worker, `client/herald-sw.js`, built into the
+/// binary.
+fn herald_sw_js() -> Response<Body> {
+    client_script(include_str!("../../client/herald-sw.js"))
+}
+
+fn client_script(source: &'static str) -> Response<Body> {
+    let mut response = full(StatusCode::OK, "text/javascript; charset=utf-8", source);
     // Short enough that an upgraded Herald's client reaches browsers soon.
     response.headers_mut().insert(
         header::CACHE_CONTROL,
