@@ -56,6 +56,8 @@
     return set !== undefined && set !== null ? set : params.get(name);
   };
 
+  // The same store as herald.js's pushState, written twice on purpose: a
+  // classic service worker script cannot import the ES module.
   function store(mode, act) {
     return new Promise((resolve, reject) => {
       const open = indexedDB.open(DB_NAME, 1);

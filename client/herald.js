@@ -1192,6 +1192,8 @@ function fromBase64url(text) {
 
 // Runs `act(store)` in a transaction on herald.js's push store; resolves
 // the result of the request it returns, once the transaction completed.
+// herald-sw.js has its own copy (`store`): a classic service worker script
+// cannot import this module.
 function pushState(mode, act) {
   return new Promise((resolve, reject) => {
     const open = indexedDB.open(PUSH_DB, 1);
