@@ -5,6 +5,7 @@
 //! herald-bench report [--out DIR]                          summary.md + chart.svg from DIR/*.json
 //! herald-bench client ...                                  a client worker process (spawned by suite)
 //! herald-bench floor-server ...                            the bare tokio fan-out floor (spawned by suite)
+//! herald-bench push-service                                 a local Web Push service (push_service.rs)
 //! herald-bench ingest     [--records N] [--brokers ADDR]   ingest rate vs bare consumers
 //! herald-bench sse-fanout [--clients C] [--records N]      SSE delivery rate to C subscribers of one channel
 //! ```
@@ -15,6 +16,7 @@
 mod client;
 mod floor;
 mod hist;
+mod push_service;
 mod suite;
 
 use std::sync::Arc;
@@ -92,6 +94,8 @@ enum Scenario {
     Client(client::ClientArgs),
     /// The fan-out floor server (spawned by `suite`).
     FloorServer(floor::FloorArgs),
+    /// A local push service that counts and checks Herald's pushes.
+    PushService(push_service::PushServiceArgs),
 }
 
 /// A 100-byte JSON record carrying its send time (unix micros) and sequence.
@@ -110,6 +114,7 @@ fn main() {
     let rt = match cli.scenario {
         Scenario::Client(args) => return client::run(args),
         Scenario::FloorServer(args) => return floor::run(args),
+        Scenario::PushService(args) => return push_service::run(args),
         Scenario::Suite {
             scenario,
             duration,
@@ -146,7 +151,8 @@ fn main() {
         Scenario::Suite { .. }
         | Scenario::Report { .. }
         | Scenario::Client(_)
-        | Scenario::FloorServer(_) => unreachable!(),
+        | Scenario::FloorServer(_)
+        | Scenario::PushService(_) => unreachable!(),
     }
 }
 
