@@ -1,11 +1,11 @@
 //! herald-bench: measures Herald against a real Kafka broker.
 //!
 //! ```text
-//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all); see suite.rs
+//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all) and push; see suite.rs
 //! herald-bench report [--out DIR]                          summary.md + chart.svg from DIR/*.json
 //! herald-bench client ...                                  a client worker process (spawned by suite)
 //! herald-bench floor-server ...                            the bare tokio fan-out floor (spawned by suite)
-//! herald-bench push-service                                 a local Web Push service (push_service.rs)
+//! herald-bench push-service                                 the push scenario's local push service (spawned by suite)
 //! herald-bench ingest     [--records N] [--brokers ADDR]   ingest rate vs bare consumers
 //! herald-bench sse-fanout [--clients C] [--records N]      SSE delivery rate to C subscribers of one channel
 //! ```
@@ -16,6 +16,7 @@
 mod client;
 mod floor;
 mod hist;
+mod push;
 mod push_service;
 mod suite;
 
@@ -74,7 +75,8 @@ enum Scenario {
         #[arg(long, default_value_t = 200_000)]
         behind: u64,
     },
-    /// The issue-6 scenarios: p1 p2 p3 p4 p5 p6 p7, smoke, or all (any case).
+    /// The issue-6 scenarios p1 p2 p3 p4 p5 p6 p7, push (Web Push, issue
+    /// 12), smoke, or all (any case).
     Suite {
         scenario: String,
         #[arg(long, default_value_t = 20.0)]
@@ -94,7 +96,7 @@ enum Scenario {
     Client(client::ClientArgs),
     /// The fan-out floor server (spawned by `suite`).
     FloorServer(floor::FloorArgs),
-    /// A local push service that counts and checks Herald's pushes.
+    /// The push scenario's local push service (spawned by `suite`).
     PushService(push_service::PushServiceArgs),
 }
 
