@@ -1,10 +1,11 @@
 //! herald-bench: measures Herald against a real Kafka broker.
 //!
 //! ```text
-//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all); see suite.rs
+//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all) and push; see suite.rs
 //! herald-bench report [--out DIR]                          summary.md + chart.svg from DIR/*.json
 //! herald-bench client ...                                  a client worker process (spawned by suite)
 //! herald-bench floor-server ...                            the bare tokio fan-out floor (spawned by suite)
+//! herald-bench push-service                                 the push scenario's local push service (spawned by suite)
 //! herald-bench ingest     [--records N] [--brokers ADDR]   ingest rate vs bare consumers
 //! herald-bench sse-fanout [--clients C] [--records N]      SSE delivery rate to C subscribers of one channel
 //! ```
@@ -15,6 +16,8 @@
 mod client;
 mod floor;
 mod hist;
+mod push;
+mod push_service;
 mod suite;
 
 use std::sync::Arc;
@@ -72,7 +75,8 @@ enum Scenario {
         #[arg(long, default_value_t = 200_000)]
         behind: u64,
     },
-    /// The issue-6 scenarios: p1 p2 p3 p4 p5 p6 p7, smoke, or all (any case).
+    /// The issue-6 scenarios p1 p2 p3 p4 p5 p6 p7, push (Web Push, issue
+    /// 12), smoke, or all (any case).
     Suite {
         scenario: String,
         #[arg(long, default_value_t = 20.0)]
@@ -92,6 +96,8 @@ enum Scenario {
     Client(client::ClientArgs),
     /// The fan-out floor server (spawned by `suite`).
     FloorServer(floor::FloorArgs),
+    /// The push scenario's local push service (spawned by `suite`).
+    PushService(push_service::PushServiceArgs),
 }
 
 /// A 100-byte JSON record carrying its send time (unix micros) and sequence.
@@ -110,6 +116,7 @@ fn main() {
     let rt = match cli.scenario {
         Scenario::Client(args) => return client::run(args),
         Scenario::FloorServer(args) => return floor::run(args),
+        Scenario::PushService(args) => return push_service::run(args),
         Scenario::Suite {
             scenario,
             duration,
@@ -146,7 +153,8 @@ fn main() {
         Scenario::Suite { .. }
         | Scenario::Report { .. }
         | Scenario::Client(_)
-        | Scenario::FloorServer(_) => unreachable!(),
+        | Scenario::FloorServer(_)
+        | Scenario::PushService(_) => unreachable!(),
     }
 }
 

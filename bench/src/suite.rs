@@ -1,4 +1,5 @@
-//! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7) with Herald
+//! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7), and the
+//! Web Push one of issue 12 (`push`, push.rs), with Herald
 //! as a separate process (the release `herald serve` beside this binary),
 //! clients in worker processes (`herald-bench client`), and the floors in
 //! the same run. Writes `OUT/<scenario>.json`; `report` turns every JSON in
@@ -38,7 +39,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-fn row(
+pub fn row(
     scenario: &str,
     metric: &str,
     measured: f64,
@@ -65,7 +66,7 @@ fn row(
 
 // ---------------------------------------------------------------- processes
 
-fn exe_dir() -> PathBuf {
+pub fn exe_dir() -> PathBuf {
     std::env::current_exe()
         .expect("current exe")
         .parent()
@@ -87,14 +88,21 @@ pub struct HeraldProc {
 }
 
 impl HeraldProc {
+    /// Herald with one route, `topic` → channel `bench`.
     pub fn start(brokers: &str, topic: &str, start: &str, extra: &str) -> Self {
+        Self::start_with(brokers, start, extra, &bench_route(topic))
+    }
+
+    /// Herald with `tables` (TOML: its routes, and `[push]` if any) after
+    /// the generated `[kafka]`, `[http]` and `[limits]`.
+    pub fn start_with(brokers: &str, start: &str, extra: &str, tables: &str) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let text = format!(
             "[kafka]\nbrokers = \"{brokers}\"\nstart = \"{start}\"\n{extra_kafka}\
              [http]\nlisten = \"{addr}\"\ndemo_page = false\n\
              [limits]\nmax_connections = 19500\n{extra_limits}{env_extra}\n\
-             [[route]]\ntopic = \"{topic}\"\nchannel = \"bench\"\n",
+             {tables}",
             extra_kafka = section(extra, "kafka"),
             extra_limits = section(extra, "limits"),
             // BENCH_HERALD_CONFIG: more TOML tables (`\n`-separated), e.g.
@@ -157,6 +165,11 @@ impl HeraldProc {
     }
 }
 
+/// The route of every fan-out scenario: `topic` to channel `bench`.
+pub fn bench_route(topic: &str) -> String {
+    format!("[[route]]\ntopic = \"{topic}\"\nchannel = \"bench\"\n")
+}
+
 /// Lines of `extra` (pairs `section.key = value`) for one section.
 fn section(extra: &str, name: &str) -> String {
     extra
@@ -196,6 +209,32 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `POST path` with a JSON body: the status and the response body.
+pub fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
 }
 
 pub struct Workers {
@@ -326,7 +365,7 @@ pub fn totals(done: &[Done]) -> Totals {
 
 // ---------------------------------------------------------------- Kafka
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -423,9 +462,28 @@ pub fn herald_fanout(
     rate: u64,
     duration: f64,
 ) -> FanoutResult {
+    herald_fanout_beside(brokers, transport, clients, rate, duration, None)
+}
+
+/// [`herald_fanout`], with `push` (when given) pushing on the same Herald
+/// while the records are produced: its `[push]` and route in Herald's
+/// config, its subscriptions registered before the clients connect, and
+/// what it measured under `"push"` in the result.
+pub fn herald_fanout_beside(
+    brokers: &str,
+    transport: &str,
+    clients: usize,
+    rate: u64,
+    duration: f64,
+    push: Option<&crate::push::Beside>,
+) -> FanoutResult {
     let topic = crate::topic_name("fan");
     create_topic(brokers, &topic, 1);
-    let herald = HeraldProc::start(brokers, &topic, "latest", "");
+    let tables = bench_route(&topic) + &push.map_or(String::new(), |p| p.tables());
+    let herald = HeraldProc::start_with(brokers, "latest", "", &tables);
+    if let Some(push) = push {
+        push.ready(&herald);
+    }
     let rss0 = herald.rss_kib();
     let records = (rate as f64 * duration).round() as u64;
     let workers = Workers::spawn(
@@ -443,22 +501,27 @@ pub fn herald_fanout(
         "bench: {clients} {transport} clients connected to Herald ({:.1}s); producing {records} records at {rate}/s",
         workers.connect_span_s()
     );
+    let pushing = push.map(|p| p.start(duration));
     let publish_s = produce_paced(brokers, &topic, rate, records);
+    let pushed = pushing.map(|p| p.join().expect("push producer"));
     let done = workers.finish();
     let cpu = herald.cpu_s() - cpu0;
     let rss2 = herald.rss_kib();
+    let push_json = push
+        .zip(pushed)
+        .map(|(p, records)| p.finish(&herald, records));
     herald.stop();
     let t = totals(&done);
-    fanout_json(
-        &t,
-        publish_s,
-        json!({
-            "transport": transport, "rate": rate, "records": records, "duration_s": duration,
-            "herald_rss_kib_idle": rss0, "herald_rss_kib_connected": rss1, "herald_rss_kib_end": rss2,
-            "rss_per_conn_kib": (rss1 - rss0) / clients as f64,
-            "herald_cpu_s": cpu, "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
-        }),
-    )
+    let mut extra = json!({
+        "transport": transport, "rate": rate, "records": records, "duration_s": duration,
+        "herald_rss_kib_idle": rss0, "herald_rss_kib_connected": rss1, "herald_rss_kib_end": rss2,
+        "rss_per_conn_kib": (rss1 - rss0) / clients as f64,
+        "herald_cpu_s": cpu, "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
+    });
+    if let Some(push) = push_json {
+        extra["push"] = push;
+    }
+    fanout_json(&t, publish_s, extra)
 }
 
 /// The fan-out floor: the same clients and rate against `floor-server`.
@@ -599,12 +662,13 @@ pub enum Name {
     P5,
     P6,
     P7,
+    Push,
     Smoke,
 }
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 8] = [
+    const EVERY: [Name; 9] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -612,11 +676,12 @@ impl Name {
         Name::P5,
         Name::P6,
         Name::P7,
+        Name::Push,
         Name::Smoke,
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 7] = [
+    const ALL: [Name; 8] = [
         Name::P6,
         Name::P3,
         Name::P2,
@@ -624,6 +689,7 @@ impl Name {
         Name::P1,
         Name::P4,
         Name::P5,
+        Name::Push,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -635,6 +701,7 @@ impl Name {
             Name::P5 => "p5",
             Name::P6 => "p6",
             Name::P7 => "p7",
+            Name::Push => "push",
             Name::Smoke => "smoke",
         }
     }
@@ -722,6 +789,7 @@ pub fn run(
             }
             Name::P6 => p6(brokers, 1_000_000),
             Name::P7 => p7(brokers, clients_override.unwrap_or(10_000), 1000),
+            Name::Push => crate::push::run(brokers, duration),
         };
         for r in &rows {
             eprintln!(
@@ -1135,7 +1203,9 @@ mod tests {
             let err = scenarios(arg).unwrap_err();
             let text = err.to_string();
             assert!(text.contains(&format!("{arg:?}")), "{text}");
-            for name in ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "smoke", "all"] {
+            for name in [
+                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "smoke", "all",
+            ] {
                 assert!(text.contains(name), "{name} missing from: {text}");
             }
         }
