@@ -165,9 +165,12 @@ pub struct PushConfig {
     /// port of the endpoint).
     #[serde(default = "defaults::push_max_in_flight_per_service")]
     pub max_in_flight_per_service: usize,
-    /// Pushes waiting for one push service (sending or backing off); past
-    /// it a push to that service is dropped (counted, logged), so a slow
-    /// service cannot hold up the others.
+    /// Pushes waiting for one push service (sending or backing off). At
+    /// the limit, while the service is healthy the node waits for room
+    /// (reading records more slowly, losing nothing); while it is failing
+    /// (its last attempt timed out or got a 429/5xx) a push to it is
+    /// dropped (counted, logged), so a service that is down cannot hold up
+    /// the others.
     #[serde(default = "defaults::push_max_queued_per_service")]
     pub max_queued_per_service: usize,
     /// Pushes not yet finished on this node, every service together; at

@@ -832,3 +832,40 @@ async fn two_nodes_push_once_and_a_killed_one_loses_nothing() {
     }
     assert_no_failures(&service).await;
 }
+
+/// A healthy push service with more pushes waiting than
+/// `push.max_queued_per_service` slows the sending down and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_healthy_push_service_gets_every_push() {
+    let mut deployment = Deployment::new("push-busy", 1).await;
+    deployment.extra = "max_queued_per_service = 2".into();
+    let herald = deployment.start().await;
+    let addr = herald.local_addr();
+    let service = PushService::start(1, &deployment.public_key);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (id, sub) = service.subscribe(0).await;
+        register_ok(addr, &sub, &["feed.busy"]).await;
+        ids.push(id);
+    }
+    wait_push_ready(addr, 1, 5).await;
+    let producer = Producer::new();
+    for n in 0..4 {
+        producer.send_n(&deployment.topic, "busy", n).await;
+    }
+    for id in &ids {
+        let got = service.wait_received(id, 4, ARRIVAL).await;
+        let ns: Vec<u64> = got
+            .iter()
+            .map(|r| r.plaintext["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![0, 1, 2, 3], "{id}");
+    }
+    let dropped = format!(
+        "herald_push_sent_total{{result=\"dropped\",service=\"{}\"}}",
+        service.origin(0)
+    );
+    assert_eq!(metric(addr, &dropped).await, 0.0);
+    assert_no_failures(&service).await;
+    herald.stop().await;
+}

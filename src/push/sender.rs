@@ -265,14 +265,20 @@ impl Sender {
                 permit = self.pending.clone().acquire_owned() => permit.expect("never closed"),
                 _ = shutdown.cancelled() => return,
             };
-            if service.queued.fetch_add(1, Ordering::Relaxed)
-                >= self.push.config.max_queued_per_service
+            match service
+                .make_room(self.push.config.max_queued_per_service, shutdown)
+                .await
             {
-                service.queued.fetch_sub(1, Ordering::Relaxed);
-                service.dropped.inc();
-                service.log_drop("push.max_queued_per_service pushes are waiting for it");
-                done.one_done();
-                continue;
+                Room::Made => {}
+                Room::Stopping => return,
+                Room::Failing => {
+                    service.dropped.inc();
+                    service.log_drop(
+                        "push.max_queued_per_service pushes are waiting for it and it is failing",
+                    );
+                    done.one_done();
+                    continue;
+                }
             }
             let job = Job {
                 subscription,
@@ -325,6 +331,8 @@ impl Sender {
             origin: origin.to_owned(),
             in_flight: Semaphore::new(self.push.config.max_in_flight_per_service),
             queued: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            failing: std::sync::atomic::AtomicBool::new(false),
             paused_until: Mutex::new(None),
             delivered: counter("delivered"),
             expired: counter("expired"),
@@ -363,6 +371,7 @@ impl Sender {
             };
             let retry_after = match outcome {
                 Outcome::Delivered => {
+                    service.failing.store(false, Ordering::Relaxed);
                     service.delivered.inc();
                     if let Some(ts) = job.timestamp {
                         let now = SystemTime::now()
@@ -383,7 +392,10 @@ impl Sender {
                     service.log_drop(&why);
                     break;
                 }
-                Outcome::Retry { after, why } => (after.unwrap_or_default(), why),
+                Outcome::Retry { after, why } => {
+                    service.failing.store(true, Ordering::Relaxed);
+                    (after.unwrap_or_default(), why)
+                }
             };
             let (after, why) = retry_after;
             if after > Duration::ZERO {
@@ -409,6 +421,7 @@ impl Sender {
 
     fn finish(&self, job: Job) {
         job.service.queued.fetch_sub(1, Ordering::Relaxed);
+        job.service.room.notify_one();
         job.done.one_done();
     }
 
@@ -540,6 +553,11 @@ struct Service {
     in_flight: Semaphore,
     /// Pushes for it not yet ended (`push.max_queued_per_service`).
     queued: AtomicUsize,
+    /// Told when a push for it ends (room in `queued`).
+    room: tokio::sync::Notify,
+    /// Its last attempt failed in a way worth retrying (timeout, 429,
+    /// 5xx); cleared by a delivery.
+    failing: std::sync::atomic::AtomicBool,
     /// No request before this instant (a `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
     delivered: IntCounter,
@@ -550,7 +568,36 @@ struct Service {
     last_drop_log: Mutex<Option<Instant>>,
 }
 
+/// What [`Service::make_room`] found.
+enum Room {
+    Made,
+    /// The service is failing: its full queue would only grow.
+    Failing,
+    Stopping,
+}
+
 impl Service {
+    /// Takes a place among the pushes waiting for this service. At the
+    /// limit, waits for one to end while the service is healthy (a busy
+    /// push service — most browsers share one — slows reading, and loses
+    /// nothing); refuses while it is failing, so a service that is down
+    /// cannot hold up the others.
+    async fn make_room(&self, limit: usize, shutdown: &CancellationToken) -> Room {
+        loop {
+            if self.queued.fetch_add(1, Ordering::AcqRel) < limit {
+                return Room::Made;
+            }
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if self.failing.load(Ordering::Relaxed) {
+                return Room::Failing;
+            }
+            tokio::select! {
+                _ = self.room.notified() => {}
+                _ = shutdown.cancelled() => return Room::Stopping,
+            }
+        }
+    }
+
     fn pause(&self, duration: Duration) {
         let until = Instant::now() + duration;
         let mut paused = self.paused_until.lock();
