@@ -244,6 +244,16 @@ async fn a_cursor_beyond_the_partition_end_is_refused() {
             "{message}"
         );
     }
+    // On a WebSocket: an error for that subscription, the connection open.
+    let mut ws = Ws::connect(addr, "").await;
+    ws.send_json(serde_json::json!({"type": "subscribe", "channel": "c", "cursor": at(20)}))
+        .await;
+    let error = ws.next_json().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "cursor_ahead", "{error}");
+    assert_eq!(error["channel"], "c", "{error}");
+    // Still open: a subscribe from the end is answered `subscribed`.
+    ws.subscribe("c", Some(&at(3))).await;
     // At the end: accepted, and the next record arrives.
     let mut sse = Sse::connect(addr, "channel=c", Some(&at(3))).await;
     producer.send_n(&topic, "k", 3).await;
