@@ -107,6 +107,25 @@ fn payload(n: u64) -> String {
     format!("{head}{}\"}}", "x".repeat(pad))
 }
 
+/// Sends `record`, polling while the producer's local queue is full.
+pub fn send_waiting<K, P>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, K, P>,
+) where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let brokers = cli
@@ -197,16 +216,7 @@ fn produce(brokers: &str, topic: &str, n: u64) -> Duration {
         let payload = format!("{{\"n\":{i:>10},\"pad\":\"{}\"}}", "x".repeat(75));
         debug_assert_eq!(payload.len(), 100);
         let key = format!("k{}", i % 1000);
-        let mut record = BaseRecord::to(topic).payload(&payload).key(&key);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        crate::send_waiting(&producer, BaseRecord::to(topic).payload(&payload).key(&key));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
     started.elapsed()

@@ -798,16 +798,7 @@ fn write_subscriptions(brokers: &str, topic: &str, subs: &[BrowserSub]) {
             "registered_ms": now_ms,
         })
         .to_string();
-        let mut record = BaseRecord::to(topic).payload(&value).key(&key);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        crate::send_waiting(&producer, BaseRecord::to(topic).payload(&value).key(&key));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }

@@ -402,16 +402,7 @@ fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
             std::thread::sleep(at - now);
         }
         let payload = crate::payload(i);
-        let mut record = BaseRecord::to(topic).payload(&payload).key("k");
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        crate::send_waiting(&producer, BaseRecord::to(topic).payload(&payload).key("k"));
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
     started.elapsed().as_secs_f64()
