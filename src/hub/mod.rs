@@ -469,6 +469,33 @@ impl Hub {
         self.subscribe(channels, Start::Cursor(cursor), client)
     }
 
+    /// A cursor from which `channel` starts with `record`: every partition
+    /// feeding the channel at this node's ingest position, the record's own
+    /// at the record (Web Push sends it, so that `/poll` returns the record
+    /// a push had to leave out).
+    pub fn cursor_at(&self, channel: &str, record: &Record) -> String {
+        let positions = self.positions();
+        let mut cursor = Cursor::new();
+        let topics = self
+            .router()
+            .topics_for_channel(channel, positions.topics())
+            .unwrap_or_default();
+        for topic in &topics {
+            for (partition, next) in positions
+                .topic(topic)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                if *next != positions::UNKNOWN {
+                    cursor.set(topic, partition as i32, *next);
+                }
+            }
+        }
+        cursor.set(&record.topic, record.partition, record.offset);
+        cursor.encode()
+    }
+
     /// A cursor offset past this node's ingest position is normal (another
     /// node read further); past the partition's end at the brokers it can
     /// only come from another cluster, a recreated topic or a forgery, and

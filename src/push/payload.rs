@@ -9,7 +9,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::hub::Hub;
-use crate::hub::cursor::Cursor;
 use crate::hub::publication::Envelope;
 use crate::record::Record;
 
@@ -22,7 +21,7 @@ pub const MAX_PLAINTEXT: usize = 4096 - 86 - 1 - 16;
 
 /// The plaintext of the push of `record` on `channel`.
 pub fn plaintext(hub: &Hub, channel: &str, record: &Record) -> Vec<u8> {
-    let cursor = cursor_at(hub, channel, record);
+    let cursor = hub.cursor_at(channel, record);
     let full = Envelope::encode(channel, record).with_cursor(&cursor);
     if full.len() <= MAX_PLAINTEXT {
         return full;
@@ -56,30 +55,4 @@ pub fn plaintext(hub: &Hub, channel: &str, record: &Record) -> Vec<u8> {
         map.remove("key_encoding");
     }
     truncated.to_string().into_bytes()
-}
-
-/// A cursor from which `/poll` on `channel` starts with `record`: every
-/// partition feeding the channel at this node's ingest position, the
-/// record's own at the record.
-fn cursor_at(hub: &Hub, channel: &str, record: &Record) -> String {
-    let positions = hub.positions();
-    let mut cursor = Cursor::new();
-    let topics = hub
-        .router()
-        .topics_for_channel(channel, positions.topics())
-        .unwrap_or_default();
-    for topic in &topics {
-        for (partition, next) in positions
-            .topic(topic)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            if *next >= 0 {
-                cursor.set(topic, partition as i32, *next);
-            }
-        }
-    }
-    cursor.set(&record.topic, record.partition, record.offset);
-    cursor.encode()
 }

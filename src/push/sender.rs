@@ -667,6 +667,15 @@ struct Track {
     committed: i64,
 }
 
+impl Track {
+    /// The offset to commit — the lowest unfinished record, or past the
+    /// last one read — when it moved since the last commit.
+    fn uncommitted(&self) -> Option<i64> {
+        let at = self.unfinished.first().copied().unwrap_or(self.next);
+        (at > self.committed).then_some(at)
+    }
+}
+
 impl Tracker {
     fn begin(&mut self, topic: &Arc<str>, partition: i32, offset: i64, has_pushes: bool) -> u64 {
         let generations = &mut self.generations;
@@ -701,8 +710,7 @@ impl Tracker {
     fn committable(&mut self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), track) in &mut self.partitions {
-            let at = track.unfinished.first().copied().unwrap_or(track.next);
-            if at > track.committed {
+            if let Some(at) = track.uncommitted() {
                 track.committed = at;
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(at));
             }
@@ -722,8 +730,7 @@ impl Tracker {
             if !gone.contains(&(topic.to_string(), *partition)) {
                 return true;
             }
-            let at = track.unfinished.first().copied().unwrap_or(track.next);
-            if at > track.committed {
+            if let Some(at) = track.uncommitted() {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(at));
             }
             false
