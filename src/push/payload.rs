@@ -5,9 +5,6 @@
 //! out and `"truncated": true` set; the service worker fetches the record
 //! from `/poll` with the cursor.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use crate::hub::Hub;
 use crate::hub::publication::Envelope;
 use crate::record::Record;
@@ -26,33 +23,19 @@ pub fn plaintext(hub: &Hub, channel: &str, record: &Record) -> Vec<u8> {
     if full.len() <= MAX_PLAINTEXT {
         return full;
     }
-    let mut truncated = serde_json::json!({
-        "channel": channel,
-        "cursor": cursor,
-        "topic": &*record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "ts": record.timestamp,
-        "key": serde_json::Value::Null,
-        "truncated": true,
-    });
-    if let Some(key) = record.key.as_deref() {
-        truncated["key"] = match std::str::from_utf8(key) {
-            Ok(s) => s.into(),
-            Err(_) => {
-                truncated["key_encoding"] = "base64".into();
-                STANDARD.encode(key).into()
-            }
-        };
-    }
-    let text = truncated.to_string().into_bytes();
+    // The same envelope without `data`: its other fields as the hub
+    // encodes them (key encoding included).
+    let mut truncated: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&full).expect("the hub's envelope is a JSON object");
+    truncated.remove("data");
+    truncated.remove("encoding");
+    truncated.insert("truncated".into(), true.into());
+    let text = serde_json::to_vec(&truncated).expect("JSON in memory");
     if text.len() <= MAX_PLAINTEXT {
         return text;
     }
     // A key of kilobytes: left out too (the record in /poll has it).
-    truncated["key"] = serde_json::Value::Null;
-    if let Some(map) = truncated.as_object_mut() {
-        map.remove("key_encoding");
-    }
-    truncated.to_string().into_bytes()
+    truncated.insert("key".into(), serde_json::Value::Null);
+    truncated.remove("key_encoding");
+    serde_json::to_vec(&truncated).expect("JSON in memory")
 }
