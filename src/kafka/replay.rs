@@ -106,6 +106,10 @@ struct Segment {
     /// Why the last filler stopped early; followers report it.
     failed: Option<String>,
     last_used: Instant,
+    /// The latest deadline of the replays that asked the filler for more:
+    /// it reads until then, so each replay is bounded by its own
+    /// `replay.timeout`, not by the one that happened to start the filler.
+    deadline: Instant,
 }
 
 impl Segment {
@@ -119,6 +123,7 @@ impl Segment {
             filling: false,
             failed: None,
             last_used: Instant::now(),
+            deadline: Instant::now(),
         }
     }
 }
@@ -516,6 +521,7 @@ impl Job {
                 }
                 let segment = state.segments.get_mut(&key).expect("present");
                 segment.want = segment.want.max(to);
+                segment.deadline = segment.deadline.max(self.deadline);
                 if !segment.filling {
                     if let Some(message) = segment.failed.take()
                         && adjacent
@@ -531,7 +537,6 @@ impl Job {
                         metrics: self.metrics.clone(),
                         key: key.clone(),
                         from: segment.end,
-                        deadline: self.deadline,
                     };
                     std::thread::Builder::new()
                         .name("herald-replay-fill".into())
@@ -646,7 +651,6 @@ struct Filler {
     metrics: Arc<Metrics>,
     key: PartitionKey,
     from: i64,
-    deadline: Instant,
 }
 
 impl Filler {
@@ -671,7 +675,7 @@ impl Filler {
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let mut chunk: Vec<Arc<Record>> = Vec::with_capacity(BATCH);
         loop {
-            if Instant::now() > self.deadline {
+            if self.past_deadline() {
                 return Err("replay from Kafka took longer than replay.timeout".into());
             }
             chunk.clear();
@@ -695,6 +699,15 @@ impl Filler {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether every replay following this filler is past its deadline.
+    fn past_deadline(&self) -> bool {
+        let state = self.cache.state.lock();
+        state
+            .segments
+            .get(&self.key)
+            .is_none_or(|segment| Instant::now() > segment.deadline)
     }
 
     /// Adds a chunk to the segment; whether the filler is done.
