@@ -825,6 +825,13 @@ impl Config {
                 reason: reason.to_owned(),
             }
         }
+        if let Some(value) = self.kafka.options.get("auto.offset.reset") {
+            return Err(invalid(
+                "kafka.options.\"auto.offset.reset\"",
+                value,
+                "Herald sets it itself (\"error\": records deleted before Herald reads them become a gap for subscribers, never a silent jump); remove this option",
+            ));
+        }
         for origin in &self.http.allowed_origins {
             if origin != "*" && !is_origin(origin) {
                 return Err(invalid(
@@ -1304,6 +1311,16 @@ mod tests {
         );
         let err = Config::parse(&text, "test").unwrap_err().to_string();
         assert!(err.contains("kafka.options.\"acks\""), "{err}");
+    }
+
+    #[test]
+    fn auto_offset_reset_is_herald_s_own() {
+        let text = format!("{MINIMAL}\n[kafka.options]\n\"auto.offset.reset\" = \"latest\"\n");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.options.\"auto.offset.reset\"") && err.contains("silent jump"),
+            "{err}"
+        );
     }
 
     #[test]

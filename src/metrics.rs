@@ -56,6 +56,9 @@ pub struct Metrics {
     pub connections: IntGaugeVec,
     /// Records read from Kafka, by topic and partition.
     pub consumed: IntCounterVec,
+    /// Times the ingest found its position deleted by Kafka before it was
+    /// read and went on at the partition's start, by topic and partition.
+    pub ingest_resets: IntCounterVec,
     /// Messages written to clients, by transport.
     pub delivered: IntCounterVec,
     /// `delivered`'s series, one per entry of [`TRANSPORTS`], resolved
@@ -135,6 +138,11 @@ impl Metrics {
             consumed: counter_vec(
                 "herald_messages_consumed_total",
                 "Records read from Kafka.",
+                &["topic", "partition"],
+            ),
+            ingest_resets: counter_vec(
+                "herald_ingest_resets_total",
+                "Times Kafka deleted records before Herald read them (subscribers were sent a gap).",
                 &["topic", "partition"],
             ),
             delivered: counter_vec(

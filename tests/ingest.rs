@@ -83,3 +83,76 @@ async fn topics_created_later_flow_to_channels_subscribed_before() {
     assert_eq!(got, [1, 2]);
     herald.stop().await;
 }
+
+/// Edge 1 of issue 13: Kafka deletes records the ingest has not read yet (as
+/// retention does while a node is behind or stopped). librdkafka's default
+/// would jump to the partition's end without a word; Herald tells the live
+/// subscriber exactly what was lost, counts it, and goes on from the low
+/// watermark.
+///
+/// The ingest is held behind deterministically: with `fetch.min.bytes` far
+/// above what the first ten records weigh and a long `fetch.wait.max.ms`,
+/// the broker parks its first fetch; the records are deleted meanwhile, and
+/// a large record produced after them releases the fetch, which then finds
+/// its offset gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_the_ingest_reads_them_are_a_gap_for_live_subscribers() {
+    let topic = unique_topic("deleted-unread");
+    create_topic(&topic, 1).await;
+    let producer = Producer::new();
+    for n in 0..10 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let mut cfg = config(&[(&topic, "c")]);
+    cfg.kafka.start = herald::config::StartAt::Earliest;
+    cfg.kafka
+        .options
+        .insert("fetch.min.bytes".into(), "50000".into());
+    cfg.kafka
+        .options
+        .insert("fetch.wait.max.ms".into(), "20000".into());
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let mut ws = Ws::connect(herald.local_addr(), "").await;
+    let subscribed_at = ws.subscribe("c", None).await;
+    assert_eq!(herald.hub().positions().get(&topic, 0), Some(0));
+
+    delete_records_below(&topic, 0, 10).await;
+    // 60 kB: enough to release the parked fetch.
+    let big = format!("{{\"n\":10,\"pad\":\"{}\"}}", "x".repeat(60_000));
+    producer
+        .send(&topic, Some(0), Some(b"k"), Some(big.as_bytes()), None)
+        .await;
+
+    let gap = ws.next_json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["channel"], "c");
+    assert_eq!(
+        gap["partitions"],
+        serde_json::json!([{"topic": topic, "partition": 0, "from": 0, "to": 10}])
+    );
+    let message = ws.next_json().await;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(
+        (message["offset"].as_i64(), message["data"]["n"].as_u64()),
+        (Some(10), Some(10))
+    );
+
+    let series = format!("herald_ingest_resets_total{{partition=\"0\",topic=\"{topic}\"}}");
+    assert_eq!(metric(herald.local_addr(), &series).await, 1.0);
+
+    // A client resuming from before the loss (the cursor it got at
+    // subscribe) is told the same, and then gets record 10.
+    let (status, body) = poll(
+        herald.local_addr(),
+        &format!("channel=c&cursor={subscribed_at}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["gap"][0]["partitions"],
+        serde_json::json!([{"topic": topic, "partition": 0, "from": 0, "to": 10}]),
+        "{body}"
+    );
+    assert_eq!(ns_json(body["messages"].as_array().unwrap()), vec![10]);
+    herald.stop().await;
+}

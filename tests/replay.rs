@@ -260,3 +260,64 @@ async fn a_cursor_beyond_the_partition_end_is_refused() {
     assert_eq!(ns(&sse.messages(1).await), vec![3]);
     herald.stop().await;
 }
+
+/// Edge 4 of issue 13: while a resuming subscriber reads back from Kafka, the
+/// live records that arrive meanwhile overflow its queue. That backlog is the
+/// server's doing: the subscriber catches up again internally and hands over
+/// to live, never cut off as slow (which would make it resume, replay and
+/// overflow again: a loop).
+///
+/// The client does not read while the live records arrive, so the replay is
+/// stuck on a full socket (16 MB of records, more than the kernel buffers)
+/// for certain while they overflow the 50-record queue; then it reads
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_records_that_overflow_the_queue_during_a_replay_do_not_cut_the_client_off() {
+    let (topic, herald) = herald_with_topic_and("catchup", 1, "r", |cfg| {
+        cfg.hub.history_messages = 5;
+        cfg.hub.subscriber_queue = 50;
+    })
+    .await;
+    let addr = herald.local_addr();
+    let (_, opening) = poll_ok(addr, "channel=r").await;
+    let producer = Producer::new();
+    let pad = "x".repeat(16_000);
+    let send = |n: u64| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        let payload = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+        async move {
+            producer
+                .send(&topic, Some(0), Some(b"k"), Some(payload.as_bytes()), None)
+                .await
+        }
+    };
+    for n in 0..1_000 {
+        send(n).await;
+    }
+    let mut ws = Ws::connect(addr, &format!("channel=r&cursor={opening}")).await;
+    for n in 1_000..1_200 {
+        send(n).await;
+    }
+    let consumed = format!("herald_messages_consumed_total{{partition=\"0\",topic=\"{topic}\"}}");
+    wait_until_metric(addr, &consumed, 1_200.0).await;
+
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let messages = ws.messages(1_200).await;
+    assert_eq!(ns_json(&messages), (0..1_200).collect::<Vec<_>>());
+    send(1_200).await;
+    let last = ws.next_json().await;
+    assert_eq!(
+        (last["type"].as_str(), last["data"]["n"].as_u64()),
+        (Some("message"), Some(1_200))
+    );
+    assert_eq!(
+        metric(
+            addr,
+            "herald_slow_client_disconnects_total{transport=\"ws\"}"
+        )
+        .await,
+        0.0
+    );
+    herald.stop().await;
+}

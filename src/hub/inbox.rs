@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
+use super::Notice;
 use super::publication::Publication;
 
 /// Why a subscription stopped receiving.
@@ -33,7 +34,17 @@ pub struct Inbox {
 
 struct State {
     queue: VecDeque<Arc<Publication>>,
+    /// Lost offsets the subscriber must hear of, in publication order with
+    /// the queue (a notice's `seq` says where). Rare, so outside `capacity`.
+    notices: Vec<Arc<Notice>>,
     closed: Option<CloseReason>,
+    /// The subscriber is reading older records back from Kafka and does
+    /// not drain the queue meanwhile: overflowing then is the server's
+    /// doing, not the subscriber's, so it does not close the inbox.
+    catching_up: bool,
+    /// The queue overflowed while catching up and was dropped: what it
+    /// held (and what came after) must be read again.
+    overflowed: bool,
 }
 
 /// The publication was not queued; the subscriber must be forgotten.
@@ -44,19 +55,50 @@ impl Inbox {
         Inbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                notices: Vec::new(),
                 closed: None,
+                catching_up: false,
+                overflowed: false,
             }),
             waker: AtomicWaker::new(),
             capacity,
         }
     }
 
+    /// An inbox for a subscriber that first reads records back from Kafka
+    /// (see [`Inbox::finish_catching_up`]).
+    pub fn catching_up(capacity: usize) -> Self {
+        let inbox = Inbox::new(capacity);
+        inbox.state.lock().catching_up = true;
+        inbox
+    }
+
+    /// The subscriber has read back what it was missing and starts to
+    /// drain the queue. Whether the queue overflowed meanwhile (then it
+    /// holds nothing, and the subscriber must pick up from its position
+    /// again rather than from the queue).
+    pub fn finish_catching_up(&self) -> bool {
+        let mut state = self.state.lock();
+        state.catching_up = false;
+        state.overflowed
+    }
+
     /// Queues a publication. On overflow the inbox closes as [`CloseReason::Slow`]:
-    /// what is queued is still delivered, then the subscriber ends.
+    /// what is queued is still delivered, then the subscriber ends. While
+    /// catching up, an overflow drops the queue instead and further
+    /// publications are not kept.
     pub fn push(&self, publication: Arc<Publication>) -> Result<(), Rejected> {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Err(Rejected);
+        }
+        if state.overflowed {
+            return Ok(());
+        }
+        if state.queue.len() >= self.capacity && state.catching_up {
+            state.overflowed = true;
+            state.queue = VecDeque::new();
+            return Ok(());
         }
         if state.queue.len() >= self.capacity {
             state.closed = Some(CloseReason::Slow);
@@ -73,6 +115,19 @@ impl Inbox {
         Ok(())
     }
 
+    /// Queues a notice of lost offsets. A closed inbox ignores it: its
+    /// subscriber resumes from a cursor, and the hub's floors make that
+    /// resume see the loss.
+    pub fn push_notice(&self, notice: Arc<Notice>) {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        state.notices.push(notice);
+        drop(state);
+        self.waker.wake();
+    }
+
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.state.lock();
         state.closed.get_or_insert(reason);
@@ -80,43 +135,47 @@ impl Inbox {
         self.waker.wake();
     }
 
-    /// Moves every queued publication into `out` once there are some, or
-    /// returns the close reason once the inbox is closed and empty.
+    /// Moves every queued publication and notice into `out` and `notices`
+    /// once there are some, or returns the close reason once the inbox is
+    /// closed and empty. Both are taken at once, so every publication
+    /// queued before a notice is in `out` when the notice is.
     pub fn poll_recv(
         &self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Arc<Publication>>,
+        notices: &mut VecDeque<Arc<Notice>>,
     ) -> Poll<Result<(), CloseReason>> {
         // Registered before looking, so a push after the look wakes us.
         self.waker.register(cx.waker());
-        let mut state = self.state.lock();
-        if !state.queue.is_empty() {
-            if out.is_empty() {
-                std::mem::swap(out, &mut state.queue);
-            } else {
-                out.extend(state.queue.drain(..));
-            }
-            return Poll::Ready(Ok(()));
-        }
-        match state.closed {
-            Some(reason) => Poll::Ready(Err(reason)),
-            None => Poll::Pending,
+        match self.try_recv(out, notices) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(reason) => Poll::Ready(Err(reason)),
         }
     }
 
-    /// Like [`Inbox::recv`] without waiting: moves what is queued into
-    /// `out` and says whether there was anything. Returns the close reason
-    /// once the inbox is closed and empty.
-    pub fn try_recv(&self, out: &mut VecDeque<Arc<Publication>>) -> Result<bool, CloseReason> {
+    /// Like [`Inbox::poll_recv`] without waiting: moves what is queued
+    /// into `out` and `notices` and says whether there was anything.
+    /// Returns the close reason once the inbox is closed and empty.
+    pub fn try_recv(
+        &self,
+        out: &mut VecDeque<Arc<Publication>>,
+        notices: &mut VecDeque<Arc<Notice>>,
+    ) -> Result<bool, CloseReason> {
         let mut state = self.state.lock();
-        if !state.queue.is_empty() {
+        if state.queue.is_empty() && state.notices.is_empty() {
+            return match state.closed {
+                Some(reason) => Err(reason),
+                None => Ok(false),
+            };
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut state.queue);
+        } else {
             out.extend(state.queue.drain(..));
-            return Ok(true);
         }
-        match state.closed {
-            Some(reason) => Err(reason),
-            None => Ok(false),
-        }
+        notices.extend(state.notices.drain(..));
+        Ok(true)
     }
 
     pub fn len(&self) -> usize {

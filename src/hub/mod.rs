@@ -82,6 +82,16 @@ pub struct PartitionRange {
     pub to: i64,
 }
 
+/// Offsets of partitions the ingest could not read because Kafka deleted
+/// them first (see [`Hub::partitions_lost`]), for every subscriber, placed in
+/// the node-wide publication order by `seq`: publications before it were
+/// read before the loss, publications after it after.
+#[derive(Debug)]
+pub struct Notice {
+    pub seq: u64,
+    pub lost: Vec<PartitionRange>,
+}
+
 /// What a replay hands to its subscription, in this order: gaps (if any),
 /// record batches, then the channel closes (or `Failed`).
 pub enum ReplayEvent {
@@ -159,7 +169,7 @@ pub enum SubscribeError {
     #[error("Herald is not ready: Kafka positions are not known yet")]
     NotReady,
     #[error(
-        "resuming from this cursor needs {records} records read back from Kafka; the limit is {max} (replay.max_records): resume from a newer cursor, or without one"
+        "resuming from this cursor means reading back {records} offsets from Kafka (every record of the partitions feeding the channel(s), whichever channel it maps to); the limit is {max} (replay.max_records): resume from a newer cursor, or without one"
     )]
     ReplayTooLarge { records: i64, max: u64 },
     #[error("{max} replays from Kafka are running (replay.max_concurrent); retry shortly")]
@@ -216,6 +226,9 @@ pub(crate) struct Inner {
     /// Per partition, its end when the ingest was assigned it (see
     /// [`Hub::partition_assigned`]).
     live_end: RwLock<Positions>,
+    /// Per partition, the offset after the newest range the ingest lost
+    /// ([`Hub::partitions_lost`]): no channel's memory covers below it.
+    lost: Mutex<Arc<Positions>>,
     ready: AtomicBool,
     /// Wakes subscriptions waiting for a starting node to become ready.
     became_ready: Notify,
@@ -290,6 +303,7 @@ impl Hub {
                 positions: RwLock::new(Arc::new(Positions::new())),
                 horizon: Mutex::new(Arc::new(Positions::new())),
                 live_end: RwLock::new(Positions::new()),
+                lost: Mutex::new(Arc::new(Positions::new())),
                 ready: AtomicBool::new(false),
                 became_ready: Notify::new(),
                 seq: AtomicU64::new(0),
@@ -329,6 +343,39 @@ impl Hub {
         Arc::make_mut(&mut horizon).set(topic, partition, start);
         drop(horizon);
         self.inner.live_end.write().set(topic, partition, live_end);
+    }
+
+    /// The ingest's position in each of `lost` (`from`) was deleted by
+    /// Kafka before it was read, and it goes on at `to`: the records in
+    /// between never reach this node. Every subscriber is told with a gap
+    /// in its stream, in order (a subscription at `from` or before hears of
+    /// it between the records before and after); memory no longer covers
+    /// anything below `to`, so a cursor below it is read back from Kafka,
+    /// whose answer is a gap too. Call before publishing anything at or
+    /// after `to`.
+    pub fn partitions_lost(&self, lost: Vec<PartitionRange>) {
+        let inner = &*self.inner;
+        // Raised before any shard is locked: a subscription registering
+        // meanwhile either reads the raised floor (its shard locks are
+        // taken first) or is registered when its shard is reached below.
+        let mut floors = inner.lost.lock();
+        let f = Arc::make_mut(&mut floors);
+        for range in &lost {
+            f.raise(&range.topic, range.partition, range.to);
+        }
+        drop(floors);
+        let notice = Arc::new(Notice {
+            seq: inner.seq.fetch_add(1, Ordering::Relaxed),
+            lost,
+        });
+        for shard in inner.shards.iter() {
+            let shard = shard.lock();
+            for channel in shard.channels.values() {
+                for inbox in &channel.subscribers {
+                    inbox.push_notice(notice.clone());
+                }
+            }
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -653,6 +700,7 @@ impl Hub {
             .map(|&i| (i, inner.shards[i].lock()))
             .collect();
         let horizon = inner.horizon.lock().clone();
+        let lost = inner.lost.lock().clone();
 
         // Check coverage. At the live end, step over evicted history; from a
         // cursor, what memory lacks is read back from Kafka (or refused).
@@ -670,7 +718,9 @@ impl Hub {
                 };
                 let topic_arc: Arc<str> = Arc::from(topic.as_str());
                 for (p, at) in offsets.into_iter().enumerate() {
-                    let floor = channel.floor(topic, p as i32, &horizon);
+                    let floor = channel
+                        .floor(topic, p as i32, &horizon)
+                        .max(lost.get(topic, p as i32).unwrap_or(0));
                     if at >= floor || at == positions::UNKNOWN {
                         continue;
                     }
@@ -700,7 +750,12 @@ impl Hub {
         }
 
         // Register and copy history under the same locks.
-        let inbox = Arc::new(Inbox::new(inner.config.subscriber_queue));
+        // While it reads back from Kafka it does not drain its inbox.
+        let inbox = Arc::new(if replay_to.is_empty() {
+            Inbox::new(inner.config.subscriber_queue)
+        } else {
+            Inbox::catching_up(inner.config.subscriber_queue)
+        });
         let mut backlog: Vec<Arc<Publication>> = Vec::new();
         for name in &names {
             let shard = guard_for(&mut guards, inner.shard_index(name));
@@ -749,6 +804,8 @@ impl Hub {
             feeds,
             replay: replay_rx,
             replayed: VecDeque::new(),
+            notices: VecDeque::new(),
+            client,
             gaps: Vec::new(),
             failure: None,
             inbox,

@@ -4,15 +4,17 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::sync::mpsc;
 
+use super::cursor::Cursor;
 use super::inbox::{CloseReason, Inbox};
 use super::positions::Positions;
 use super::publication::Publication;
-use super::{Feeds, Inner, PartitionRange, ReplayEvent};
+use super::{Feeds, Hub, Inner, Notice, PartitionRange, ReplayEvent, Start};
 
 /// A batch stops growing past this many bytes of records, so a transport
 /// that writes a batch as one chunk never hands its HTTP layer more than
@@ -73,8 +75,13 @@ pub struct Subscription {
     pub(super) backlog: VecDeque<Arc<Publication>>,
     /// How many at the front of `backlog` came from history.
     pub(super) from_history: usize,
+    /// Losses the ingest reported, each to be applied once every
+    /// publication before it (by `seq`) has been taken from `backlog`.
+    pub(super) notices: VecDeque<Arc<Notice>>,
     /// Next offset per partition: what the cursor encodes.
     pub(super) positions: Positions,
+    /// The client's address, which bounds the replays it may have running.
+    pub(super) client: IpAddr,
 }
 
 impl Subscription {
@@ -144,8 +151,9 @@ impl Subscription {
             // Read-back records first, each batch up to `max`.
             // Read back from Kafka: never live.
             let mut all_catching_up = usize::MAX;
-            Self::take(
+            Self::take_before(
                 &mut self.replayed,
+                u64::MAX,
                 &mut self.positions,
                 out,
                 start,
@@ -169,12 +177,20 @@ impl Subscription {
                     self.failure = Some(message);
                     return Poll::Ready(Err(CloseReason::ReplayFailed));
                 }
-                None => self.replay = None,
+                None => {
+                    self.replay = None;
+                    if self.inbox.finish_catching_up() {
+                        self.pick_up_again()?;
+                    }
+                }
             }
         }
         loop {
-            Self::take(
+            // Publications before the next notice, then the notice.
+            let stop = self.notices.front().map_or(u64::MAX, |n| n.seq);
+            Self::take_before(
                 &mut self.backlog,
+                stop,
                 &mut self.positions,
                 out,
                 start,
@@ -184,20 +200,92 @@ impl Subscription {
             if out.len() > start {
                 return Poll::Ready(Ok(()));
             }
+            if self.backlog.front().is_none_or(|p| p.seq > stop)
+                && let Some(notice) = self.notices.pop_front()
+            {
+                if self.note_lost(&notice) {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
             if wait_for_live {
-                ready!(self.inbox.poll_recv(cx, &mut self.backlog))?;
-            } else if !self.inbox.try_recv(&mut self.backlog)? {
+                ready!(
+                    self.inbox
+                        .poll_recv(cx, &mut self.backlog, &mut self.notices)
+                )?;
+            } else if !self.inbox.try_recv(&mut self.backlog, &mut self.notices)? {
                 return Poll::Ready(Ok(()));
             }
         }
     }
 
+    /// The live records that arrived while this subscription read back from
+    /// Kafka overflowed its inbox: it starts over from its position, as a
+    /// client resuming from its cursor would, but without a round trip and
+    /// without ever telling the client it was slow, since the backlog was
+    /// the server's doing. Each round reads back only what arrived during
+    /// the previous one, so a client that reads faster than records arrive
+    /// converges; one that does not ends when the catching up goes over the
+    /// replay limits (`replay.max_records`, `replay.timeout`).
+    fn pick_up_again(&mut self) -> Result<(), CloseReason> {
+        let hub = Hub {
+            inner: self.hub.clone(),
+        };
+        let channels: Vec<String> = self.channels.iter().map(|c| c.to_string()).collect();
+        let mut at = Cursor::new();
+        for (topic, partition, next) in self.positions.iter() {
+            at.set(topic, partition, next);
+        }
+        match hub.subscribe(&channels, Start::Cursor(at), self.client) {
+            Ok(mut fresh) => {
+                fresh.gaps = std::mem::take(&mut self.gaps);
+                // The old inbox leaves the channels as `self` is replaced.
+                *self = fresh;
+                Ok(())
+            }
+            Err(e) => {
+                self.failure = Some(format!(
+                    "catching up with the records that arrived while older ones were read back from Kafka: {e}"
+                ));
+                Err(CloseReason::ReplayFailed)
+            }
+        }
+    }
+
+    /// Applies a notice of offsets the ingest lost: where this subscription
+    /// has not passed them, its cursor steps over them and a gap says so,
+    /// from its own position (every record before the loss was delivered
+    /// already). Whether there is a gap to send. A subscriber of several
+    /// channels receives the same notice through each; the first applies.
+    fn note_lost(&mut self, notice: &Arc<Notice>) -> bool {
+        while self.notices.front().is_some_and(|n| Arc::ptr_eq(n, notice)) {
+            self.notices.pop_front();
+        }
+        let ranges: Vec<PartitionRange> = notice
+            .lost
+            .iter()
+            .filter(|r| self.feeds.iter().flatten().any(|t| **t == *r.topic))
+            .filter_map(|r| {
+                let at = self.positions.get(&r.topic, r.partition).unwrap_or(r.from);
+                (at < r.to).then(|| PartitionRange {
+                    from: at.max(r.from),
+                    ..r.clone()
+                })
+            })
+            .collect();
+        let before = self.gaps.len();
+        self.note_gaps(ranges);
+        self.gaps.len() > before
+    }
+
     /// Moves publications from `queue` into `out` (as deliveries, skipping
     /// those already delivered) until `out` holds `max` more than `start`
-    /// or [`MAX_BATCH_BYTES`] of records. The first `catching_up` of
-    /// `queue` are not live (and the count goes down as they are taken).
-    fn take(
+    /// or [`MAX_BATCH_BYTES`] of records, or the next one's `seq` is past
+    /// `stop`. The first `catching_up` of `queue` are not live (and the
+    /// count goes down as they are taken).
+    fn take_before(
         queue: &mut VecDeque<Arc<Publication>>,
+        stop: u64,
         positions: &mut Positions,
         out: &mut Vec<Delivery>,
         start: usize,
@@ -206,9 +294,10 @@ impl Subscription {
     ) {
         let mut bytes = 0;
         while out.len() - start < max && bytes < MAX_BATCH_BYTES {
-            let Some(publication) = queue.pop_front() else {
+            if queue.front().is_none_or(|p| p.seq > stop) {
                 break;
-            };
+            }
+            let publication = queue.pop_front().expect("checked");
             let live = *catching_up == 0;
             *catching_up = catching_up.saturating_sub(1);
             if let Some(cursor) = accept(positions, &publication) {

@@ -374,3 +374,90 @@ fn memory_budget_bounds_history() {
     f.hub.sweep(Instant::now());
     assert!(f.hub.inner.history_bytes.load(Ordering::Relaxed) <= 4096);
 }
+
+/// Drains as [`drain`], with each gap as `gap channel partition:from-to`
+/// where the transport would send it (before the batch it came with).
+fn drain_with_gaps(sub: &mut Subscription) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        let ready = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(20), sub.next_batch(&mut out, 100)).await
+        });
+        let Ok(Ok(())) = ready else { break };
+        for gap in sub.take_gaps() {
+            for r in &gap.partitions {
+                got.push(format!(
+                    "gap {} {}:{}-{}",
+                    gap.channel, r.partition, r.from, r.to
+                ));
+            }
+        }
+        got.extend(out.iter().map(|d| {
+            let r = &d.publication.record;
+            format!("{}:{}", r.partition, r.offset)
+        }));
+    }
+    got
+}
+
+#[test]
+fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all", "user.a"]), Start::Live, CLIENT)
+        .unwrap();
+    f.produce(0, "a");
+    f.produce(1, "b");
+    f.produce(0, "c");
+    // Partition 0 loses offsets 2..7 (Kafka deleted them unread).
+    f.hub.partitions_lost(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 2,
+        to: 7,
+    }]);
+    f.positions.set(&f.topic, 0, 7);
+    f.produce(0, "a");
+    f.produce(1, "a");
+    assert_eq!(
+        drain_with_gaps(&mut sub),
+        [
+            "0:0",
+            "1:0",
+            "0:1",
+            "gap all 0:2-7",
+            "gap user.a 0:2-7",
+            "0:7",
+            "1:1"
+        ]
+    );
+    // A cursor from before the loss is not served from memory (which
+    // lacks 2..7): without Kafka to read back from, it is refused.
+    let before = Cursor::decode(&{
+        let mut c = Cursor::new();
+        c.set("t", 0, 1);
+        c.set("t", 1, 0);
+        c.encode()
+    })
+    .unwrap();
+    assert!(matches!(
+        f.hub
+            .subscribe(&channels(&["all"]), Start::Cursor(before), CLIENT)
+            .map(|_| ()),
+        Err(SubscribeError::CursorTooOld { floor: 7, .. })
+    ));
+    // A subscriber that joins afterwards hears nothing of it.
+    let mut late = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
+    f.produce(0, "z");
+    assert_eq!(drain_with_gaps(&mut late), ["0:8"]);
+}

@@ -10,6 +10,14 @@
 //! topics (for `topic_regex` routes) and new partitions. Partitions known at
 //! start-up begin at `kafka.start`; partitions found later begin at their
 //! low watermark, so nothing produced to them is missed.
+//!
+//! **Never a silent skip.** The consumer runs with `auto.offset.reset=error`:
+//! when Kafka deletes records (retention, delete-records) before the ingest
+//! has read them, librdkafka stops the partition and says so instead of
+//! jumping to its end. The ingest then finds which partitions are below
+//! their low watermark, tells the hub what was lost (every subscriber gets a
+//! gap), counts it in `herald_ingest_resets_total` and goes on at the low
+//! watermark.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,15 +26,15 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::ErrorEvents;
 use crate::config::{KafkaConfig, StartAt};
-use crate::hub::Hub;
 use crate::hub::positions::Positions;
+use crate::hub::{Hub, PartitionRange};
 use crate::metrics::{Metrics, Watermarks};
 use crate::record::Record;
 
@@ -83,7 +91,7 @@ pub fn spawn(
         watermarks,
         errors: ErrorEvents::new(metrics.clone()),
     };
-    let cc = super::consumer_config(
+    let mut cc = super::consumer_config(
         config,
         "ingest",
         &[
@@ -98,6 +106,9 @@ pub fn spawn(
             ),
         ],
     );
+    // Last, over [kafka.options] (config validation refuses the key there):
+    // what the ingest relies on to never skip records without a word.
+    cc.set("auto.offset.reset", "error");
     let consumer: BaseConsumer<IngestContext> = cc.create_with_context(context)?;
     let mut ingest = Ingest {
         consumer,
@@ -114,6 +125,7 @@ pub fn spawn(
         consumed: HashMap::new(),
         unrouted: HashMap::new(),
         first_refresh_done: false,
+        deleted_pending: false,
         channels: Vec::new(),
     };
     std::thread::Builder::new()
@@ -143,6 +155,9 @@ struct Ingest {
     consumed: HashMap<(Arc<str>, i32), IntCounter>,
     unrouted: HashMap<Arc<str>, IntCounter>,
     first_refresh_done: bool,
+    /// librdkafka stopped a partition whose position Kafka deleted, and the
+    /// ingest has not restarted it yet.
+    deleted_pending: bool,
     /// Scratch buffer for the router.
     channels: Vec<String>,
 }
@@ -161,6 +176,9 @@ impl Ingest {
                             .report("metadata", &format!("metadata refresh failed: {e}"));
                     }
                 }
+                if self.deleted_pending {
+                    self.retry_step_over_deleted();
+                }
                 next_refresh = Instant::now() + self.refresh_every;
             }
             if self.assigned.is_empty() {
@@ -169,6 +187,7 @@ impl Ingest {
                 continue;
             }
             let mut taken = 0;
+            let mut out_of_range = false;
             while taken < MAX_BATCH {
                 let timeout = if taken == 0 {
                     POLL_TIMEOUT
@@ -184,6 +203,14 @@ impl Ingest {
                         self.handle(record);
                         taken += 1;
                     }
+                    Some(Err(e))
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                    {
+                        // Records before it in the queue were read; the
+                        // partition is stopped until assigned again.
+                        out_of_range = true;
+                        break;
+                    }
                     Some(Err(e)) => {
                         let kind = e
                             .rdkafka_error_code()
@@ -197,6 +224,10 @@ impl Ingest {
             }
             if taken > 0 {
                 self.publish_positions();
+            }
+            if out_of_range {
+                self.deleted_pending = true;
+                self.retry_step_over_deleted();
             }
         }
         tracing::info!("ingest stopped");
@@ -230,6 +261,70 @@ impl Ingest {
     fn publish_positions(&mut self) {
         self.current = Arc::new(self.positions.clone());
         self.hub.set_positions(self.current.clone());
+    }
+
+    fn retry_step_over_deleted(&mut self) {
+        match self.step_over_deleted() {
+            Ok(()) => self.deleted_pending = false,
+            // The partition stays stopped; tried again at the next
+            // metadata refresh.
+            Err(e) => self.consumer.context().report(
+                "offset_reset",
+                &format!("cannot restart a partition whose records were deleted: {e}"),
+            ),
+        }
+    }
+
+    /// After librdkafka reported a position out of range: every assigned
+    /// partition whose position is below its low watermark lost the records
+    /// in between. The hub hears of them before anything after them is
+    /// published; each partition is assigned again at its low watermark.
+    fn step_over_deleted(&mut self) -> KafkaResult<()> {
+        let mut lost = Vec::new();
+        for (topic, partition) in &self.assigned {
+            let Some(at) = self.positions.get(topic, *partition) else {
+                continue;
+            };
+            let (low, _high) =
+                self.consumer
+                    .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)?;
+            if at < low {
+                lost.push(PartitionRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: at,
+                    to: low,
+                });
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut again = TopicPartitionList::new();
+        for range in &lost {
+            again.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.to))?;
+        }
+        self.consumer.incremental_unassign(&again)?;
+        self.consumer.incremental_assign(&again)?;
+        for range in &lost {
+            tracing::warn!(
+                topic = &*range.topic,
+                partition = range.partition,
+                from = range.from,
+                to = range.to,
+                "Kafka deleted records before Herald read them (retention while Herald was \
+                 behind or stopped?): subscribers are sent a gap, reading goes on at {}",
+                range.to
+            );
+            self.metrics
+                .ingest_resets
+                .with_label_values(&[&*range.topic, &range.partition.to_string()])
+                .inc();
+            self.positions.set(&range.topic, range.partition, range.to);
+        }
+        self.hub.partitions_lost(lost);
+        self.publish_positions();
+        Ok(())
     }
 
     /// Assigns partitions not assigned yet, each at an explicit offset.
@@ -277,6 +372,10 @@ impl Ingest {
                 );
                 self.hub
                     .partition_assigned(&topic, partition, start, live_end);
+                // Every documented series is there from the first scrape.
+                self.metrics
+                    .ingest_resets
+                    .with_label_values(&[&*topic, &partition.to_string()]);
                 self.positions.set(&topic, partition, start);
                 self.assigned.insert((topic, partition));
             }

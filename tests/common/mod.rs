@@ -573,17 +573,23 @@ impl Ws {
         }
     }
 
-    /// The next JSON message (pings and pongs skipped); panics on a close.
+    /// The next JSON message (pings and pongs skipped, within one
+    /// [`TIMEOUT`] for all of them); panics on a close.
     pub async fn next_json(&mut self) -> serde_json::Value {
-        loop {
-            match self.next_frame().await {
-                Some(WsMessage::Text(t)) => {
-                    return serde_json::from_str(&t).expect("a JSON text frame");
+        let next = async {
+            loop {
+                match self.next_frame().await {
+                    Some(WsMessage::Text(t)) => {
+                        return serde_json::from_str(&t).expect("a JSON text frame");
+                    }
+                    Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                    other => panic!("expected a JSON message, got {other:?}"),
                 }
-                Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
-                other => panic!("expected a JSON message, got {other:?}"),
             }
-        }
+        };
+        tokio::time::timeout(TIMEOUT, next)
+            .await
+            .expect("timed out waiting for a JSON message (pings only)")
     }
 
     /// The next `n` messages of type `message`; panics on anything else.
