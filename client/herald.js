@@ -122,9 +122,12 @@ class Subscription {
   }
 
   // A refusal that retrying cannot fix: tell the application and end.
+  // The cursor is never dropped here: `err.cursor` (and `this.cursor`) is
+  // the position the subscription had, for the application to keep, retry
+  // later or give up explicitly (subscribing again without it).
   _fail(err) {
     if (this.closed) return;
-    call(this._onError, { ...err, fatal: true });
+    call(this._onError, { ...err, fatal: true, cursor: this.cursor });
     this.close();
   }
 

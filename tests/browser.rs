@@ -423,6 +423,36 @@ async fn herald_js_receives_exactly_over(transport: &str) {
     assert_eq!(refused[0]["fatal"], true, "{refused}");
     assert_eq!(browser.eval("herald.transport").await, transport);
 
+    // A cursor Kafka cannot serve (a partition the topic does not have) is
+    // refused for good, and herald.js hands the cursor back rather than
+    // dropping it.
+    let mut forged = herald::hub::cursor::Cursor::new();
+    forged.set(&topic, 9, 0);
+    let forged = forged.encode();
+    browser
+        .eval(&format!(
+            r#"(() => {{
+  window.badCursor = [];
+  window.badSub = herald.subscribe("key.k2", {{ cursor: {forged:?}, onError(e) {{ badCursor.push(e); }} }});
+  return true;
+}})()"#
+        ))
+        .await;
+    let bad = browser
+        .wait(
+            "the cursor's refusal",
+            "badCursor.length > 0 && badCursor",
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(bad[0]["code"], "invalid_cursor", "{bad}");
+    assert_eq!(
+        (&bad[0]["fatal"], &bad[0]["cursor"]),
+        (&json!(true), &json!(forged)),
+        "{bad}"
+    );
+    assert_eq!(browser.eval("badSub.cursor").await, json!(forged));
+
     let mut produced = Produced::default();
     across_a_restart(&mut browser, &mut node, &topic, &mut produced, [40, 20, 20]).await;
     browser

@@ -156,3 +156,66 @@ async fn records_deleted_before_the_ingest_reads_them_are_a_gap_for_live_subscri
     assert_eq!(ns_json(body["messages"].as_array().unwrap()), vec![10]);
     herald.stop().await;
 }
+
+/// Edge 3 of issue 13: a cursor made by a node that already sees a partition
+/// added a moment ago, brought to a node whose metadata refresh has not run
+/// yet (here: not for an hour). The node re-reads the metadata before it
+/// judges the cursor, and serves it; only a partition Kafka itself lacks is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_naming_a_partition_added_a_moment_ago_is_served_on_a_node_not_yet_aware() {
+    let topic = unique_topic("aware");
+    create_topic(&topic, 1).await;
+    let mut cfg = config(&[(&topic, "c")]);
+    cfg.kafka.metadata_refresh = Duration::from_secs(3600);
+    let herald = start(cfg, &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    admin
+        .create_partitions(&[NewPartitions::new(&topic, 2)], &AdminOptions::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|r| r.map(|_| ()).unwrap());
+    let producer = Producer::new();
+    for n in 0..3 {
+        producer
+            .send(
+                &topic,
+                Some(1),
+                Some(b"k"),
+                Some(format!("{{\"n\":{n}}}").as_bytes()),
+                None,
+            )
+            .await;
+    }
+    // What the other node's cursor says: both partitions, record 0 of the
+    // new one delivered.
+    let mut other_node = herald::hub::cursor::Cursor::new();
+    other_node.set(&topic, 0, 0);
+    other_node.set(&topic, 1, 1);
+    assert_eq!(
+        herald.hub().positions().topic(&topic).map(<[i64]>::len),
+        Some(1)
+    );
+
+    let (messages, _) = poll_ok(addr, &format!("channel=c&cursor={}", other_node.encode())).await;
+    assert_eq!(ns_json(&messages), [1, 2]);
+
+    // A partition Kafka does not have is still refused, naming it.
+    let mut forged = herald::hub::cursor::Cursor::new();
+    forged.set(&topic, 7, 0);
+    let (status, body) = poll(addr, &format!("channel=c&cursor={}", forged.encode())).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_cursor", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("partition 7") && message.contains("2 partition(s)"),
+        "{message}"
+    );
+    herald.stop().await;
+}

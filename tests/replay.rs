@@ -321,3 +321,48 @@ async fn live_records_that_overflow_the_queue_during_a_replay_do_not_cut_the_cli
     );
     herald.stop().await;
 }
+
+/// Issue 13, edge 6's second half: a cursor that does not name a whole topic
+/// feeding the channel (a route, or a topic matching `topic_regex`, added
+/// after the cursor was made) reads that topic from its beginning, like a
+/// partition the cursor does not name — within `replay.max_records`, beyond
+/// which it is refused with the documented error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_the_cursor_does_not_name_is_read_from_its_beginning_within_the_bounds() {
+    let old = unique_topic("named");
+    let new = unique_topic("unnamed");
+    create_topic(&old, 1).await;
+    create_topic(&new, 1).await;
+    let mut cfg = config(&[(&old, "c"), (&new, "c")]);
+    cfg.hub.history_messages = 1;
+    cfg.replay.max_records = 5;
+    let herald = start(cfg, &[(&old, 1), (&new, 1)]).await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+    for n in 0..3 {
+        producer.send_n(&new, "k", n).await;
+    }
+    producer.send_n(&old, "k", 100).await;
+    let consumed = format!("herald_messages_consumed_total{{partition=\"0\",topic=\"{old}\"}}");
+    wait_until_metric(addr, &consumed, 1.0).await;
+    // Made before `new` fed the channel: it names `old` only.
+    let mut before = herald::hub::cursor::Cursor::new();
+    before.set(&old, 0, 1);
+    let (messages, cursor) = poll_ok(addr, &format!("channel=c&cursor={}", before.encode())).await;
+    assert_eq!(ns_json(&messages), [0, 1, 2]);
+    let cursor = herald::hub::cursor::Cursor::decode(&cursor).unwrap();
+    assert_eq!(
+        (cursor.get(&old, 0), cursor.get(&new, 0)),
+        (Some(1), Some(3))
+    );
+
+    for n in 3..10 {
+        producer.send_n(&new, "k", n).await;
+    }
+    let consumed = format!("herald_messages_consumed_total{{partition=\"0\",topic=\"{new}\"}}");
+    wait_until_metric(addr, &consumed, 10.0).await;
+    let (status, body) = poll(addr, &format!("channel=c&cursor={}", before.encode())).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "replay_too_large", "{body}");
+    herald.stop().await;
+}

@@ -58,6 +58,10 @@ pub(crate) type Feeds = Vec<Vec<String>>;
 /// before it is refused with `not_ready`.
 pub const READY_WAIT: Duration = Duration::from_secs(10);
 
+/// Longest a subscription whose cursor names a partition this node does not
+/// know waits for the ingest to re-read the metadata.
+pub const METADATA_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the sweeper drops aged history and empty channels.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -230,6 +234,13 @@ pub(crate) struct Inner {
     /// ([`Hub::partitions_lost`]): no channel's memory covers below it.
     lost: Mutex<Arc<Positions>>,
     ready: AtomicBool,
+    /// A subscription asks the ingest to re-read the metadata now.
+    refresh_wanted: AtomicBool,
+    /// Metadata refreshes the ingest has started and finished, and the
+    /// wake-up of each finish.
+    refreshes_started: AtomicU64,
+    refreshes_finished: AtomicU64,
+    refreshed: Notify,
     /// Wakes subscriptions waiting for a starting node to become ready.
     became_ready: Notify,
     seq: AtomicU64,
@@ -305,6 +316,10 @@ impl Hub {
                 live_end: RwLock::new(Positions::new()),
                 lost: Mutex::new(Arc::new(Positions::new())),
                 ready: AtomicBool::new(false),
+                refresh_wanted: AtomicBool::new(false),
+                refreshes_started: AtomicU64::new(0),
+                refreshes_finished: AtomicU64::new(0),
+                refreshed: Notify::new(),
                 became_ready: Notify::new(),
                 seq: AtomicU64::new(0),
                 history_bytes: AtomicUsize::new(0),
@@ -374,6 +389,57 @@ impl Hub {
                 for inbox in &channel.subscribers {
                     inbox.push_notice(notice.clone());
                 }
+            }
+        }
+    }
+
+    /// Whether a subscription asked for a metadata refresh since the last
+    /// call (the ingest's question; it decides how soon to answer).
+    pub fn take_refresh_request(&self) -> bool {
+        self.inner.refresh_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// The ingest starts to re-read the metadata.
+    pub fn metadata_refresh_starts(&self) {
+        self.inner.refreshes_started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The ingest has re-read the metadata (successfully or not) and
+    /// published what it found.
+    pub fn metadata_refreshed(&self) {
+        self.inner.refreshes_finished.fetch_add(1, Ordering::AcqRel);
+        self.inner.refreshed.notify_waiters();
+    }
+
+    /// A cursor names partitions (or topics) this node does not know yet:
+    /// another node may already see them, added a moment ago. Asks the
+    /// ingest for a refresh — one for every subscription asking meanwhile
+    /// — and waits for it to finish, at most [`METADATA_WAIT`]; the
+    /// subscription is then checked against what Kafka said.
+    async fn learn_cursor_partitions(&self, cursor: &Cursor) {
+        let positions = self.positions();
+        let unknown = cursor.iter().any(|(topic, partition, _)| {
+            self.router().consumes(topic)
+                && positions
+                    .topic(topic)
+                    .is_none_or(|p| usize::try_from(partition).is_ok_and(|p2| p2 >= p.len()))
+        });
+        if !unknown {
+            return;
+        }
+        let inner = &*self.inner;
+        let deadline = tokio::time::Instant::now() + METADATA_WAIT;
+        // A refresh under way may have missed the partition: wait for the
+        // end of one that starts after the request.
+        let wanted = inner.refreshes_started.load(Ordering::Acquire) + 1;
+        inner.refresh_wanted.store(true, Ordering::Release);
+        loop {
+            let refreshed = inner.refreshed.notified();
+            if inner.refreshes_finished.load(Ordering::Acquire) >= wanted {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, refreshed).await.is_err() {
+                return;
             }
         }
     }
@@ -480,6 +546,7 @@ impl Hub {
         let ts = match start {
             Start::Since(ts) => ts,
             Start::Cursor(cursor) => {
+                self.learn_cursor_partitions(&cursor).await;
                 self.check_not_ahead(&cursor, client).await?;
                 return self.subscribe(channels, Start::Cursor(cursor), client);
             }

@@ -44,6 +44,10 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Records taken per batch before the hub's positions are updated. Larger
 /// batches cost less, smaller ones keep live-start cursors fresher.
 const MAX_BATCH: usize = 1024;
+/// Shortest time between two metadata refreshes asked for by subscriptions
+/// (see `Hub::take_refresh_request`): what a flood of cursors naming
+/// partitions that do not exist can cost the brokers.
+const MIN_ASKED_REFRESH: Duration = Duration::from_secs(1);
 /// Timeout of metadata and watermark requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// librdkafka callbacks: statistics (watermarks) and client errors.
@@ -165,9 +169,18 @@ struct Ingest {
 impl Ingest {
     fn run(&mut self, shutdown: CancellationToken) {
         let mut next_refresh = Instant::now();
+        let mut last_refresh = Instant::now();
         while !shutdown.is_cancelled() {
-            if Instant::now() >= next_refresh {
-                match self.refresh_assignment() {
+            let now = Instant::now();
+            // A subscription's cursor names a partition not known here:
+            // re-read now, at most every MIN_ASKED_REFRESH however many ask.
+            let asked = now >= last_refresh + MIN_ASKED_REFRESH && self.hub.take_refresh_request();
+            if now >= next_refresh || asked {
+                last_refresh = now;
+                self.hub.metadata_refresh_starts();
+                let result = self.refresh_assignment();
+                self.hub.metadata_refreshed();
+                match result {
                     Ok(()) => self.hub.set_ready(true),
                     Err(e) => {
                         self.hub.set_ready(false);
