@@ -114,6 +114,9 @@ class Subscription {
   _gap(gap) {
     if (this.closed) return;
     if (gap.cursor) this.cursor = gap.cursor;
+    // A reset partition's offsets started over (its topic was deleted and
+    // created again): the new, lower offsets are not repeats.
+    for (const p of gap.partitions || []) if (p.reset) this._last.delete(`${p.topic}/${p.partition}`);
     call(this._onGap, gap);
   }
 

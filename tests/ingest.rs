@@ -219,3 +219,89 @@ async fn a_cursor_naming_a_partition_added_a_moment_ago_is_served_on_a_node_not_
     );
     herald.stop().await;
 }
+
+/// Edge 2 of issue 13: a topic deleted and created again under the same name
+/// while Herald reads it. Its offsets start over below Herald's position;
+/// the old position applied to the new topic would take the new records for
+/// ones already delivered. The live subscriber is told with a gap marked
+/// `reset` (from its old position to where the new offsets are read from)
+/// and gets the new topic's records; a cursor from the old topic beyond the
+/// new one's end is refused as `cursor_ahead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_and_created_again_is_a_reset_then_its_new_records() {
+    let topic = unique_topic("recreated");
+    create_topic(&topic, 1).await;
+    let herald = start(config(&[(&topic, "c")]), &[(&topic, 1)]).await;
+    let addr = herald.local_addr();
+    let mut ws = Ws::connect(addr, "").await;
+    ws.subscribe("c", None).await;
+    let producer = Producer::new();
+    for n in 0..5 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    assert_eq!(ns_json(&ws.messages(5).await), [0, 1, 2, 3, 4]);
+    let old_cursor = {
+        let mut c = herald::hub::cursor::Cursor::new();
+        c.set(&topic, 0, 5);
+        c.encode()
+    };
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    for r in admin.delete_topics(&[&topic], &options).await.unwrap() {
+        r.unwrap();
+    }
+    // Kafka finishes a deletion in the background: create until it takes.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let new =
+            rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1));
+        match admin
+            .create_topics(&[new], &options)
+            .await
+            .unwrap()
+            .remove(0)
+        {
+            Ok(_) => break,
+            Err((_, e)) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "creating {topic} again: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for n in 100..102 {
+        producer.send_n(&topic, "k", n).await;
+    }
+
+    let gap = ws.next_json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(
+        gap["partitions"],
+        serde_json::json!([{"topic": topic, "partition": 0, "from": 5, "to": 0, "reset": true}])
+    );
+    let after = ws.messages(2).await;
+    assert_eq!(ns_json(&after), [100, 101]);
+    assert_eq!(
+        after
+            .iter()
+            .map(|m| m["offset"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    let series = format!("herald_ingest_resets_total{{partition=\"0\",topic=\"{topic}\"}}");
+    assert_eq!(metric(addr, &series).await, 1.0);
+
+    let (status, body) = poll(addr, &format!("channel=c&cursor={old_cursor}")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("cursor_ahead")),
+        "{body}"
+    );
+    herald.stop().await;
+}

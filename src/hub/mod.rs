@@ -90,10 +90,15 @@ pub struct PartitionRange {
 /// them first (see [`Hub::partitions_lost`]), for every subscriber, placed in
 /// the node-wide publication order by `seq`: publications before it were
 /// read before the loss, publications after it after.
+///
+/// With `reset`, the partitions' offsets started over below the ingest's
+/// position (`from`, in the old offsets) and it goes on at `to` in the new
+/// ones: see [`Hub::partitions_reset`].
 #[derive(Debug)]
 pub struct Notice {
     pub seq: u64,
     pub lost: Vec<PartitionRange>,
+    pub reset: bool,
 }
 
 /// What a replay hands to its subscription, in this order: gaps (if any),
@@ -382,10 +387,81 @@ impl Hub {
         let notice = Arc::new(Notice {
             seq: inner.seq.fetch_add(1, Ordering::Relaxed),
             lost,
+            reset: false,
         });
         for shard in inner.shards.iter() {
             let shard = shard.lock();
             for channel in shard.channels.values() {
+                for inbox in &channel.subscribers {
+                    inbox.push_notice(notice.clone());
+                }
+            }
+        }
+    }
+
+    /// Each of `reset` ends below the ingest's position (`from`): its
+    /// offsets started over — the topic was deleted and created again, or
+    /// its log was truncated — and the ingest goes on at `to`, in the new
+    /// offsets. What memory holds of those partitions belongs to the old
+    /// offsets and is dropped; every subscriber is told with a gap marked
+    /// `reset`, in order, and its position moves back to `to`, so the new
+    /// records are delivered rather than taken for ones it already had.
+    /// Call before publishing anything of the new offsets.
+    pub fn partitions_reset(&self, reset: Vec<PartitionRange>) {
+        let inner = &*self.inner;
+        let is_reset = |topic: &str, partition: i32| {
+            reset
+                .iter()
+                .any(|r| *r.topic == *topic && r.partition == partition)
+        };
+        let mut floors = inner.lost.lock();
+        let f = Arc::make_mut(&mut floors);
+        for range in &reset {
+            f.set(&range.topic, range.partition, range.to);
+        }
+        drop(floors);
+        let mut horizon = inner.horizon.lock();
+        let h = Arc::make_mut(&mut horizon);
+        for range in &reset {
+            h.set(&range.topic, range.partition, range.to);
+        }
+        drop(horizon);
+        let mut live_end = inner.live_end.write();
+        for range in &reset {
+            live_end.set(&range.topic, range.partition, range.to);
+        }
+        drop(live_end);
+        let notice = Arc::new(Notice {
+            seq: inner.seq.fetch_add(1, Ordering::Relaxed),
+            lost: reset.clone(),
+            reset: true,
+        });
+        for shard in inner.shards.iter() {
+            let mut shard = shard.lock();
+            for channel in shard.channels.values_mut() {
+                let before = channel.history_bytes;
+                channel.history.retain(|p| {
+                    let drop = is_reset(&p.record.topic, p.record.partition);
+                    if drop {
+                        channel.history_bytes -= p.size();
+                    }
+                    !drop
+                });
+                inner
+                    .history_bytes
+                    .fetch_sub(before - channel.history_bytes, Ordering::Relaxed);
+                for range in &reset {
+                    if channel.base.get(&range.topic, range.partition).is_some() {
+                        Arc::make_mut(&mut channel.base).set(
+                            &range.topic,
+                            range.partition,
+                            range.to,
+                        );
+                    }
+                    if channel.evicted.get(&range.topic, range.partition).is_some() {
+                        channel.evicted.set(&range.topic, range.partition, range.to);
+                    }
+                }
                 for inbox in &channel.subscribers {
                     inbox.push_notice(notice.clone());
                 }

@@ -39,16 +39,26 @@ pub struct Delivery {
 pub struct Gap {
     pub channel: Arc<str>,
     pub partitions: Vec<PartitionRange>,
+    /// The partitions' offsets started over (a topic deleted and created
+    /// again): `from` is in the old offsets, `to` in the new ones.
+    pub reset: bool,
 }
 
 impl Gap {
-    /// The gap object: `{"channel","partitions":[{"topic","partition","from","to"}]}`.
+    /// The gap object: `{"channel","partitions":[{"topic","partition","from","to"}]}`,
+    /// each partition with `"reset": true` when its offsets started over.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "channel": &*self.channel,
-            "partitions": self.partitions.iter().map(|g| serde_json::json!({
-                "topic": &*g.topic, "partition": g.partition, "from": g.from, "to": g.to,
-            })).collect::<Vec<_>>(),
+            "partitions": self.partitions.iter().map(|g| {
+                let mut entry = serde_json::json!({
+                    "topic": &*g.topic, "partition": g.partition, "from": g.from, "to": g.to,
+                });
+                if self.reset {
+                    entry["reset"] = true.into();
+                }
+                entry
+            }).collect::<Vec<_>>(),
         })
     }
 }
@@ -267,15 +277,31 @@ impl Subscription {
             .filter(|r| self.feeds.iter().flatten().any(|t| **t == *r.topic))
             .filter_map(|r| {
                 let at = self.positions.get(&r.topic, r.partition).unwrap_or(r.from);
+                if notice.reset {
+                    // Back to where the new offsets are read from.
+                    return Some(PartitionRange {
+                        from: at,
+                        ..r.clone()
+                    });
+                }
                 (at < r.to).then(|| PartitionRange {
                     from: at.max(r.from),
                     ..r.clone()
                 })
             })
             .collect();
-        let before = self.gaps.len();
-        self.note_gaps(ranges);
-        self.gaps.len() > before
+        if ranges.is_empty() {
+            return false;
+        }
+        if notice.reset {
+            for r in &ranges {
+                self.positions.set(&r.topic, r.partition, r.to);
+            }
+            self.push_gaps(&ranges, true);
+        } else {
+            self.note_gaps(ranges);
+        }
+        true
     }
 
     /// Moves publications from `queue` into `out` (as deliveries, skipping
@@ -316,6 +342,11 @@ impl Subscription {
             // Those offsets are gone: the cursor moves past them.
             self.positions.raise(&r.topic, r.partition, r.to);
         }
+        self.push_gaps(&ranges, false);
+    }
+
+    /// One gap per channel fed by some of `ranges`.
+    fn push_gaps(&mut self, ranges: &[PartitionRange], reset: bool) {
         for (channel, topics) in self.channels.iter().zip(&self.feeds) {
             let partitions: Vec<PartitionRange> = ranges
                 .iter()
@@ -326,6 +357,7 @@ impl Subscription {
                 self.gaps.push(Gap {
                     channel: channel.clone(),
                     partitions,
+                    reset,
                 });
             }
         }

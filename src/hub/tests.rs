@@ -461,3 +461,42 @@ fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
     f.produce(0, "z");
     assert_eq!(drain_with_gaps(&mut late), ["0:8"]);
 }
+
+#[test]
+fn offsets_that_start_over_are_a_reset_and_the_new_records_are_delivered() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
+    for _ in 0..3 {
+        f.produce(0, "a");
+    }
+    f.produce(1, "b");
+    // Partition 0 was deleted and created again: its offsets start at 0.
+    f.hub.partitions_reset(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 3,
+        to: 0,
+    }]);
+    f.positions.set(&f.topic, 0, 0);
+    f.produce(0, "a");
+    f.produce(0, "a");
+    let got = drain_with_gaps(&mut sub);
+    assert_eq!(
+        got,
+        ["0:0", "0:1", "0:2", "1:0", "gap all 0:3-0", "0:0", "0:1"]
+    );
+    assert_eq!(sub.take_gaps(), []);
+    // Memory kept nothing of the old offsets: a cursor at the new start
+    // gets the new records only.
+    let mut at_start = Cursor::new();
+    at_start.set("t", 0, 0);
+    at_start.set("t", 1, 1);
+    let mut again = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(at_start), CLIENT)
+        .unwrap();
+    assert_eq!(drain(&mut again).0, ["0:0", "0:1"]);
+}

@@ -217,7 +217,12 @@ impl Ingest {
                         taken += 1;
                     }
                     Some(Err(e))
-                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::LogTruncation
+                            )
+                        ) =>
                     {
                         // Records before it in the queue were read; the
                         // partition is stopped until assigned again.
@@ -288,33 +293,40 @@ impl Ingest {
         }
     }
 
-    /// After librdkafka reported a position out of range: every assigned
-    /// partition whose position is below its low watermark lost the records
-    /// in between. The hub hears of them before anything after them is
-    /// published; each partition is assigned again at its low watermark.
+    /// After librdkafka reported a position out of range (or a truncated
+    /// log): every assigned partition whose position is below its low
+    /// watermark lost the records in between; one whose position is beyond
+    /// its end had its offsets start over below it — the topic was deleted
+    /// and created again, or its log truncated. The hub hears of both
+    /// before anything after them is published; each partition is assigned
+    /// again at its low watermark.
     fn step_over_deleted(&mut self) -> KafkaResult<()> {
         let mut lost = Vec::new();
+        let mut reset = Vec::new();
         for (topic, partition) in &self.assigned {
             let Some(at) = self.positions.get(topic, *partition) else {
                 continue;
             };
-            let (low, _high) =
-                self.consumer
-                    .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)?;
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)?;
+            let range = PartitionRange {
+                topic: topic.clone(),
+                partition: *partition,
+                from: at,
+                to: low,
+            };
             if at < low {
-                lost.push(PartitionRange {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    from: at,
-                    to: low,
-                });
+                lost.push(range);
+            } else if at > high {
+                reset.push(range);
             }
         }
-        if lost.is_empty() {
+        if lost.is_empty() && reset.is_empty() {
             return Ok(());
         }
         let mut again = TopicPartitionList::new();
-        for range in &lost {
+        for range in lost.iter().chain(&reset) {
             again.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.to))?;
         }
         self.consumer.incremental_unassign(&again)?;
@@ -329,13 +341,32 @@ impl Ingest {
                  behind or stopped?): subscribers are sent a gap, reading goes on at {}",
                 range.to
             );
+        }
+        for range in &reset {
+            tracing::warn!(
+                topic = &*range.topic,
+                partition = range.partition,
+                from = range.from,
+                to = range.to,
+                "the partition ends below Herald's position: the topic was deleted and created \
+                 again (or its log truncated); subscribers are sent a reset, reading starts \
+                 over at {}",
+                range.to
+            );
+        }
+        for range in lost.iter().chain(&reset) {
             self.metrics
                 .ingest_resets
                 .with_label_values(&[&*range.topic, &range.partition.to_string()])
                 .inc();
             self.positions.set(&range.topic, range.partition, range.to);
         }
-        self.hub.partitions_lost(lost);
+        if !lost.is_empty() {
+            self.hub.partitions_lost(lost);
+        }
+        if !reset.is_empty() {
+            self.hub.partitions_reset(reset);
+        }
         self.publish_positions();
         Ok(())
     }
