@@ -238,6 +238,13 @@ impl Subscription {
     /// converges; one that does not ends when the catching up goes over the
     /// replay limits (`replay.max_records`, `replay.timeout`).
     fn pick_up_again(&mut self) -> Result<(), CloseReason> {
+        // Notices still count: a reset moves the position back, which the
+        // floors alone would not do. (The dropped queue is read again.)
+        let mut dropped = VecDeque::new();
+        let _ = self.inbox.try_recv(&mut dropped, &mut self.notices);
+        while let Some(notice) = self.notices.pop_front() {
+            self.note_lost(&notice);
+        }
         let hub = Hub {
             inner: self.hub.clone(),
         };

@@ -303,13 +303,23 @@ impl Ingest {
     fn step_over_deleted(&mut self) -> KafkaResult<()> {
         let mut lost = Vec::new();
         let mut reset = Vec::new();
+        let mut unanswered = None;
         for (topic, partition) in &self.assigned {
             let Some(at) = self.positions.get(topic, *partition) else {
                 continue;
             };
-            let (low, high) = self
+            // One partition that cannot answer (gone with a topic created
+            // again with fewer partitions) does not hold up the others.
+            let (low, high) = match self
                 .consumer
-                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)?;
+                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
+            {
+                Ok(watermarks) => watermarks,
+                Err(e) => {
+                    unanswered = Some(e);
+                    continue;
+                }
+            };
             let range = PartitionRange {
                 topic: topic.clone(),
                 partition: *partition,
@@ -322,8 +332,9 @@ impl Ingest {
                 reset.push(range);
             }
         }
+        let done = unanswered.map_or(Ok(()), Err);
         if lost.is_empty() && reset.is_empty() {
-            return Ok(());
+            return done;
         }
         let mut again = TopicPartitionList::new();
         for range in lost.iter().chain(&reset) {
@@ -368,7 +379,7 @@ impl Ingest {
             self.hub.partitions_reset(reset);
         }
         self.publish_positions();
-        Ok(())
+        done
     }
 
     /// Assigns partitions not assigned yet, each at an explicit offset.
