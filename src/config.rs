@@ -112,6 +112,41 @@ pub struct KafkaConfig {
     pub options: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// librdkafka's own checks of `brokers`, `client_id` and every
+    /// `[kafka.options]` entry (unknown property, invalid value), made by
+    /// building a client configuration without creating a client, so
+    /// `herald check` refuses what `serve` would and no connection is made.
+    fn check_client_options(&self) -> Result<(), ConfigError> {
+        let mut cc = rdkafka::ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        for (k, v) in &self.options {
+            cc.set(k, v);
+        }
+        match cc.create_native_config() {
+            Ok(_) => Ok(()),
+            Err(rdkafka::error::KafkaError::ClientConfig(_, reason, key, value)) => {
+                let key = match key.as_str() {
+                    "bootstrap.servers" => "kafka.brokers".to_owned(),
+                    "client.id" => "kafka.client_id".to_owned(),
+                    other => format!("kafka.options.\"{other}\""),
+                };
+                Err(ConfigError::Invalid {
+                    key,
+                    value: format!("{value:?}"),
+                    reason: format!("librdkafka: {reason}"),
+                })
+            }
+            Err(e) => Err(ConfigError::Invalid {
+                key: "kafka.options".to_owned(),
+                value: String::new(),
+                reason: format!("librdkafka: {e}"),
+            }),
+        }
+    }
+}
+
 /// `[push]`: Web Push.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -825,6 +860,7 @@ impl Config {
                 reason: reason.to_owned(),
             }
         }
+        self.kafka.check_client_options()?;
         if let Some(value) = self.kafka.options.get("auto.offset.reset") {
             return Err(invalid(
                 "kafka.options.\"auto.offset.reset\"",

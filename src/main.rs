@@ -31,6 +31,7 @@ struct Cli {
 enum Command {
     /// Run Herald against a Kafka cluster.
     Serve {
+        /// The TOML config file (`config/herald.example.toml` lists every key).
         #[arg(long, short)]
         config: PathBuf,
         /// Overrides `http.listen`.
@@ -42,6 +43,7 @@ enum Command {
     },
     /// Validate a config file and exit (64 when invalid).
     Check {
+        /// The TOML config file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -72,11 +74,16 @@ enum PushCommand {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr (stdout is for what a command prints: `check`'s
+    // verdict, `push keygen`'s key), coloured only for a person at a
+    // terminal, never into a file or a log collector.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -112,6 +119,12 @@ fn main() -> ExitCode {
                 eprintln!("herald: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                listen = %config.http.listen,
+                brokers = %config.kafka.brokers,
+                "herald starting"
+            );
             runtime(|shutdown| async move {
                 herald::run(config, shutdown)
                     .await

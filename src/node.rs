@@ -25,7 +25,7 @@ use crate::router::Router;
 /// Why Herald could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", listen_hint(source))]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -56,6 +56,16 @@ pub struct Herald {
     ingest: std::thread::JoinHandle<()>,
     /// The Web Push sender, when `[push]` is configured.
     push_sender: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What to do about the commonest reason a listener cannot bind.
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process, perhaps another Herald, holds it: stop it, or choose another address with --listen or http.listen)"
+        }
+        _ => "",
+    }
 }
 
 impl Herald {

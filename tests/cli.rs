@@ -60,6 +60,20 @@ fn invalid_configs_exit_64_naming_the_key_and_value() {
             ),
             "publish.api_keys_file",
         ),
+        // librdkafka's own checks, made without connecting: an unknown
+        // property and a bad value, each named.
+        (
+            format!("{GOOD}[kafka.options]\n\"no.such.property\" = \"1\"\n"),
+            "kafka.options.\"no.such.property\"",
+        ),
+        (
+            format!("{GOOD}[kafka.options]\n\"fetch.wait.max.ms\" = \"soon\"\n"),
+            "kafka.options.\"fetch.wait.max.ms\"",
+        ),
+        (
+            format!("{GOOD}[kafka.options]\n\"security.protocol\" = \"carrier-pigeon\"\n"),
+            "kafka.options.\"security.protocol\"",
+        ),
     ];
     for (text, key) in cases {
         let f = config_file(&text);
@@ -105,4 +119,36 @@ mod tempfile_lite {
             let _ = std::fs::remove_file(&self.0);
         }
     }
+}
+
+/// Logs go to stderr, without colour codes when it is not a terminal, and
+/// an address in use says how to choose another.
+#[test]
+fn serve_logs_to_stderr_and_names_the_way_out_of_a_busy_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let f = config_file(GOOD);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config", f.path(), "--listen", &addr])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run herald");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("INFO") || stderr.contains("WARN"),
+        "the logs are on stderr: {stderr}"
+    );
+    assert_eq!(stdout, "", "nothing on stdout");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes into a pipe: {stderr:?}"
+    );
 }

@@ -310,16 +310,17 @@ impl Ingest {
             };
             // One partition that cannot answer (gone with a topic created
             // again with fewer partitions) does not hold up the others.
-            let (low, high) = match self
-                .consumer
-                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
-            {
-                Ok(watermarks) => watermarks,
-                Err(e) => {
-                    unanswered = Some(e);
-                    continue;
-                }
-            };
+            let (low, high) =
+                match self
+                    .consumer
+                    .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
+                {
+                    Ok(watermarks) => watermarks,
+                    Err(e) => {
+                        unanswered = Some(e);
+                        continue;
+                    }
+                };
             let range = PartitionRange {
                 topic: topic.clone(),
                 partition: *partition,

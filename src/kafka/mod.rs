@@ -65,6 +65,24 @@ impl ErrorEvents {
     }
 }
 
+/// The context of Herald's helper consumers (replay, the Web Push
+/// registry), which ask for the end of each partition: that end is not an
+/// error, though librdkafka also reports it to the client's error callback,
+/// whose default would log it at ERROR level. Any other client error is
+/// logged at WARN (it also reaches the consumer's poll, where its owner
+/// handles it).
+pub struct EndIsNotAnError;
+
+impl rdkafka::ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!("kafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
+
 /// Copies a borrowed message into an owned [`Record`], once, at the
 /// boundary: nothing borrowed from librdkafka outlives the poll that
 /// returned it. `topic` is the interned name; headers are copied only when

@@ -38,6 +38,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::EndIsNotAnError;
 use crate::config::{KafkaConfig, ReplayConfig};
 use crate::hub::positions::Positions;
 use crate::hub::publication::Publication;
@@ -279,8 +280,8 @@ fn high_watermarks(
     config: &ClientConfig,
     partitions: &[(Arc<str>, i32)],
 ) -> Result<Vec<i64>, SubscribeError> {
-    let consumer: BaseConsumer = config
-        .create()
+    let consumer: BaseConsumer<EndIsNotAnError> = config
+        .create_with_context(EndIsNotAnError)
         .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
     partitions
         .iter()
@@ -300,8 +301,8 @@ fn offsets_for_time(
     partitions: &[(Arc<str>, i32)],
     ts: i64,
 ) -> Result<Vec<i64>, SubscribeError> {
-    let consumer: BaseConsumer = config
-        .create()
+    let consumer: BaseConsumer<EndIsNotAnError> = config
+        .create_with_context(EndIsNotAnError)
         .map_err(|e| SubscribeError::Kafka(e.to_string()))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, p) in partitions {
@@ -338,7 +339,7 @@ const SINCE_SCAN_LIMIT: i64 = 100_000;
 /// the first such record, up to [`SINCE_SCAN_LIMIT`] records; beyond that
 /// the look-up is refused rather than silently started at the live end.
 fn end_unless_contradicted(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<EndIsNotAnError>,
     topic: &str,
     p: i32,
     ts: i64,
@@ -362,7 +363,7 @@ fn end_unless_contradicted(
 /// The offset of the first record in `[from, to)` of `topic/p` whose
 /// timestamp is at or after `ts`, reading them.
 fn first_at_or_after(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<EndIsNotAnError>,
     topic: &str,
     p: i32,
     from: i64,
@@ -460,7 +461,10 @@ impl Job {
         {
             return Ok(*low);
         }
-        let consumer: BaseConsumer = self.kafka.create().map_err(|e| failed(e.to_string()))?;
+        let consumer: BaseConsumer<EndIsNotAnError> = self
+            .kafka
+            .create_with_context(EndIsNotAnError)
+            .map_err(|e| failed(e.to_string()))?;
         let (low, _) = consumer
             .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
             .map_err(|e| failed(format!("watermarks of {topic}/{partition}: {e}")))?;
@@ -560,7 +564,10 @@ impl Job {
 
     /// Reads `[pos, to)` with a consumer of its own, bypassing the cache.
     fn private_read(&mut self, key: &PartitionKey, pos: i64, to: i64) -> Result<(), Outcome> {
-        let consumer: BaseConsumer = self.kafka.create().map_err(|e| failed(e.to_string()))?;
+        let consumer: BaseConsumer<EndIsNotAnError> = self
+            .kafka
+            .create_with_context(EndIsNotAnError)
+            .map_err(|e| failed(e.to_string()))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&key.0, key.1, Offset::Offset(pos))
             .map_err(|e| failed(e.to_string()))?;
@@ -668,7 +675,10 @@ impl Filler {
     }
 
     fn fill(&self) -> Result<(), String> {
-        let consumer: BaseConsumer = self.kafka.create().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer<EndIsNotAnError> = self
+            .kafka
+            .create_with_context(EndIsNotAnError)
+            .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.key.0, self.key.1, Offset::Offset(self.from))
             .map_err(|e| e.to_string())?;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::{Store, StoredSubscription, SubscriptionId};
 use crate::config::{KafkaConfig, PushConfig};
 use crate::kafka::topics::{Ensured, cleanup_policy, ensure_compacted};
-use crate::kafka::{consumer_config, producer_config};
+use crate::kafka::{EndIsNotAnError, consumer_config, producer_config};
 
 /// How long a registration waits for Kafka's acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,7 +120,7 @@ impl Registry {
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer = consumer_config(
+        let consumer: BaseConsumer<EndIsNotAnError> = consumer_config(
             kafka,
             "push-registry",
             &[
@@ -129,7 +129,7 @@ impl Registry {
                 ("fetch.wait.max.ms", "100".into()),
             ],
         )
-        .create()?;
+        .create_with_context(EndIsNotAnError)?;
         let follower = Follower {
             consumer,
             topic: push.subscriptions_topic.clone(),
@@ -207,7 +207,7 @@ async fn ensure_topic(kafka: &KafkaConfig, push: &PushConfig, shutdown: &Cancell
 }
 
 struct Follower {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EndIsNotAnError>,
     topic: String,
     allowed: Vec<String>,
     allow_http: bool,
