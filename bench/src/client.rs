@@ -103,7 +103,8 @@ pub struct Done {
     #[serde(default)]
     pub all_resumed_us: u64,
     /// How connections ended before the worker did: `close 4008`, `eof`,
-    /// `error`, `churn`, `home` (ws only).
+    /// `error`, `churn`, `home`; and `retry: …` the failed attempts to
+    /// resume (ws only).
     #[serde(default)]
     pub endings: std::collections::BTreeMap<String, u64>,
     /// Resumes Herald refused for good (the first error is in the ready
@@ -894,6 +895,23 @@ async fn ws_client(
                         g.last_error = Some(e);
                     }
                     return;
+                }
+                if permit.is_none() {
+                    // Why resumes had to be tried again: `503 replay_busy`,
+                    // a refused connect, …, by status line or error kind.
+                    let code = e
+                        .split("\"code\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next());
+                    let kind: String = match code {
+                        Some(code) => format!("{} {code}", e.split(" {").next().unwrap_or("")),
+                        None => e.chars().take(60).collect(),
+                    };
+                    *shared
+                        .lock()
+                        .endings
+                        .entry(format!("retry: {kind}"))
+                        .or_default() += 1;
                 }
                 at = (at + 1) % ctx.addrs.len();
                 // Every node once at once, then 100 ms between tries (+ up

@@ -38,6 +38,10 @@ fn produce_timed(brokers: &str, topic: &str, rate: u64, n: u64) -> JoinHandle<Ve
         .set("enable.idempotence", "true")
         // Records produced while the broker is down wait (5 minutes).
         .set("message.timeout.ms", "300000")
+        // Back on a restarted broker within a second: librdkafka's default
+        // (up to 10 s between tries) made the producer, not Herald, the
+        // slow part of F1's recovery.
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .expect("producer");
     let topic = topic.to_owned();
@@ -258,8 +262,10 @@ pub fn f1(clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
     broker.kafka_sh("start");
     let broker_ready_us = unix_us();
     let in_kafka = watermark_reaches(&brokers, &topic, upto.min(records));
+    let ingested = consumed_reaches(&herald.addr, upto.min(records));
     let sent = producing.join().expect("producer");
     let in_kafka_us = in_kafka.join().expect("watermark");
+    let ingested_us = ingested.join().expect("ingest metric");
     let done = workers.finish();
     let rss = herald.rss_kib();
     herald.stop();
@@ -293,6 +299,15 @@ pub fn f1(clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
     ));
     rows.push(row(
         "f1",
+        "ingest s (broker start → Herald read them)",
+        ingested_us.saturating_sub(restart_us) as f64 / 1e6,
+        "info",
+        f64::NAN,
+        None,
+        "s",
+    ));
+    rows.push(row(
+        "f1",
         "recovery s (broker start → all caught up)",
         recovery,
         "info",
@@ -314,6 +329,7 @@ pub fn f1(clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
         "records_sent_while_down": during, "broker_stop_s": (stopped_us - stop_us) as f64 / 1e6,
         "broker_start_s": (broker_ready_us - restart_us) as f64 / 1e6, "recovery_s": recovery,
         "records_in_kafka_s": in_kafka_us.saturating_sub(restart_us) as f64 / 1e6,
+        "herald_ingested_s": ingested_us.saturating_sub(restart_us) as f64 / 1e6,
         "records_before_restart": upto,
         "worst_record_delay_s": worst, "received": t.received, "distinct": t.distinct,
         "complete_clients": t.complete, "herald_rss_kib_end": rss,
@@ -338,6 +354,28 @@ fn watermark_reaches(brokers: &str, topic: &str, n: u64) -> JoinHandle<u64> {
             if let Ok((_, high)) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(1))
                 && high >= n as i64
             {
+                return unix_us();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        0
+    })
+}
+
+/// On a thread: unix µs when Herald's `herald_messages_consumed_total`
+/// reaches `n` (it has read every record produced up to then), 0 if not in
+/// 5 minutes.
+fn consumed_reaches(addr: &str, n: u64) -> JoinHandle<u64> {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(300) {
+            let consumed: f64 = crate::suite::http_get(&addr, "/metrics")
+                .lines()
+                .filter(|l| l.starts_with("herald_messages_consumed_total"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            if consumed >= n as f64 {
                 return unix_us();
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -782,6 +782,7 @@ pub fn run(
         });
         eprintln!("bench: ---- {name} ({duration} s) ----");
         let started = unix_us();
+        let load_start = load_average();
         let (rows, details) = match scenario {
             Name::P1 => p1(brokers, clients_override.unwrap_or(19_000)),
             Name::P2 => p2_p4(
@@ -854,7 +855,11 @@ pub fn run(
                 .iter()
                 .any(|r| (r.metric == "lost" || r.metric == "duplicated") && r.measured != 0.0);
         }
-        let doc = json!({"scenario": name, "started_unix_us": started, "duration_s": duration, "rows": rows, "details": details});
+        // The machine's load when the scenario started and ended: on shared
+        // cores the figures are read against it.
+        let load = load_average();
+        let doc = json!({"scenario": name, "started_unix_us": started, "duration_s": duration,
+            "load_average": {"start": load_start, "end": load}, "rows": rows, "details": details});
         std::fs::write(
             out.join(format!("{name}.json")),
             serde_json::to_string_pretty(&doc).expect("json"),
@@ -866,6 +871,14 @@ pub fn run(
         eprintln!("bench: smoke run lost or duplicated messages");
         std::process::exit(1);
     }
+}
+
+/// `/proc/loadavg`'s 1-minute figure (NaN off Linux).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn p2_p4(
