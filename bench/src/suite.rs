@@ -1,5 +1,6 @@
-//! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7), and the
-//! Web Push one of issue 12 (`push`, push.rs), with Herald
+//! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7), the
+//! Web Push one of issue 12 (`push`, push.rs) and the faults under load of
+//! issue 13 (`f1`…`f4`, faults.rs), with Herald
 //! as a separate process (the release `herald serve` beside this binary),
 //! clients in worker processes (`herald-bench client`), and the floors in
 //! the same run. Writes `OUT/<scenario>.json`; `report` turns every JSON in
@@ -96,7 +97,12 @@ impl HeraldProc {
     /// Herald with `tables` (TOML: its routes, and `[push]` if any) after
     /// the generated `[kafka]`, `[http]` and `[limits]`.
     pub fn start_with(brokers: &str, start: &str, extra: &str, tables: &str) -> Self {
-        let port = free_port();
+        Self::start_at(free_port(), brokers, start, extra, tables)
+    }
+
+    /// [`HeraldProc::start_with`] on a given port: a node restarted where
+    /// its clients will look for it.
+    pub fn start_at(port: u16, brokers: &str, start: &str, extra: &str, tables: &str) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let text = format!(
             "[kafka]\nbrokers = \"{brokers}\"\nstart = \"{start}\"\n{extra_kafka}\
@@ -148,6 +154,17 @@ impl HeraldProc {
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// Open file descriptors (`/proc/PID/fd`): sockets, Kafka's, the log.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// SIGKILL: a crash, no goodbye to anyone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait (SIGKILL after 15 s).
@@ -654,12 +671,16 @@ pub enum Name {
     P6,
     P7,
     Push,
+    F1,
+    F2,
+    F3,
+    F4,
     Smoke,
 }
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 9] = [
+    const EVERY: [Name; 13] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -668,11 +689,15 @@ impl Name {
         Name::P6,
         Name::P7,
         Name::Push,
+        Name::F1,
+        Name::F2,
+        Name::F3,
+        Name::F4,
         Name::Smoke,
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 8] = [
+    const ALL: [Name; 12] = [
         Name::P6,
         Name::P3,
         Name::P2,
@@ -681,6 +706,10 @@ impl Name {
         Name::P4,
         Name::P5,
         Name::Push,
+        Name::F1,
+        Name::F2,
+        Name::F4,
+        Name::F3,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -693,6 +722,10 @@ impl Name {
             Name::P6 => "p6",
             Name::P7 => "p7",
             Name::Push => "push",
+            Name::F1 => "f1",
+            Name::F2 => "f2",
+            Name::F3 => "f3",
+            Name::F4 => "f4",
             Name::Smoke => "smoke",
         }
     }
@@ -733,7 +766,7 @@ pub fn scenarios(arg: &str) -> Result<Vec<Name>, UnknownScenario> {
 pub fn run(
     brokers: &str,
     names: &[Name],
-    duration: f64,
+    duration_override: Option<f64>,
     out: &Path,
     clients_override: Option<usize>,
 ) {
@@ -741,8 +774,15 @@ pub fn run(
     let mut inexact = false;
     for &scenario in names {
         let name = scenario.as_str();
+        let duration = duration_override.unwrap_or(match scenario {
+            Name::F1 | Name::F2 => 40.0,
+            Name::F3 => 1800.0,
+            Name::F4 => 60.0,
+            _ => 20.0,
+        });
         eprintln!("bench: ---- {name} ({duration} s) ----");
         let started = unix_us();
+        let load_start = load_average();
         let (rows, details) = match scenario {
             Name::P1 => p1(brokers, clients_override.unwrap_or(19_000)),
             Name::P2 => p2_p4(
@@ -781,6 +821,17 @@ pub fn run(
             Name::P6 => p6(brokers, 1_000_000),
             Name::P7 => p7(brokers, clients_override.unwrap_or(10_000), 1000),
             Name::Push => crate::push::run(brokers, duration),
+            Name::F1 => crate::faults::f1(clients_override.unwrap_or(5000), 20, duration.max(25.0)),
+            Name::F2 => crate::faults::f2(
+                brokers,
+                clients_override.unwrap_or(5000),
+                20,
+                duration.max(25.0),
+            ),
+            Name::F3 => crate::faults::f3(brokers, clients_override.unwrap_or(2000), 20, duration),
+            Name::F4 => {
+                crate::faults::f4(brokers, clients_override.unwrap_or(10_000), 20, duration)
+            }
         };
         for r in &rows {
             eprintln!(
@@ -804,7 +855,11 @@ pub fn run(
                 .iter()
                 .any(|r| (r.metric == "lost" || r.metric == "duplicated") && r.measured != 0.0);
         }
-        let doc = json!({"scenario": name, "started_unix_us": started, "duration_s": duration, "rows": rows, "details": details});
+        // The machine's load when the scenario started and ended: on shared
+        // cores the figures are read against it.
+        let load = load_average();
+        let doc = json!({"scenario": name, "started_unix_us": started, "duration_s": duration,
+            "load_average": {"start": load_start, "end": load}, "rows": rows, "details": details});
         std::fs::write(
             out.join(format!("{name}.json")),
             serde_json::to_string_pretty(&doc).expect("json"),
@@ -816,6 +871,14 @@ pub fn run(
         eprintln!("bench: smoke run lost or duplicated messages");
         std::process::exit(1);
     }
+}
+
+/// `/proc/loadavg`'s 1-minute figure (NaN off Linux).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn p2_p4(
@@ -1195,7 +1258,8 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(&format!("{arg:?}")), "{text}");
             for name in [
-                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "smoke", "all",
+                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "f1", "f2", "f3", "f4", "smoke",
+                "all",
             ] {
                 assert!(text.contains(name), "{name} missing from: {text}");
             }
