@@ -550,28 +550,56 @@ fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
 
 /// Whether `channel` can be produced by `template`. Variables match one or
 /// more characters (`{partition}` only digits, `{topic}` per `topic`).
-/// Backtracking over a handful of template parts on names of at most 255 bytes.
+///
+/// Channel names come from clients, so the search must stay cheap whatever
+/// the name: trying every split of the name between the variables would be
+/// exponential in their number (`{key}.{key}.{key}.{key}x` against a
+/// 255-byte name of dots). Each (template part, position in the name) is
+/// tried once and remembered when it fails, so a search costs at most
+/// parts × (length + 1) of them, each trying at most length splits.
 fn template_matches(template: &[TemplatePart], channel: &str, topic: &TopicRule<'_>) -> bool {
-    let Some((seg, rest)) = template.split_first() else {
-        return channel.is_empty();
+    let mut failed = vec![false; template.len() * (channel.len() + 1)];
+    matches_from(template, 0, channel, 0, topic, &mut failed)
+}
+
+/// Whether `template[part..]` can produce `channel[at..]`; `failed` holds
+/// the `(part, at)` already found not to (see [`template_matches`]).
+fn matches_from(
+    template: &[TemplatePart],
+    part: usize,
+    channel: &str,
+    at: usize,
+    topic: &TopicRule<'_>,
+    failed: &mut [bool],
+) -> bool {
+    let Some(seg) = template.get(part) else {
+        return at == channel.len();
     };
-    match (seg, topic) {
-        (TemplatePart::Literal(lit), _) => channel
-            .strip_prefix(lit.as_str())
-            .is_some_and(|tail| template_matches(rest, tail, topic)),
-        (TemplatePart::Topic, TopicRule::Exact(t)) => channel
-            .strip_prefix(t)
-            .is_some_and(|tail| template_matches(rest, tail, topic)),
-        _ if channel.is_empty() => false,
+    let memo = part * (channel.len() + 1) + at;
+    if failed[memo] {
+        return false;
+    }
+    let tail = &channel[at..];
+    let found = match (seg, topic) {
+        (TemplatePart::Literal(lit), _) => {
+            tail.starts_with(lit.as_str())
+                && matches_from(template, part + 1, channel, at + lit.len(), topic, failed)
+        }
+        (TemplatePart::Topic, TopicRule::Exact(t)) => {
+            tail.starts_with(t)
+                && matches_from(template, part + 1, channel, at + t.len(), topic, failed)
+        }
+        _ if tail.is_empty() => false,
         _ => {
             // Try every split point: the variable takes 1..=len characters.
-            let ends = channel
+            let ends = tail
                 .char_indices()
                 .map(|(i, _)| i)
                 .skip(1)
-                .chain(std::iter::once(channel.len()));
+                .chain(std::iter::once(tail.len()));
+            let mut found = false;
             for end in ends {
-                let taken = &channel[..end];
+                let taken = &tail[..end];
                 let fits = match (seg, topic) {
                     (TemplatePart::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
                     (TemplatePart::Topic, TopicRule::Pattern(re)) => {
@@ -582,18 +610,25 @@ fn template_matches(template: &[TemplatePart], channel: &str, topic: &TopicRule<
                 if !fits && matches!(seg, TemplatePart::Partition) {
                     break;
                 }
-                if fits && template_matches(rest, &channel[end..], topic) {
-                    return true;
+                if fits && matches_from(template, part + 1, channel, at + end, topic, failed) {
+                    found = true;
+                    break;
                 }
             }
-            false
+            found
         }
+    };
+    if !found {
+        failed[memo] = true;
     }
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
 
     fn route(topic: &str, channel: &str) -> RouteSpec {
         RouteSpec {
@@ -858,5 +893,182 @@ mod tests {
             router.produce_target("news", None),
             Ok(target(4, "news", None, &[]))
         );
+    }
+
+    /// The search as `template_matches` did it before it remembered
+    /// failures, every split tried again wherever it is reached: the
+    /// reference the memoised search must agree with, on names short
+    /// enough for it.
+    fn matches_by_trying_every_split(
+        template: &[TemplatePart],
+        channel: &str,
+        topic: &TopicRule<'_>,
+    ) -> bool {
+        let Some((seg, rest)) = template.split_first() else {
+            return channel.is_empty();
+        };
+        match (seg, topic) {
+            (TemplatePart::Literal(lit), _) => channel
+                .strip_prefix(lit.as_str())
+                .is_some_and(|tail| matches_by_trying_every_split(rest, tail, topic)),
+            (TemplatePart::Topic, TopicRule::Exact(t)) => channel
+                .strip_prefix(t)
+                .is_some_and(|tail| matches_by_trying_every_split(rest, tail, topic)),
+            _ => (1..=channel.len())
+                .filter(|end| channel.is_char_boundary(*end))
+                .any(|end| {
+                    let taken = &channel[..end];
+                    let fits = match (seg, topic) {
+                        (TemplatePart::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
+                        (TemplatePart::Topic, TopicRule::Pattern(re)) => {
+                            crate::record::is_valid_topic(taken) && re.is_match(taken)
+                        }
+                        _ => true,
+                    };
+                    fits && matches_by_trying_every_split(rest, &channel[end..], topic)
+                }),
+        }
+    }
+
+    /// Runs `f` on a thread of its own: whether it finished within
+    /// `limit`. One that does not is left behind, so that the test fails
+    /// instead of hanging.
+    fn finishes_within(limit: Duration, f: impl FnOnce() + Send + 'static) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished.recv_timeout(limit).is_ok()
+    }
+
+    #[test]
+    fn a_name_that_nearly_fits_many_variables_is_refused_quickly() {
+        // Every {key} takes any run of dots and the `x` never comes: trying
+        // each way to split 255 dots between five variables is some 10^8
+        // attempts, minutes of a client's request.
+        let router = Router::new(&[route("t", "{key}.{key}.{key}.{key}.{key}x")]).unwrap();
+        let channel = ".".repeat(MAX_CHANNEL_LEN);
+        let search = move || {
+            assert_eq!(
+                router.topics_for_channel(&channel, std::iter::empty()),
+                None
+            );
+            assert!(router.produce_target(&channel, None).is_err());
+        };
+        assert!(finishes_within(Duration::from_secs(2), search));
+    }
+
+    /// A channel name a client may send: up to the 255 bytes Herald
+    /// accepts, over few characters, so that it often nearly fits.
+    fn client_channel(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![Just('.'), Just('a'), Just('7'), Just('x')],
+            0..=max,
+        )
+        .prop_map(|c| c.into_iter().collect())
+    }
+
+    /// A channel template as written in config, from every kind of part.
+    fn template_text() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            3 => "[.ax]{1,2}",
+            2 => Just("{key}".to_owned()),
+            1 => Just("{topic}".to_owned()),
+            1 => Just("{partition}".to_owned()),
+            1 => Just("{header.tenant}".to_owned()),
+            1 => Just("{json./id}".to_owned()),
+        ];
+        proptest::collection::vec(part, 1..6).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any text is a template or a config error naming
+        /// `route[i].channel`; never a panic.
+        #[test]
+        fn any_template_text_compiles_or_is_refused_by_name(text in "\\PC{0,40}|[{}a.]{0,12}") {
+            match Router::new(&[route("t", "c"), route("t", &text)]) {
+                Ok(_) => prop_assert!(parse_template(&text).is_ok()),
+                Err(e) => {
+                    let message = e.to_string();
+                    prop_assert!(message.starts_with("route[1].channel = "), "{}", message);
+                }
+            }
+        }
+
+        /// The memoised search finds what trying every split finds.
+        #[test]
+        fn matching_agrees_with_trying_every_split(
+            template in template_text(),
+            channel in client_channel(12),
+            exact in prop_oneof![Just("t"), Just("a.x")],
+        ) {
+            let parts = parse_template(&template).unwrap();
+            let re = Regex::new("^[at]").unwrap();
+            for rule in [TopicRule::Any, TopicRule::Exact(exact), TopicRule::Pattern(&re)] {
+                prop_assert_eq!(
+                    template_matches(&parts, &channel, &rule),
+                    matches_by_trying_every_split(&parts, &channel, &rule),
+                    "{} against {:?}", template, channel
+                );
+            }
+        }
+
+        /// No client-chosen name makes the search long: 255 bytes against
+        /// templates of up to five variables.
+        #[test]
+        fn matching_a_long_name_is_quick(
+            template in template_text(),
+            channel in client_channel(MAX_CHANNEL_LEN),
+        ) {
+            let router = Router::new(&[route("t", &template), regex_route("^[at]", &template)]).unwrap();
+            let search = move || {
+                let _ = router.topics_for_channel(&channel, ["t", "a.x"].into_iter());
+                let _ = router.produce_target(&channel, None);
+            };
+            prop_assert!(finishes_within(Duration::from_secs(2), search), "{}", template);
+        }
+
+        /// Every channel a record is routed to is a valid name, is accepted
+        /// for subscription with the record's topic among its feeds, and,
+        /// when it can be published to, the record the router says to
+        /// produce lands on it.
+        #[test]
+        fn routed_channels_map_back_to_their_topic(
+            templates in proptest::collection::vec(template_text(), 1..4),
+            topic in prop_oneof![Just("t"), Just("a.x")],
+            key in proptest::option::of("[.a7]{0,3}"),
+            tenant in proptest::option::of("[.ax]{0,3}"),
+            id in prop_oneof![Just("7".to_owned()), Just("\"a.\"".to_owned()), Just("{}".to_owned()), Just("null".to_owned())],
+            partition in 0i32..20,
+        ) {
+            let specs: Vec<RouteSpec> = templates
+                .iter()
+                .flat_map(|t| [route("t", t), regex_route("^a", t)])
+                .collect();
+            let router = Router::new(&specs).unwrap();
+            let record = Record {
+                topic: Arc::from(topic),
+                partition,
+                offset: 0,
+                timestamp: None,
+                key: key.map(|k| Bytes::from(k.into_bytes())),
+                headers: tenant.into_iter().map(|v| ("tenant".to_owned(), Some(Bytes::from(v.into_bytes())))).collect(),
+                payload: Some(Bytes::from(format!("{{\"id\":{id}}}").into_bytes())),
+            };
+            for channel in channels(&router, &record) {
+                prop_assert!(is_valid_channel(&channel), "{:?}", channel);
+                let feeds = router.topics_for_channel(&channel, ["t", "a.x"].into_iter());
+                prop_assert!(
+                    feeds.as_ref().is_some_and(|f| f.contains(topic)),
+                    "{:?} from {} is fed by {:?}", channel, topic, feeds
+                );
+                if let Ok(target) = router.produce_target(&channel, None) {
+                    lands_on(&router, &target, &channel);
+                }
+            }
+        }
     }
 }
