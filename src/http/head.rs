@@ -11,9 +11,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BufMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::error::ApiError;
 use crate::config::HttpConfig;
@@ -25,25 +25,41 @@ pub struct Head {
     pub bytes: Vec<u8>,
 }
 
+/// What a connection's buffer starts with: most heads arrive whole in one
+/// read of this much.
+const FIRST_READ: usize = 1024;
+
 /// Reads until the first request head is complete. `Ok(None)`: the client
 /// closed (or the socket failed) first. A head over `http.max_head_bytes`
 /// or with more than `http.max_headers` fields is `431 head_too_large`;
 /// a malformed one `400 bad_request`. No deadline here: the caller has
 /// one for the whole head.
-pub async fn read(stream: &mut TcpStream, config: &HttpConfig) -> Result<Option<Head>, ApiError> {
-    let mut buf = Vec::with_capacity(1024);
+///
+/// At most `http.max_head_bytes` are read or allocated: a head not
+/// complete within them is refused without reading on, and what the
+/// client sent after a complete head stays in the socket past that.
+pub async fn read(
+    stream: &mut (impl AsyncRead + Unpin),
+    config: &HttpConfig,
+) -> Result<Option<Head>, ApiError> {
+    let max = config.max_head_bytes;
+    let mut buf = Vec::with_capacity(FIRST_READ.min(max));
     // Where the search for the blank line that ends the head goes on: each
     // byte is looked at about once, however the client slices its head.
     let mut searched: usize = 0;
     loop {
-        if buf.len() >= config.max_head_bytes {
+        if buf.len() >= max {
             return Err(too_large(format!(
-                "the request head is larger than {} bytes (http.max_head_bytes)",
-                config.max_head_bytes
+                "the request head is larger than {max} bytes (http.max_head_bytes)"
             )));
         }
-        buf.reserve(1024);
-        match stream.read_buf(&mut buf).await {
+        if buf.len() == buf.capacity() {
+            // Doubling, up to the limit and no further.
+            let grown = (buf.len() * 2).max(FIRST_READ).min(max);
+            buf.reserve_exact(grown - buf.len());
+        }
+        let room = max - buf.len();
+        match stream.read_buf(&mut (&mut buf).limit(room)).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
@@ -52,13 +68,7 @@ pub async fn read(stream: &mut TcpStream, config: &HttpConfig) -> Result<Option<
         if !ends_head(&buf[from..]) {
             continue;
         }
-        if let Some((request, len)) = parse(&buf, config.max_headers)? {
-            if len > config.max_head_bytes {
-                return Err(too_large(format!(
-                    "the request head is {len} bytes; the limit is {} (http.max_head_bytes)",
-                    config.max_head_bytes
-                )));
-            }
+        if let Some((request, _)) = parse(&buf, config.max_headers)? {
             return Ok(Some(Head {
                 request,
                 bytes: buf,
@@ -191,6 +201,7 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Replayed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parses_a_complete_head_only() {
@@ -238,5 +249,131 @@ mod tests {
         // `read` searches from two bytes before the new ones.
         let whole = b"GET / HTTP/1.1\r\n\r\n";
         assert!(ends_head(&whole[whole.len() - 1 - 2..]));
+    }
+
+    /// A client that sends `data` in pieces cut at `cuts`, and counts what
+    /// Herald read of it.
+    struct Sliced {
+        data: Vec<u8>,
+        cuts: Vec<usize>,
+        at: usize,
+    }
+
+    impl AsyncRead for Sliced {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let at = self.at;
+            let piece = self
+                .cuts
+                .iter()
+                .copied()
+                .find(|c| *c > at)
+                .unwrap_or(usize::MAX);
+            let end = piece.min(self.data.len()).min(at + buf.remaining());
+            buf.put_slice(&self.data[at..end]);
+            self.at = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read_sliced(
+        data: &[u8],
+        cuts: &[usize],
+        config: &HttpConfig,
+    ) -> (Result<Option<Head>, ApiError>, usize) {
+        let mut client = Sliced {
+            data: data.to_vec(),
+            cuts: cuts.to_vec(),
+            at: 0,
+        };
+        let result = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(read(&mut client, config));
+        (result, client.at)
+    }
+
+    fn limits(max_head_bytes: usize, max_headers: usize) -> HttpConfig {
+        HttpConfig {
+            max_head_bytes,
+            max_headers,
+            ..HttpConfig::default()
+        }
+    }
+
+    /// A request head with `fields` header fields and a path of `path`
+    /// bytes.
+    fn head_text(path: usize, fields: &[(String, String)]) -> Vec<u8> {
+        let mut text = format!("GET /sse?channel={} HTTP/1.1\r\n", "a".repeat(path));
+        for (name, value) in fields {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A head within `http.max_head_bytes` and `http.max_headers` is
+        /// read whole however the client cuts it; one past either limit is
+        /// `431 head_too_large` naming that limit. Herald never reads more
+        /// than `http.max_head_bytes` before it knows.
+        #[test]
+        fn heads_are_read_within_their_limits(
+            path in 0usize..1500,
+            fields in proptest::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,40}"), 0..12),
+            cuts in proptest::collection::vec(1usize..3000, 0..8),
+            max_head_bytes in 1024usize..2048,
+            max_headers in 4usize..10,
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            let config = limits(max_head_bytes, max_headers);
+            let head = head_text(path, &fields);
+            let sent = [head.as_slice(), &body].concat();
+            let (result, read) = read_sliced(&sent, &cuts, &config);
+            prop_assert!(read <= max_head_bytes, "read {} bytes; the limit is {}", read, max_head_bytes);
+            match result {
+                Ok(Some(got)) => {
+                    prop_assert!(head.len() <= max_head_bytes && fields.len() <= max_headers);
+                    prop_assert_eq!(got.request.headers().len(), fields.len());
+                    prop_assert_eq!(got.request.uri().path(), "/sse");
+                    prop_assert_eq!(&got.bytes[..], &sent[..read]);
+                    prop_assert!(got.bytes.capacity() <= max_head_bytes);
+                }
+                Err(e) => {
+                    prop_assert_eq!((e.status, e.code), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"));
+                    if head.len() > max_head_bytes {
+                        prop_assert!(e.message.contains("http.max_head_bytes"), "{}", e.message);
+                    } else {
+                        prop_assert!(fields.len() > max_headers);
+                        prop_assert!(e.message.contains("http.max_headers"), "{}", e.message);
+                    }
+                }
+                Ok(None) => prop_assert!(false, "a whole head read as a closed connection"),
+            }
+        }
+
+        /// Any bytes are a head, a closed connection, or `400 bad_request`
+        /// / `431 head_too_large`; never a panic, and never more read than
+        /// the limit.
+        #[test]
+        fn any_bytes_are_a_head_or_a_documented_refusal(
+            data in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..3000),
+                "(GET|POST|G\\x00T) [ -~]{0,20} HTTP/1\\.[01]\r?\n([ -~]{0,30}\r?\n){0,5}\r?\n".prop_map(String::into_bytes),
+            ],
+            cuts in proptest::collection::vec(1usize..3000, 0..4),
+        ) {
+            let config = limits(1024, 4);
+            let (result, read) = read_sliced(&data, &cuts, &config);
+            prop_assert!(read <= config.max_head_bytes);
+            if let Err(e) = result {
+                prop_assert!(["bad_request", "head_too_large"].contains(&e.code), "{}", e.code);
+            }
+        }
     }
 }
