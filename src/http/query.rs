@@ -185,30 +185,38 @@ pub fn start_at(cursor: Option<&str>, since: Option<&str>) -> Result<Start, ApiE
 }
 
 /// Parses `since=`: milliseconds since the epoch, or an RFC 3339 timestamp
-/// (`2026-11-25T10:00:00Z`, `2026-11-25T11:00:00.5+01:00`).
+/// (`2026-11-25T10:00:00Z`, `2026-11-25T11:00:00.5+01:00`). Never
+/// negative, either way: Kafka takes the times -1 and -2 to mean its
+/// partitions' end and beginning, so a time before the epoch would start
+/// a subscription somewhere else without a word.
 pub fn parse_since(value: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = value.parse::<i64>() {
-        if ms < 0 {
-            return Err(ApiError::bad_request(
-                "invalid_since",
-                format!("since={value:?}: a timestamp cannot be negative"),
-            ));
-        }
-        return Ok(ms);
-    }
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+    let ms = match value.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => time::OffsetDateTime::parse(
+            value,
+            &time::format_description::well_known::Rfc3339,
+        )
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|e| {
             ApiError::bad_request(
                 "invalid_since",
                 format!("since={value:?} is neither milliseconds since the epoch nor an RFC 3339 timestamp ({e})"),
             )
-        })
+        })?,
+    };
+    if ms < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_since",
+            format!("since={value:?} is before the epoch (1970-01-01T00:00:00Z)"),
+        ));
+    }
+    Ok(ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const LIMITS: QueryLimits = QueryLimits {
         max_bytes: 16 * 1024,
@@ -286,9 +294,150 @@ mod tests {
             parse_since("2023-11-14T23:13:20.5+01:00").unwrap(),
             1_700_000_000_500
         );
-        for bad in ["yesterday", "-5", "2023-11-14", ""] {
+        assert_eq!(parse_since("1970-01-01T00:00:00Z").unwrap(), 0);
+        for bad in [
+            "yesterday",
+            "-5",
+            "2023-11-14",
+            "",
+            // -1 and -2, Kafka's "end" and "beginning".
+            "1969-12-31T23:59:59.999Z",
+            "1969-12-31T23:59:59.998Z",
+            "1970-01-01T00:30:00+01:00",
+        ] {
             let e = parse_since(bad).unwrap_err();
             assert_eq!(e.code, "invalid_since", "{bad}");
+        }
+    }
+
+    /// The codes docs/protocol.md names for a transport's query string.
+    const QUERY_CODES: [&str; 4] = [
+        "uri_too_long",
+        "too_many_channels",
+        "unknown_parameter",
+        "missing_channel",
+    ];
+
+    /// A query parameter: a known name or not, a value of any text.
+    fn param() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            4 => Just("channel"), 1 => Just("cursor"), 1 => Just("since"), 1 => Just("token"),
+            1 => Just("limit"), 1 => Just("wait"), 1 => Just("_"), 1 => Just("chanel"),
+        ];
+        let value = prop_oneof![3 => "[abc]", 1 => "\\PC{0,8}"];
+        (name.prop_map(str::to_owned), value)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any query string is parameters or a documented refusal; never a
+        /// panic. Accepted channels are distinct and within the limit.
+        #[test]
+        fn any_query_is_parameters_or_a_documented_refusal(
+            query in "[a-z_=&%+0-9]{0,80}|\\PC{0,80}",
+            transport in 0usize..3,
+        ) {
+            let accepts = [&SSE_PARAMS, &WS_PARAMS, &POLL_PARAMS][transport];
+            match StreamParams::parse_for(Some(&query), accepts, LIMITS) {
+                Ok(p) => {
+                    prop_assert!(p.channels.len() <= LIMITS.max_channels);
+                    let distinct: HashSet<&String> = p.channels.iter().collect();
+                    prop_assert_eq!(distinct.len(), p.channels.len());
+                }
+                Err(e) => prop_assert!(QUERY_CODES.contains(&e.code), "{}: {}", query, e.code),
+            }
+        }
+
+        /// Parameters as a client encodes them come back as they were: the
+        /// channels each once in their first order, the other values the
+        /// last one given. One distinct channel too many is refused, naming
+        /// the limit, as is an unknown name.
+        #[test]
+        fn encoded_parameters_come_back_or_are_refused_by_name(
+            params in proptest::collection::vec(param(), 0..12),
+        ) {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params)
+                .finish();
+            let result = StreamParams::parse_for(Some(&query), &POLL_PARAMS, LIMITS);
+            let mut channels: Vec<&str> = Vec::new();
+            let mut refusal = None;
+            for (name, value) in &params {
+                match name.as_str() {
+                    "channel" if !channels.contains(&value.as_str()) => {
+                        if channels.len() == LIMITS.max_channels {
+                            refusal = Some("too_many_channels");
+                            break;
+                        }
+                        channels.push(value);
+                    }
+                    "chanel" => {
+                        refusal = Some("unknown_parameter");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if refusal.is_none() && channels.is_empty() {
+                refusal = Some("missing_channel");
+            }
+            match (result, refusal) {
+                (Ok(p), None) => {
+                    prop_assert_eq!(&p.channels, &channels);
+                    let last = |n: &str| params.iter().rev().find(|(m, _)| m == n).map(|(_, v)| v.clone());
+                    prop_assert_eq!(p.cursor, last("cursor"));
+                    prop_assert_eq!(p.since, last("since"));
+                    prop_assert_eq!(p.wait, last("wait"));
+                }
+                (Err(e), Some(code)) => {
+                    prop_assert_eq!(e.code, code);
+                    if code == "too_many_channels" {
+                        prop_assert!(e.message.contains("limits.max_channels_per_connection"), "{}", e.message);
+                    }
+                }
+                (got, want) => prop_assert!(false, "{query}: got {:?}, want {want:?}", got.map(|p| p.channels)),
+            }
+        }
+
+        /// A query longer than `http.max_query_bytes` is `414
+        /// uri_too_long` naming the limit, and only such a query is.
+        #[test]
+        fn only_a_query_over_the_limit_is_too_long(len in 0usize..130) {
+            let limits = QueryLimits { max_bytes: 64, max_channels: 4 };
+            let query = format!("channel={}", "a".repeat(len));
+            match StreamParams::parse(Some(&query), limits) {
+                Err(e) if query.len() > limits.max_bytes => {
+                    prop_assert_eq!((e.status, e.code), (StatusCode::URI_TOO_LONG, "uri_too_long"));
+                    prop_assert!(e.message.contains("http.max_query_bytes"), "{}", e.message);
+                }
+                Ok(_) if query.len() <= limits.max_bytes => {}
+                other => prop_assert!(false, "{} bytes: {:?}", query.len(), other.map(|p| p.channels)),
+            }
+        }
+
+        /// Any `since=` is a time at or after the epoch or `400
+        /// invalid_since`. A negative one must never pass: Kafka reads the
+        /// times -1 and -2 as "the end" and "the beginning".
+        #[test]
+        fn any_since_is_a_time_from_the_epoch_or_invalid_since(
+            text in "\\PC{0,30}|[0-9+-]{1,20}|[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{1,9})?(Z|[+-][01][0-9]:[0-5][0-9])",
+        ) {
+            match parse_since(&text) {
+                Ok(ms) => prop_assert!(ms >= 0, "since={} gave {}", text, ms),
+                Err(e) => {
+                    prop_assert_eq!(e.code, "invalid_since");
+                    prop_assert!(e.message.contains(&format!("{text:?}")), "{}", e.message);
+                }
+            }
+        }
+
+        /// Any cursor text is a cursor or `400 invalid_cursor`.
+        #[test]
+        fn any_cursor_is_a_position_or_invalid_cursor(text in "h[A-Za-z0-9_-]{0,20}|\\PC{0,20}") {
+            if let Err(e) = start_at(Some(&text), None) {
+                prop_assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_cursor"));
+            }
         }
     }
 }
