@@ -407,7 +407,8 @@ pub struct HttpConfig {
     /// request before it knows what it is.
     pub max_head_bytes: usize,
     /// Most header fields a request may carry; more is `431
-    /// head_too_large`.
+    /// head_too_large`. At most 1024: every connection's first head is
+    /// parsed into this many slots (32 bytes each) before anything else.
     pub max_headers: usize,
     /// Longest query string (after `?`), in bytes; a longer one is `414
     /// uri_too_long` before any of it is parsed. Bounds the work one
@@ -947,7 +948,6 @@ impl Config {
                 "replay.max_concurrent_lookups",
                 self.replay.max_concurrent_lookups,
             ),
-            ("http.max_headers", self.http.max_headers),
             ("poll.max_limit", self.poll.max_limit),
         ];
         for (key, value) in positive {
@@ -969,6 +969,13 @@ impl Config {
             if value < Duration::from_millis(100) {
                 return Err(invalid(key, value, "must be at least 100ms"));
             }
+        }
+        if !(1..=1024).contains(&self.http.max_headers) {
+            return Err(invalid(
+                "http.max_headers",
+                self.http.max_headers,
+                "must be from 1 to 1024 (each connection's first head is parsed into that many slots)",
+            ));
         }
         if !(1024..=1024 * 1024).contains(&self.http.max_head_bytes) {
             return Err(invalid(
@@ -1116,6 +1123,7 @@ fn is_origin(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MINIMAL: &str = r#"
         [kafka]
@@ -1195,6 +1203,8 @@ mod tests {
             ("[http]\nhead_timeout = \"0s\"\n", "http.head_timeout"),
             ("[http]\nmax_query_bytes = 40000\n", "http.max_query_bytes"),
             ("[http]\nmax_head_bytes = 100\n", "http.max_head_bytes"),
+            ("[http]\nmax_headers = 100000000\n", "http.max_headers"),
+            ("[http]\nmax_headers = 0\n", "http.max_headers"),
             (
                 "[limits]\nmax_pending_connections = 0\n",
                 "limits.max_pending_connections",
@@ -1398,5 +1408,185 @@ mod tests {
             ),
             "the example states the defaults"
         );
+    }
+
+    /// The integer values docs and `validate` allow a key, both ends
+    /// included.
+    type Bounds = Option<(i128, i128)>;
+
+    /// Every key of the sections a property below writes, with its bounds
+    /// (`None`: none documented).
+    const KEYS: &[(&str, &str, Bounds)] = &[
+        ("kafka", "client_id", None),
+        ("kafka", "start", None),
+        ("kafka", "warm_history", None),
+        ("kafka", "metadata_refresh", None),
+        ("kafka", "stats_interval", None),
+        ("http", "listen", None),
+        ("http", "admin_listen", None),
+        ("http", "allowed_origins", None),
+        ("http", "demo_page", None),
+        ("http", "send_buffer_bytes", None),
+        ("http", "write_timeout", None),
+        ("http", "shutdown_grace", None),
+        ("http", "head_timeout", None),
+        ("http", "keepalive_timeout", None),
+        ("http", "max_head_bytes", Some((1024, 1024 * 1024))),
+        ("http", "max_headers", Some((1, 1024))),
+        ("http", "max_query_bytes", Some((1, 32 * 1024 - 1))),
+        ("sse", "heartbeat", None),
+        ("sse", "retry", None),
+        ("ws", "ping_interval", None),
+        ("ws", "pong_timeout", None),
+        ("poll", "max_wait", None),
+        ("poll", "default_limit", Some((1, 1000))),
+        ("poll", "max_limit", Some((1, i128::MAX))),
+        ("hub", "shards", Some((1, i128::MAX))),
+        ("hub", "history_messages", Some((1, i128::MAX))),
+        ("hub", "history_bytes", Some((1, i128::MAX))),
+        ("hub", "history_age", None),
+        ("hub", "memory_budget", Some((1, i128::MAX))),
+        ("hub", "subscriber_queue", Some((1, i128::MAX))),
+        ("limits", "max_connections", Some((1, i128::MAX))),
+        ("limits", "max_connections_per_ip", None),
+        ("limits", "max_pending_connections", Some((1, i128::MAX))),
+        ("limits", "max_pending_connections_per_ip", None),
+        (
+            "limits",
+            "max_channels_per_connection",
+            Some((1, i128::MAX)),
+        ),
+        ("limits", "max_message_size", Some((16 * 1024, i128::MAX))),
+        ("limits", "max_long_polls", Some((1, i128::MAX))),
+        ("replay", "max_records", None),
+        ("replay", "max_concurrent", Some((1, i128::MAX))),
+        ("replay", "max_concurrent_lookups", Some((1, i128::MAX))),
+        ("replay", "max_concurrent_per_ip", None),
+        ("replay", "timeout", None),
+        ("replay", "cache_bytes", None),
+        ("publish", "api_keys", None),
+        ("publish", "max_body_bytes", None),
+        ("publish", "timeout", None),
+        ("publish", "body_timeout", None),
+        ("route", "topic", None),
+        ("route", "topic_regex", None),
+        ("route", "channel", None),
+        ("route", "nope", None),
+    ];
+
+    /// A TOML value of any type, near the edges the checks care about.
+    fn toml_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop_oneof![
+                Just(0i128),
+                Just(1),
+                Just(-1),
+                Just(100),
+                Just(1023),
+                Just(1024),
+                Just(16383),
+                Just(16384),
+                Just(32767),
+                Just(1024 * 1024 + 1),
+                Just(i64::MAX as i128),
+                Just(u64::MAX as i128),
+                -10i128..100_000,
+            ]
+            .prop_map(|n| n.to_string()),
+            prop_oneof![
+                Just("\"\""),
+                Just("\"0s\""),
+                Just("\"1ms\""),
+                Just("\"99ms\""),
+                Just("\"10s\""),
+                Just("\"18446744073709551615s\""),
+                Just("\"600000000000y\""),
+                Just("\"soon\""),
+                Just("\"earliest\""),
+                Just("\"127.0.0.1:0\""),
+                Just("\"[::1]:8080\""),
+                Just("\"https://a.example\""),
+                Just("\"https://a.example/\""),
+                Just("\"news\""),
+                Just("\"{key}\""),
+                Just("\"a{\""),
+                Just("\"(\""),
+                Just("\"bad topic\""),
+                Just("true"),
+                Just("1.5"),
+                Just("[]"),
+                Just("[\"x\"]"),
+                Just("[1]"),
+                Just("{}"),
+                Just("\"t\\u0000\""),
+                Just("1979-05-27T07:32:00Z"),
+                Just("="),
+                Just("\"unclosed"),
+            ]
+            .prop_map(str::to_owned),
+            // Any text, as a TOML string.
+            "\\PC{0,12}".prop_map(|s| toml::Value::String(s).to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any text is a config or a config error (exit 64 from `herald
+        /// serve`/`check`); never a panic.
+        #[test]
+        fn any_text_is_a_config_or_a_config_error(
+            text in "\\PC{0,200}|[\\[\\]a-z_.=\" 0-9\n]{0,200}",
+        ) {
+            match Config::parse(&text, "fuzz") {
+                Ok(_) | Err(ConfigError::Parse { .. } | ConfigError::Invalid { .. } | ConfigError::Auth(_)) => {}
+                Err(e @ ConfigError::Read { .. }) => prop_assert!(false, "{}", e),
+            }
+        }
+
+        /// One key of a valid config set to any value: still a config, or an
+        /// error that names that key (or, for a cross-field rule, a key of
+        /// its section); a value beyond a documented bound is refused.
+        #[test]
+        fn a_value_is_taken_or_refused_naming_its_key(
+            (section, key, range) in proptest::sample::select(KEYS),
+            value in toml_value(),
+        ) {
+            let line = format!("{key} = {value}");
+            let text = match section {
+                "kafka" => format!("[kafka]\nbrokers = \"b:9092\"\n{line}\n[[route]]\ntopic = \"t\"\nchannel = \"c\"\n"),
+                "route" => {
+                    // A second route, with the key set (or replaced).
+                    let mut fields = vec![("topic", "\"t\"".to_owned()), ("channel", "\"c\"".to_owned())];
+                    fields.retain(|(k, _)| *k != key);
+                    fields.push((key, value.clone()));
+                    let route: String = fields.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                    format!("{MINIMAL}\n[[route]]\n{route}")
+                }
+                _ => format!("{MINIMAL}\n[{section}]\n{line}\n"),
+            };
+            let result = Config::parse(&text, "fuzz");
+            match &result {
+                Ok(_) => {}
+                Err(ConfigError::Parse { message, .. }) => {
+                    prop_assert!(message.contains(&line) || message.contains(key), "{}: {}", line, message);
+                }
+                Err(e @ ConfigError::Invalid { key: named, .. }) => {
+                    let prefix = if section == "route" { "route[".to_owned() } else { format!("{section}.") };
+                    prop_assert!(named.starts_with(&prefix), "[{}] {}: {}", section, line, e);
+                }
+                Err(e) => prop_assert!(false, "[{}] {}: {}", section, line, e),
+            }
+            if let (Some((low, high)), Ok(n)) = (range, value.parse::<i128>())
+                && !(low..=high).contains(&n)
+            {
+                let named = match &result {
+                    Err(ConfigError::Invalid { key: named, .. }) => named.clone(),
+                    Err(ConfigError::Parse { .. }) => format!("{section}.{key}"),
+                    other => format!("{other:?}"),
+                };
+                prop_assert_eq!(named, format!("{section}.{key}"), "{} is beyond its bounds", line);
+            }
+        }
     }
 }
