@@ -556,7 +556,10 @@ fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
 /// exponential in their number (`{key}.{key}.{key}.{key}x` against a
 /// 255-byte name of dots). Each (template part, position in the name) is
 /// tried once and remembered when it fails, so a search costs at most
-/// parts × (length + 1) of them, each trying at most length splits.
+/// parts × (length + 1) of them, each trying at most length splits. A
+/// `{topic}` under a `topic_regex` tests the regex only on splits after
+/// which the rest of the name fits: once per split for one `{topic}`, up
+/// to length² times for a template with two.
 fn template_matches(template: &[TemplatePart], channel: &str, topic: &TopicRule<'_>) -> bool {
     let mut failed = vec![false; template.len() * (channel.len() + 1)];
     matches_from(template, 0, channel, 0, topic, &mut failed)
@@ -592,25 +595,39 @@ fn matches_from(
         _ if tail.is_empty() => false,
         _ => {
             // Try every split point: the variable takes 1..=len characters.
+            // `{partition}` and a `{topic}` under a regex take a run of
+            // digits or of topic characters, so the splits stop at the
+            // first character they cannot take; the regex, the one costly
+            // check, runs only where the rest of the name fits.
             let ends = tail
                 .char_indices()
                 .map(|(i, _)| i)
                 .skip(1)
                 .chain(std::iter::once(tail.len()));
+            let mut from = 0;
             let mut found = false;
             for end in ends {
-                let taken = &tail[..end];
-                let fits = match (seg, topic) {
-                    (TemplatePart::Partition, _) => taken.bytes().all(|b| b.is_ascii_digit()),
-                    (TemplatePart::Topic, TopicRule::Pattern(re)) => {
-                        crate::record::is_valid_topic(taken) && re.is_match(taken)
+                let added = &tail[from..end];
+                from = end;
+                let can_take = match (seg, topic) {
+                    (TemplatePart::Partition, _) => added.bytes().all(|b| b.is_ascii_digit()),
+                    (TemplatePart::Topic, TopicRule::Pattern(_)) => {
+                        crate::record::is_valid_topic(added)
                     }
                     _ => true,
                 };
-                if !fits && matches!(seg, TemplatePart::Partition) {
+                if !can_take {
                     break;
                 }
-                if fits && matches_from(template, part + 1, channel, at + end, topic, failed) {
+                let taken = &tail[..end];
+                if matches_from(template, part + 1, channel, at + end, topic, failed)
+                    && match (seg, topic) {
+                        (TemplatePart::Topic, TopicRule::Pattern(re)) => {
+                            crate::record::is_valid_topic(taken) && re.is_match(taken)
+                        }
+                        _ => true,
+                    }
+                {
                     found = true;
                     break;
                 }
