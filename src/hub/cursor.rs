@@ -570,12 +570,18 @@ mod tests {
         );
     }
 
+    /// Short names often (so that topics collide and sort), any valid
+    /// name, and the longest.
     fn topic_name() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9._-]{1,40}"
+        prop_oneof![
+            2 => "[a-c]{1,2}",
+            2 => "[a-zA-Z0-9._-]{1,40}",
+            1 => Just("x".repeat(249)),
+        ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Every position decodes back to itself, whether the hub writes it
         /// from its position table or from a [`Cursor`], and both write
@@ -584,7 +590,7 @@ mod tests {
         fn any_position_round_trips(
             entries in proptest::collection::vec(
                 (topic_name(), prop_oneof![0i32..64, 0..=i32::MAX], prop_oneof![0i64..1000, 0..=i64::MAX]),
-                0..40,
+                0..16,
             )
         ) {
             let mut c = Cursor::new();
