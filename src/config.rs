@@ -112,6 +112,67 @@ pub struct KafkaConfig {
     pub options: BTreeMap<String, String>,
 }
 
+/// Longest duration any key takes: deadlines are computed as `now + d`,
+/// which a duration near `u64::MAX` seconds would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Config {
+    /// Every duration key is at most [`MAX_DURATION`].
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let mut all: Vec<(&str, Duration)> = vec![
+            ("kafka.metadata_refresh", self.kafka.metadata_refresh),
+            ("kafka.stats_interval", self.kafka.stats_interval),
+            ("http.write_timeout", self.http.write_timeout),
+            ("http.shutdown_grace", self.http.shutdown_grace),
+            ("http.head_timeout", self.http.head_timeout),
+            ("http.keepalive_timeout", self.http.keepalive_timeout),
+            ("sse.heartbeat", self.sse.heartbeat),
+            ("sse.retry", self.sse.retry),
+            ("ws.ping_interval", self.ws.ping_interval),
+            ("ws.pong_timeout", self.ws.pong_timeout),
+            ("poll.max_wait", self.poll.max_wait),
+            ("hub.history_age", self.hub.history_age),
+            ("replay.timeout", self.replay.timeout),
+        ];
+        if let Some(push) = &self.push {
+            all.extend([
+                ("push.ttl", push.ttl),
+                ("push.request_timeout", push.request_timeout),
+                ("push.retry_deadline", push.retry_deadline),
+                ("push.retry_backoff", push.retry_backoff),
+                ("push.body_timeout", push.body_timeout),
+            ]);
+        }
+        if let Some(publish) = &self.publish {
+            all.extend([
+                ("publish.timeout", publish.timeout),
+                ("publish.body_timeout", publish.body_timeout),
+            ]);
+        }
+        if let Some(auth) = &self.auth {
+            all.extend([
+                ("auth.leeway", auth.leeway),
+                ("auth.jwks_timeout", auth.jwks_timeout),
+                ("auth.jwks_refresh_interval", auth.jwks_refresh_interval),
+                (
+                    "auth.jwks_min_refetch_interval",
+                    auth.jwks_min_refetch_interval,
+                ),
+            ]);
+        }
+        for (key, value) in all {
+            if value > MAX_DURATION {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    value: humantime::format_duration(value).to_string(),
+                    reason: "must be at most 365 days".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl KafkaConfig {
     /// librdkafka's own checks of `brokers`, `client_id` and every
     /// `[kafka.options]` entry (unknown property, invalid value), made by
@@ -862,6 +923,7 @@ impl Config {
             }
         }
         self.kafka.check_client_options()?;
+        self.check_durations()?;
         if let Some(value) = self.kafka.options.get("auto.offset.reset") {
             return Err(invalid(
                 "kafka.options.\"auto.offset.reset\"",

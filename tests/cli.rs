@@ -60,6 +60,11 @@ fn invalid_configs_exit_64_naming_the_key_and_value() {
             ),
             "publish.api_keys_file",
         ),
+        // A duration that would overflow a deadline.
+        (
+            format!("{GOOD}[ws]\npong_timeout = \"18446744073709551615s\"\n"),
+            "ws.pong_timeout",
+        ),
         // librdkafka's own checks, made without connecting: an unknown
         // property and a bad value, each named.
         (

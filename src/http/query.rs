@@ -146,6 +146,13 @@ impl StreamParams {
                     ),
                 ));
             };
+            if slot.is_some() {
+                // Which of two would be meant is anyone's guess.
+                return Err(ApiError::bad_request(
+                    "conflicting_parameters",
+                    format!("{name}= is given more than once; give it once"),
+                ));
+            }
             *slot = Some(value.into_owned());
         }
         if accepts.channel_required && params.channels.is_empty() {
@@ -274,6 +281,16 @@ mod tests {
     }
 
     #[test]
+    fn a_parameter_given_twice_is_refused_naming_it() {
+        for name in ["cursor", "since", "token", "limit", "wait"] {
+            let query = format!("channel=a&{name}=1&{name}=2");
+            let e = StreamParams::parse_for(Some(&query), &POLL_PARAMS, LIMITS).unwrap_err();
+            assert_eq!(e.code, "conflicting_parameters", "{name}");
+            assert!(e.message.starts_with(&format!("{name}=")), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn resume_header_wins_over_cursor_and_since() {
         let p = StreamParams::parse(Some("channel=a&since=5&cursor=hAA"), LIMITS).unwrap();
         assert_eq!(p.start(None).unwrap_err().code, "conflicting_parameters");
@@ -311,11 +328,12 @@ mod tests {
     }
 
     /// The codes docs/protocol.md names for a transport's query string.
-    const QUERY_CODES: [&str; 4] = [
+    const QUERY_CODES: [&str; 5] = [
         "uri_too_long",
         "too_many_channels",
         "unknown_parameter",
         "missing_channel",
+        "conflicting_parameters",
     ];
 
     /// A query parameter: a known name or not, a value of any text.
@@ -350,9 +368,9 @@ mod tests {
         }
 
         /// Parameters as a client encodes them come back as they were: the
-        /// channels each once in their first order, the other values the
-        /// last one given. One distinct channel too many is refused, naming
-        /// the limit, as is an unknown name.
+        /// channels each once in their first order, the other values as
+        /// given. One distinct channel too many is refused, naming the
+        /// limit, as is an unknown name and a value given twice.
         #[test]
         fn encoded_parameters_come_back_or_are_refused_by_name(
             params in proptest::collection::vec(param(), 0..12),
@@ -362,9 +380,14 @@ mod tests {
                 .finish();
             let result = StreamParams::parse_for(Some(&query), &POLL_PARAMS, LIMITS);
             let mut channels: Vec<&str> = Vec::new();
+            let mut singles: HashSet<&str> = HashSet::new();
             let mut refusal = None;
             for (name, value) in &params {
                 match name.as_str() {
+                    "cursor" | "since" | "token" | "limit" | "wait" if !singles.insert(name) => {
+                        refusal = Some("conflicting_parameters");
+                        break;
+                    }
                     "channel" if !channels.contains(&value.as_str()) => {
                         if channels.len() == LIMITS.max_channels {
                             refusal = Some("too_many_channels");
