@@ -83,7 +83,8 @@ pub struct Metrics {
     pub hub_channels: IntGauge,
     /// Bytes of message history held across all channels.
     pub hub_history_bytes: IntGauge,
-    /// Publications dropped from history, by reason (count, bytes, age, budget).
+    /// Publications dropped from history, by reason (count, bytes, age, budget,
+    /// reset).
     pub hub_evictions: IntCounterVec,
     /// Requests answered with an error, by status code and error code.
     pub http_errors: IntCounterVec,

@@ -203,8 +203,10 @@ async fn a_cursor_naming_a_partition_added_a_moment_ago_is_served_on_a_node_not_
         Some(1)
     );
 
-    let (messages, _) = poll_ok(addr, &format!("channel=c&cursor={}", other_node.encode())).await;
-    assert_eq!(ns_json(&messages), [1, 2]);
+    // A stream, not a short poll: the node has yet to read the partition.
+    let mut sse = Sse::connect(addr, "channel=c", Some(&other_node.encode())).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(ns(&sse.messages(2).await), [1, 2]);
 
     // A partition Kafka does not have is still refused, naming it.
     let mut forged = herald::hub::cursor::Cursor::new();

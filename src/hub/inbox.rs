@@ -116,8 +116,9 @@ impl Inbox {
     }
 
     /// Queues a notice of lost offsets. A closed inbox ignores it: its
-    /// subscriber resumes from a cursor, and the hub's floors make that
-    /// resume see the loss.
+    /// subscriber resumes from a cursor, and the hub's floors send that
+    /// resume to Kafka, which answers a loss with a gap (and a cursor from
+    /// before a reset beyond the new end with `cursor_ahead`).
     pub fn push_notice(&self, notice: Arc<Notice>) {
         let mut state = self.state.lock();
         if state.closed.is_some() {

@@ -62,6 +62,10 @@ pub const READY_WAIT: Duration = Duration::from_secs(10);
 /// know waits for the ingest to re-read the metadata.
 pub const METADATA_WAIT: Duration = Duration::from_secs(5);
 
+/// How many times a subscription starts again because a reset of
+/// partitions ran while it started, before it is refused as `not_ready`.
+const RESET_ATTEMPTS: usize = 1000;
+
 /// How often the sweeper drops aged history and empty channels.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -142,6 +146,10 @@ pub trait ReplaySource: Send + Sync {
         partitions: Vec<(Arc<str>, i32)>,
         client: IpAddr,
     ) -> Result<OffsetsForTime, SubscribeError>;
+
+    /// Drops whatever is kept of these partitions' records: their offsets
+    /// started over ([`Hub::partitions_reset`]).
+    fn forget(&self, partitions: Vec<(Arc<str>, i32)>);
 }
 
 /// Why a subscription was refused. Each names the offending value.
@@ -239,12 +247,17 @@ pub(crate) struct Inner {
     /// ([`Hub::partitions_lost`]): no channel's memory covers below it.
     lost: Mutex<Arc<Positions>>,
     ready: AtomicBool,
+    /// Bumped at the start and at the end of each [`Hub::partitions_reset`]:
+    /// odd while one is under way. A subscription that saw it change while
+    /// it started begins again.
+    resets: AtomicU64,
     /// A subscription asks the ingest to re-read the metadata now.
     refresh_wanted: AtomicBool,
     /// Metadata refreshes the ingest has started and finished, and the
     /// wake-up of each finish.
     refreshes_started: AtomicU64,
     refreshes_finished: AtomicU64,
+    last_refresh_ok: AtomicBool,
     refreshed: Notify,
     /// Wakes subscriptions waiting for a starting node to become ready.
     became_ready: Notify,
@@ -321,9 +334,11 @@ impl Hub {
                 live_end: RwLock::new(Positions::new()),
                 lost: Mutex::new(Arc::new(Positions::new())),
                 ready: AtomicBool::new(false),
+                resets: AtomicU64::new(0),
                 refresh_wanted: AtomicBool::new(false),
                 refreshes_started: AtomicU64::new(0),
                 refreshes_finished: AtomicU64::new(0),
+                last_refresh_ok: AtomicBool::new(false),
                 refreshed: Notify::new(),
                 became_ready: Notify::new(),
                 seq: AtomicU64::new(0),
@@ -402,64 +417,69 @@ impl Hub {
     /// Each of `reset` ends below the ingest's position (`from`): its
     /// offsets started over — the topic was deleted and created again, or
     /// its log was truncated — and the ingest goes on at `to`, in the new
-    /// offsets. What memory holds of those partitions belongs to the old
-    /// offsets and is dropped; every subscriber is told with a gap marked
-    /// `reset`, in order, and its position moves back to `to`, so the new
-    /// records are delivered rather than taken for ones it already had.
-    /// Call before publishing anything of the new offsets.
+    /// offsets. Every subscriber is told with a gap marked `reset`, in
+    /// order, and its position moves back to `to`, so the new records are
+    /// delivered rather than taken for ones it already had.
+    ///
+    /// Memory is emptied: not only the records of the old offsets, but every
+    /// publication before now, since each carries the ingest's positions of
+    /// the time (which name the old offsets, and would move a cursor past
+    /// the new records). Records read back from Kafka before are forgotten
+    /// too. Subscriptions starting meanwhile notice the reset (see
+    /// `resets` in [`Hub::subscribe`]) and start again. Call before
+    /// publishing anything of the new offsets.
     pub fn partitions_reset(&self, reset: Vec<PartitionRange>) {
         let inner = &*self.inner;
-        let is_reset = |topic: &str, partition: i32| {
-            reset
-                .iter()
-                .any(|r| *r.topic == *topic && r.partition == partition)
-        };
-        let mut floors = inner.lost.lock();
-        let f = Arc::make_mut(&mut floors);
-        for range in &reset {
-            f.set(&range.topic, range.partition, range.to);
+        // Odd while the reset is under way.
+        inner.resets.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut positions = (**inner.positions.read()).clone();
+            let mut floors = inner.lost.lock();
+            let mut horizon = inner.horizon.lock();
+            let mut live_end = inner.live_end.write();
+            let (f, h) = (Arc::make_mut(&mut floors), Arc::make_mut(&mut horizon));
+            for r in &reset {
+                positions.set(&r.topic, r.partition, r.to);
+                f.set(&r.topic, r.partition, r.to);
+                h.set(&r.topic, r.partition, r.to);
+                live_end.set(&r.topic, r.partition, r.to);
+            }
+            *inner.positions.write() = Arc::new(positions);
         }
-        drop(floors);
-        let mut horizon = inner.horizon.lock();
-        let h = Arc::make_mut(&mut horizon);
-        for range in &reset {
-            h.set(&range.topic, range.partition, range.to);
+        if let Some(source) = inner.replay.read().clone() {
+            source.forget(
+                reset
+                    .iter()
+                    .map(|r| (r.topic.clone(), r.partition))
+                    .collect(),
+            );
         }
-        drop(horizon);
-        let mut live_end = inner.live_end.write();
-        for range in &reset {
-            live_end.set(&range.topic, range.partition, range.to);
-        }
-        drop(live_end);
         let notice = Arc::new(Notice {
             seq: inner.seq.fetch_add(1, Ordering::Relaxed),
             lost: reset.clone(),
             reset: true,
         });
+        // Channels created from one horizon share their base: lowered once.
+        let mut bases: HashMap<*const Positions, Arc<Positions>> = HashMap::new();
         for shard in inner.shards.iter() {
             let mut shard = shard.lock();
             for channel in shard.channels.values_mut() {
-                let before = channel.history_bytes;
-                channel.history.retain(|p| {
-                    let drop = is_reset(&p.record.topic, p.record.partition);
-                    if drop {
-                        channel.history_bytes -= p.size();
+                while !channel.history.is_empty() {
+                    inner.evict_front(channel, "reset");
+                }
+                let lowered = bases.entry(Arc::as_ptr(&channel.base)).or_insert_with(|| {
+                    let mut base = (*channel.base).clone();
+                    for r in &reset {
+                        if base.get(&r.topic, r.partition).is_some() {
+                            base.set(&r.topic, r.partition, r.to);
+                        }
                     }
-                    !drop
+                    Arc::new(base)
                 });
-                inner
-                    .history_bytes
-                    .fetch_sub(before - channel.history_bytes, Ordering::Relaxed);
-                for range in &reset {
-                    if channel.base.get(&range.topic, range.partition).is_some() {
-                        Arc::make_mut(&mut channel.base).set(
-                            &range.topic,
-                            range.partition,
-                            range.to,
-                        );
-                    }
-                    if channel.evicted.get(&range.topic, range.partition).is_some() {
-                        channel.evicted.set(&range.topic, range.partition, range.to);
+                channel.base = lowered.clone();
+                for r in &reset {
+                    if channel.evicted.get(&r.topic, r.partition).is_some() {
+                        channel.evicted.set(&r.topic, r.partition, r.to);
                     }
                 }
                 for inbox in &channel.subscribers {
@@ -467,6 +487,7 @@ impl Hub {
                 }
             }
         }
+        inner.resets.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether a subscription asked for a metadata refresh since the last
@@ -480,9 +501,10 @@ impl Hub {
         self.inner.refreshes_started.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The ingest has re-read the metadata (successfully or not) and
+    /// The ingest has re-read the metadata (`ok`: successfully) and
     /// published what it found.
-    pub fn metadata_refreshed(&self) {
+    pub fn metadata_refreshed(&self, ok: bool) {
+        self.inner.last_refresh_ok.store(ok, Ordering::Release);
         self.inner.refreshes_finished.fetch_add(1, Ordering::AcqRel);
         self.inner.refreshed.notify_waiters();
     }
@@ -492,7 +514,7 @@ impl Hub {
     /// ingest for a refresh — one for every subscription asking meanwhile
     /// — and waits for it to finish, at most [`METADATA_WAIT`]; the
     /// subscription is then checked against what Kafka said.
-    async fn learn_cursor_partitions(&self, cursor: &Cursor) {
+    async fn learn_cursor_partitions(&self, cursor: &Cursor) -> Result<(), SubscribeError> {
         let positions = self.positions();
         let unknown = cursor.iter().any(|(topic, partition, _)| {
             self.router().consumes(topic)
@@ -501,7 +523,7 @@ impl Hub {
                     .is_none_or(|p| usize::try_from(partition).is_ok_and(|p2| p2 >= p.len()))
         });
         if !unknown {
-            return;
+            return Ok(());
         }
         let inner = &*self.inner;
         let deadline = tokio::time::Instant::now() + METADATA_WAIT;
@@ -509,13 +531,24 @@ impl Hub {
         // end of one that starts after the request.
         let wanted = inner.refreshes_started.load(Ordering::Acquire) + 1;
         inner.refresh_wanted.store(true, Ordering::Release);
+        // Refusing the cursor is for what Kafka said it lacks; without an
+        // answer the client is told to try again.
+        let unanswered = || {
+            SubscribeError::Kafka(
+                "the cursor names partitions this node does not know, and re-reading Kafka's metadata to check them failed; retry shortly".into(),
+            )
+        };
         loop {
             let refreshed = inner.refreshed.notified();
             if inner.refreshes_finished.load(Ordering::Acquire) >= wanted {
-                return;
+                return if inner.last_refresh_ok.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err(unanswered())
+                };
             }
             if tokio::time::timeout_at(deadline, refreshed).await.is_err() {
-                return;
+                return Err(unanswered());
             }
         }
     }
@@ -622,7 +655,7 @@ impl Hub {
         let ts = match start {
             Start::Since(ts) => ts,
             Start::Cursor(cursor) => {
-                self.learn_cursor_partitions(&cursor).await;
+                self.learn_cursor_partitions(&cursor).await?;
                 self.check_not_ahead(&cursor, client).await?;
                 return self.subscribe(channels, Start::Cursor(cursor), client);
             }
@@ -781,6 +814,30 @@ impl Hub {
         start: Start,
         client: IpAddr,
     ) -> Result<Subscription, SubscribeError> {
+        // A reset under way lowers positions this start may have read:
+        // start again once it is over (resets are rare, and short).
+        for _ in 0..RESET_ATTEMPTS {
+            let resets = self.inner.resets.load(Ordering::SeqCst);
+            if resets % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            if let Some(subscription) =
+                self.subscribe_once(channels, start.clone(), client, resets)?
+            {
+                return Ok(subscription);
+            }
+        }
+        Err(SubscribeError::NotReady)
+    }
+
+    fn subscribe_once(
+        &self,
+        channels: &[String],
+        start: Start,
+        client: IpAddr,
+        resets: u64,
+    ) -> Result<Option<Subscription>, SubscribeError> {
         let inner = &self.inner;
         if !self.is_ready() {
             return Err(SubscribeError::NotReady);
@@ -844,6 +901,9 @@ impl Hub {
             .collect();
         let horizon = inner.horizon.lock().clone();
         let lost = inner.lost.lock().clone();
+        if inner.resets.load(Ordering::SeqCst) != resets {
+            return Ok(None);
+        }
 
         // Check coverage. At the live end, step over evicted history; from a
         // cursor, what memory lacks is read back from Kafka (or refused).
@@ -918,6 +978,10 @@ impl Hub {
         drop(guards);
         backlog.sort_by_key(|p| p.seq);
 
+        let replay_ends: Vec<(Arc<str>, i32, i64)> = replay_to
+            .iter()
+            .map(|((topic, partition), to)| (topic.clone(), *partition, *to))
+            .collect();
         let replay_rx = match (replay, replay_to.is_empty()) {
             (Some(source), false) => {
                 let ranges = replay_to
@@ -941,13 +1005,15 @@ impl Hub {
             _ => None,
         };
 
-        Ok(Subscription {
+        Ok(Some(Subscription {
             hub: self.inner.clone(),
             channels: names,
             feeds,
             replay: replay_rx,
             replayed: VecDeque::new(),
             notices: VecDeque::new(),
+            last_notice: None,
+            replay_ends,
             client,
             gaps: Vec::new(),
             failure: None,
@@ -955,7 +1021,7 @@ impl Hub {
             from_history: backlog.len(),
             backlog: backlog.into(),
             positions: start_at,
-        })
+        }))
     }
 
     fn drop_if_empty(&self, names: &[Arc<str>]) {

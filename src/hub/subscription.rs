@@ -88,6 +88,13 @@ pub struct Subscription {
     /// Losses the ingest reported, each to be applied once every
     /// publication before it (by `seq`) has been taken from `backlog`.
     pub(super) notices: VecDeque<Arc<Notice>>,
+    /// The `seq` of the last notice applied: a subscriber of several
+    /// channels receives each notice through every one of them.
+    pub(super) last_notice: Option<u64>,
+    /// Where each range being read back ends: once the read-back has
+    /// ended, the subscription has every record below, even if the last
+    /// ones were not for its channels.
+    pub(super) replay_ends: Vec<(Arc<str>, i32, i64)>,
     /// Next offset per partition: what the cursor encodes.
     pub(super) positions: Positions,
     /// The client's address, which bounds the replays it may have running.
@@ -189,6 +196,9 @@ impl Subscription {
                 }
                 None => {
                     self.replay = None;
+                    for (topic, partition, end) in std::mem::take(&mut self.replay_ends) {
+                        self.positions.raise(&topic, partition, end);
+                    }
                     if self.inbox.finish_catching_up() {
                         self.pick_up_again()?;
                     }
@@ -238,12 +248,16 @@ impl Subscription {
     /// converges; one that does not ends when the catching up goes over the
     /// replay limits (`replay.max_records`, `replay.timeout`).
     fn pick_up_again(&mut self) -> Result<(), CloseReason> {
-        // Notices still count: a reset moves the position back, which the
-        // floors alone would not do. (The dropped queue is read again.)
+        // A reset still counts: it moves the position back, which the
+        // floors alone would not do. A loss does not: the records before
+        // it (in the dropped queue) are read again, and the floor sends the
+        // lost range to Kafka, whose answer is the gap.
         let mut dropped = VecDeque::new();
         let _ = self.inbox.try_recv(&mut dropped, &mut self.notices);
         while let Some(notice) = self.notices.pop_front() {
-            self.note_lost(&notice);
+            if notice.reset {
+                self.note_lost(&notice);
+            }
         }
         let hub = Hub {
             inner: self.hub.clone(),
@@ -256,6 +270,7 @@ impl Subscription {
         match hub.subscribe(&channels, Start::Cursor(at), self.client) {
             Ok(mut fresh) => {
                 fresh.gaps = std::mem::take(&mut self.gaps);
+                fresh.last_notice = self.last_notice;
                 // The old inbox leaves the channels as `self` is replaced.
                 *self = fresh;
                 Ok(())
@@ -275,9 +290,10 @@ impl Subscription {
     /// already). Whether there is a gap to send. A subscriber of several
     /// channels receives the same notice through each; the first applies.
     fn note_lost(&mut self, notice: &Arc<Notice>) -> bool {
-        while self.notices.front().is_some_and(|n| Arc::ptr_eq(n, notice)) {
-            self.notices.pop_front();
+        if self.last_notice.is_some_and(|last| notice.seq <= last) {
+            return false;
         }
+        self.last_notice = Some(notice.seq);
         let ranges: Vec<PartitionRange> = notice
             .lost
             .iter()

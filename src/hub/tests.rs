@@ -500,3 +500,329 @@ fn offsets_that_start_over_are_a_reset_and_the_new_records_are_delivered() {
         .unwrap();
     assert_eq!(drain(&mut again).0, ["0:0", "0:1"]);
 }
+
+// Found in review of issue 13's edges; each failed before its fix.
+
+/// A reset, then a cursor from the new offsets whose other partition is at a
+/// record still in history (published before the reset, carrying the old
+/// positions snapshot).
+#[test]
+fn after_a_reset_no_record_from_before_moves_a_cursor_past_the_new_ones() {
+    let mut f = Fixture::new(HubConfig::default());
+    for _ in 0..3 {
+        f.produce(0, "a");
+    }
+    f.produce(1, "b");
+    f.hub.partitions_reset(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 3,
+        to: 0,
+    }]);
+    f.positions.set(&f.topic, 0, 0);
+    f.produce(0, "a");
+    f.produce(0, "a");
+    let mut c = Cursor::new();
+    c.set("t", 0, 0);
+    c.set("t", 1, 0);
+    let again = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
+        .map(|_| ());
+    // Memory was emptied (every publication carried the old offsets): the
+    // record of partition 1 is read back from Kafka, or refused without it.
+    assert!(
+        matches!(
+            again,
+            Err(SubscribeError::CursorTooOld {
+                partition: 1,
+                floor: 1,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let mut c = Cursor::new();
+    c.set("t", 0, 0);
+    c.set("t", 1, 1);
+    let mut again = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
+        .unwrap();
+    assert_eq!(drain(&mut again).0, ["0:0", "0:1"]);
+}
+
+/// A reset notice delivered through two channels, drained in between (as
+/// happens when the subscriber's task drains between the ingest's pushes).
+#[test]
+fn a_reset_heard_through_two_channels_is_applied_once() {
+    let mut f = Fixture::new(HubConfig::default());
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
+    for _ in 0..3 {
+        f.produce(0, "a");
+    }
+    f.hub.partitions_reset(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 3,
+        to: 0,
+    }]);
+    let first = drain_with_gaps(&mut sub);
+    assert_eq!(first, ["0:0", "0:1", "0:2", "gap all 0:3-0"]);
+    // The same notice arriving again (second channel's push).
+    let n = Arc::new(Notice {
+        seq: f.hub.inner.seq.load(Ordering::Relaxed) - 1,
+        lost: vec![PartitionRange {
+            topic: f.topic.clone(),
+            partition: 0,
+            from: 3,
+            to: 0,
+        }],
+        reset: true,
+    });
+    sub.inbox.push_notice(n);
+    assert_eq!(drain_with_gaps(&mut sub), Vec::<String>::new());
+}
+
+struct FakeReplay {
+    senders: parking_lot::Mutex<Vec<tokio::sync::mpsc::Sender<ReplayEvent>>>,
+    ranges: parking_lot::Mutex<Vec<Vec<PartitionRange>>>,
+}
+
+impl ReplaySource for FakeReplay {
+    fn start(
+        &self,
+        ranges: Vec<PartitionRange>,
+        _channels: Vec<Arc<str>>,
+        _client: IpAddr,
+    ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        self.senders.lock().push(tx);
+        self.ranges.lock().push(ranges);
+        Ok(rx)
+    }
+    fn offsets_for_time(
+        &self,
+        _: Vec<(Arc<str>, i32)>,
+        _: i64,
+        _: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError> {
+        unimplemented!()
+    }
+    fn high_watermarks(
+        &self,
+        _: Vec<(Arc<str>, i32)>,
+        _: IpAddr,
+    ) -> Result<OffsetsForTime, SubscribeError> {
+        unimplemented!()
+    }
+    fn forget(&self, _: Vec<(Arc<str>, i32)>) {}
+}
+
+fn replayed(f: &Fixture, partition: i32, offsets: std::ops::Range<i64>, key: &str) -> ReplayEvent {
+    ReplayEvent::Records(
+        offsets
+            .map(|offset| {
+                Arc::new(Publication::new(
+                    0,
+                    Arc::from("all"),
+                    Arc::new(Record {
+                        topic: f.topic.clone(),
+                        partition,
+                        offset,
+                        timestamp: Some(0),
+                        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+                        headers: vec![],
+                        payload: Some(Bytes::from(format!("{partition}:{offset}"))),
+                    }),
+                    Arc::new(Positions::new()),
+                    Instant::now(),
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// pick_up_again applies a pending `lost` notice before re-subscribing: the
+/// records between its position and the loss (in the dropped queue) are
+/// never delivered, and the gap does not cover them.
+#[test]
+fn catching_up_again_delivers_the_records_before_a_loss_then_its_gap() {
+    let mut f = Fixture::new(HubConfig {
+        history_messages: 2,
+        subscriber_queue: 2,
+        ..HubConfig::default()
+    });
+    let fake = Arc::new(FakeReplay {
+        senders: Default::default(),
+        ranges: Default::default(),
+    });
+    f.hub.set_replay_source(fake.clone());
+    for _ in 0..10 {
+        f.produce(0, "a");
+    }
+    let mut c = Cursor::new();
+    c.set("t", 0, 0);
+    c.set("t", 1, 0);
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
+        .unwrap();
+    assert_eq!(fake.ranges.lock()[0][0].to, 8);
+    for _ in 0..3 {
+        f.produce(0, "a"); // 10, 11, 12: overflow the catching-up queue
+    }
+    f.hub.partitions_lost(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 13,
+        to: 20,
+    }]);
+    f.positions.set(&f.topic, 0, 20);
+    f.hub.set_positions(Arc::new(f.positions.clone()));
+    let tx = fake.senders.lock().remove(0);
+    tx.try_send(replayed(&f, 0, 0..8, "a")).ok().unwrap();
+    drop(tx);
+    f.produce(0, "a"); // 20
+    let got = drain_with_gaps(&mut sub);
+    assert_eq!(
+        got,
+        ["0:0", "0:1", "0:2", "0:3", "0:4", "0:5", "0:6", "0:7"]
+    );
+    // The next round reads 8..20 back, not 13..20: records 8..12 are not
+    // stepped over. Kafka, which deleted everything below 20, answers with
+    // the gap from 8.
+    let ranges = fake.ranges.lock().clone();
+    assert_eq!(
+        (ranges.len(), ranges[1][0].from, ranges[1][0].to),
+        (2, 8, 20)
+    );
+    let tx = fake.senders.lock().remove(0);
+    tx.try_send(ReplayEvent::Gaps(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 8,
+        to: 20,
+    }]))
+    .ok()
+    .unwrap();
+    drop(tx);
+    assert_eq!(drain_with_gaps(&mut sub), ["gap all 0:8-20", "0:20"]);
+}
+
+/// After an overflow, the next round reads back from where the channel's
+/// last replayed record was, not from the end of the range read: a sparse
+/// channel reads the same range again.
+#[test]
+fn catching_up_again_reads_on_from_the_end_of_the_range_read() {
+    let mut f = Fixture::new(HubConfig {
+        history_messages: 1,
+        subscriber_queue: 2,
+        ..HubConfig::default()
+    });
+    let fake = Arc::new(FakeReplay {
+        senders: Default::default(),
+        ranges: Default::default(),
+    });
+    f.hub.set_replay_source(fake.clone());
+    f.produce(0, "k"); // 0: the only user.k record in the range
+    for _ in 0..20 {
+        f.produce(0, "x");
+    }
+    // user.x and all evict; user.k evicts nothing; drop every channel.
+    f.hub.sweep(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(f.hub.channel_count(), 0);
+    let mut c = Cursor::new();
+    c.set("t", 0, 0);
+    c.set("t", 1, 0);
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["user.k"]), Start::Cursor(c), CLIENT)
+        .unwrap();
+    for _ in 0..3 {
+        f.produce(0, "k");
+    }
+    let tx = fake.senders.lock().remove(0);
+    tx.try_send(replayed(&f, 0, 0..1, "k")).ok().unwrap();
+    drop(tx);
+    let _ = drain_with_gaps(&mut sub);
+    let ranges = fake.ranges.lock().clone();
+    assert_eq!(ranges.len(), 2);
+    assert_eq!(
+        ranges[1][0].from, ranges[0][0].to,
+        "second round starts again at {}",
+        ranges[1][0].from
+    );
+}
+
+/// The ingest calls partitions_reset, then publish_positions: a live
+/// subscription in between starts at the old position and never hears.
+#[test]
+fn a_subscription_starting_during_a_reset_starts_in_the_new_offsets() {
+    let mut f = Fixture::new(HubConfig::default());
+    for _ in 0..3 {
+        f.produce(0, "a");
+    }
+    f.hub.partitions_reset(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 3,
+        to: 0,
+    }]);
+    let mut sub = f
+        .hub
+        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
+        .unwrap();
+    f.positions.set(&f.topic, 0, 0);
+    f.hub.set_positions(Arc::new(f.positions.clone()));
+    f.produce(0, "a");
+    f.produce(0, "a");
+    assert_eq!(drain_with_gaps(&mut sub), ["0:0", "0:1"]);
+}
+
+#[test]
+fn a_reset_keeps_the_history_bytes_exact() {
+    let mut f = Fixture::new(HubConfig::default());
+    for i in 0..10 {
+        f.produce(i % 2, "a");
+    }
+    f.hub.partitions_reset(vec![PartitionRange {
+        topic: f.topic.clone(),
+        partition: 0,
+        from: 5,
+        to: 0,
+    }]);
+    let sum: usize = f
+        .hub
+        .inner
+        .shards
+        .iter()
+        .map(|s| {
+            s.lock()
+                .channels
+                .values()
+                .map(|c| c.history_bytes)
+                .sum::<usize>()
+        })
+        .sum();
+    let real: usize = f
+        .hub
+        .inner
+        .shards
+        .iter()
+        .map(|s| {
+            s.lock()
+                .channels
+                .values()
+                .map(|c| c.history.iter().map(|p| p.size()).sum::<usize>())
+                .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(
+        (f.hub.inner.history_bytes.load(Ordering::Relaxed), sum),
+        (real, real)
+    );
+}

@@ -179,7 +179,7 @@ impl Ingest {
                 last_refresh = now;
                 self.hub.metadata_refresh_starts();
                 let result = self.refresh_assignment();
-                self.hub.metadata_refreshed();
+                self.hub.metadata_refreshed(result.is_ok());
                 match result {
                     Ok(()) => self.hub.set_ready(true),
                     Err(e) => {
@@ -303,6 +303,9 @@ impl Ingest {
     fn step_over_deleted(&mut self) -> KafkaResult<()> {
         let mut lost = Vec::new();
         let mut reset = Vec::new();
+        // Within its range: librdkafka may have stopped it all the same (a
+        // truncation found by its own checks): assigned again where it is.
+        let mut unchanged = Vec::new();
         let mut unanswered = None;
         for (topic, partition) in &self.assigned {
             let Some(at) = self.positions.get(topic, *partition) else {
@@ -331,15 +334,20 @@ impl Ingest {
                 lost.push(range);
             } else if at > high {
                 reset.push(range);
+            } else {
+                unchanged.push((topic.clone(), *partition, at));
             }
         }
         let done = unanswered.map_or(Ok(()), Err);
-        if lost.is_empty() && reset.is_empty() {
-            return done;
-        }
         let mut again = TopicPartitionList::new();
         for range in lost.iter().chain(&reset) {
             again.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.to))?;
+        }
+        for (topic, partition, at) in &unchanged {
+            again.add_partition_offset(topic, *partition, Offset::Offset(*at))?;
+        }
+        if again.count() == 0 {
+            return done;
         }
         self.consumer.incremental_unassign(&again)?;
         self.consumer.incremental_assign(&again)?;
@@ -373,13 +381,16 @@ impl Ingest {
                 .inc();
             self.positions.set(&range.topic, range.partition, range.to);
         }
+        let changed = !lost.is_empty() || !reset.is_empty();
         if !lost.is_empty() {
             self.hub.partitions_lost(lost);
         }
         if !reset.is_empty() {
             self.hub.partitions_reset(reset);
         }
-        self.publish_positions();
+        if changed {
+            self.publish_positions();
+        }
         done
     }
 

@@ -243,6 +243,16 @@ impl ReplaySource for Replayer {
     ) -> Result<OffsetsForTime, SubscribeError> {
         self.look_up(client, move |config| high_watermarks(config, &partitions))
     }
+
+    fn forget(&self, partitions: Vec<(Arc<str>, i32)>) {
+        let mut state = self.cache.state.lock();
+        for key in partitions {
+            if let Some(segment) = state.segments.remove(&key) {
+                state.bytes -= segment.bytes;
+            }
+            state.lows.remove(&key);
+        }
+    }
 }
 
 impl Replayer {
@@ -398,6 +408,11 @@ fn first_at_or_after(
 
 /// One client's replay, on a blocking thread.
 struct Job {
+    /// Its places under `replay.max_concurrent` and
+    /// `replay.max_concurrent_per_ip`, until it has finished. First, so
+    /// they are released before `tx` is dropped: a subscription that sees
+    /// its replay end may start the next one at once.
+    _places: (OwnedSemaphorePermit, PerIpPlace),
     kafka: ClientConfig,
     cache: Arc<Cache>,
     ranges: Vec<PartitionRange>,
@@ -411,9 +426,6 @@ struct Job {
     /// Scratch buffer for the router.
     routed: Vec<String>,
     empty: Arc<Positions>,
-    /// Its places under `replay.max_concurrent` and
-    /// `replay.max_concurrent_per_ip`, until it has finished.
-    _places: (OwnedSemaphorePermit, PerIpPlace),
 }
 
 impl Job {
