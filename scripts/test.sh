@@ -73,6 +73,32 @@ setup_python() {
 }
 setup_python
 
+# tests/deploy.rs checks deploy/ with real tools: promtool (Debian's
+# prometheus package; apt-get only when promtool is missing) for the alert
+# rules and the dashboard's PromQL, and kubernetes-validate with PyYAML in
+# the venv target/deploy-venv (remade only when tests/deploy/requirements.txt
+# changed) for the Kubernetes manifests.
+setup_deploy_tools() {
+  if ! command -v promtool >/dev/null; then
+    log "installing Debian's prometheus (promtool) for tests/deploy.rs"
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+  fi
+  local venv=target/deploy-venv
+  local stamp=$venv/.requirements.stamp
+  if [[ ! -f $stamp ]] || ! cmp -s tests/deploy/requirements.txt "$stamp"; then
+    log "pip install -r tests/deploy/requirements.txt into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+    cp tests/deploy/requirements.txt "$stamp"
+  fi
+  export HERALD_DEPLOY_VENV=$PWD/$venv
+}
+setup_deploy_tools
+
 # Build before starting Kafka, so the broker is not kept waiting. The
 # smoke run at the end needs target/debug/herald-bench and the herald it
 # starts beside itself; the tests alone do not build herald-bench's binary.
