@@ -113,6 +113,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, … (Linux), for the dashboard and for sizing.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector registers once");
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
             r.register(Box::new(c.clone()))
                 .expect("metric names are unique");

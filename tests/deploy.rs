@@ -25,9 +25,12 @@ const EXTERNAL_METRICS: &[&str] = &[
     "up",
     // The blackbox exporter probing /readyz (alerts.yml, HeraldNotReady).
     "probe_success",
-    // The kubelet's cAdvisor on Kubernetes (the dashboard's Process row).
-    "container_cpu_usage_seconds_total",
+    // The kubelet's cAdvisor on Kubernetes (the dashboard's pod variable).
     "container_memory_working_set_bytes",
+    // The prometheus crate's process collector, which src/metrics.rs
+    // registers (the dashboard's Process row).
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
 ];
 
 fn path(rel: &str) -> PathBuf {

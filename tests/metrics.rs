@@ -125,7 +125,16 @@ async fn partition_lag_is_there_from_the_first_scrape_after_ready() {
     for p in 0..3 {
         let series = format!("herald_partition_lag{{partition=\"{p}\",topic=\"{topic}\"}}");
         assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
+        let series = format!("herald_ingest_resets_total{{partition=\"{p}\",topic=\"{topic}\"}}");
+        assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
     }
+    // The process collector the dashboard's Process row reads.
+    assert!(
+        m.get("process_resident_memory_bytes")
+            .is_some_and(|b| *b > 0.0),
+        "{text}"
+    );
+    assert!(m.contains_key("process_cpu_seconds_total"), "{text}");
     herald.stop().await;
 }
 
