@@ -229,6 +229,11 @@ const OUTAGE_S: f64 = 10.0;
 
 /// F1: `clients` WebSocket clients at `rate` records/s for `duration` s;
 /// at 10 s the broker stops, 10 s later it starts again.
+/// A figure in seconds, reported with no target to pass or fail.
+fn seconds(scenario: &str, metric: &str, measured: f64) -> Row {
+    row(scenario, metric, measured, "info", f64::NAN, None, "s")
+}
+
 pub fn f1(clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
     let broker = OwnBroker::start();
     let brokers = broker.bootstrap();
@@ -279,51 +284,27 @@ pub fn f1(clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
         .filter(|&&s| s > stop_us && s <= restart_us)
         .count();
     let mut rows = exact_rows("f1", &t, &done, clients);
-    rows.push(row(
+    rows.push(seconds(
         "f1",
         "broker start s (start → ready)",
         (broker_ready_us - restart_us) as f64 / 1e6,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
+    rows.push(seconds(
         "f1",
         "producer s (broker start → records in Kafka)",
         in_kafka_us.saturating_sub(restart_us) as f64 / 1e6,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
+    rows.push(seconds(
         "f1",
         "ingest s (broker start → Herald read them)",
         ingested_us.saturating_sub(restart_us) as f64 / 1e6,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
+    rows.push(seconds(
         "f1",
         "recovery s (broker start → all caught up)",
         recovery,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
-        "f1",
-        "worst record delay s",
-        worst,
-        "info",
-        f64::NAN,
-        None,
-        "s",
-    ));
+    rows.push(seconds("f1", "worst record delay s", worst));
     let details = json!({
         "clients": t.connected, "rate": rate, "records": records, "duration_s": duration,
         "records_sent_while_down": during, "broker_stop_s": (stopped_us - stop_us) as f64 / 1e6,
@@ -459,42 +440,18 @@ pub fn f2(brokers: &str, clients: usize, rate: u64, duration: f64) -> (Vec<Row>,
         .saturating_sub(a_ready_us) as f64
         / 1e6;
     let mut rows = exact_rows("f2", &t, &done, clients);
-    rows.push(row(
+    rows.push(seconds(
         "f2",
         "failover s (kill → A's last client resumed on B)",
         failover,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
-        "f2",
-        "recovery s (kill → all caught up)",
-        recovery,
-        "info",
-        f64::NAN,
-        None,
-        "s",
-    ));
-    rows.push(row(
+    rows.push(seconds("f2", "recovery s (kill → all caught up)", recovery));
+    rows.push(seconds(
         "f2",
         "back home s (A ready → last client back)",
         back_home,
-        "info",
-        f64::NAN,
-        None,
-        "s",
     ));
-    rows.push(row(
-        "f2",
-        "worst record delay s",
-        worst,
-        "info",
-        f64::NAN,
-        None,
-        "s",
-    ));
+    rows.push(seconds("f2", "worst record delay s", worst));
     let details = json!({
         "clients": t.connected, "clients_on_a": on_a, "rate": rate, "records": records,
         "duration_s": duration, "failover_s": failover, "recovery_s": recovery, "back_home_s": back_home,

@@ -72,6 +72,33 @@ fn channels(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// A cursor over topic `t` at `p0` on partition 0 and `p1` on partition 1.
+fn cursor_at(p0: i64, p1: i64) -> Cursor {
+    let mut c = Cursor::new();
+    c.set("t", 0, p0);
+    c.set("t", 1, p1);
+    c
+}
+
+impl Fixture {
+    /// Subscribes to `names` from `start`; panics on a refusal.
+    fn subscribe(&self, names: &[&str], start: Start) -> Subscription {
+        self.hub
+            .subscribe(&channels(names), start, CLIENT)
+            .expect("subscribed")
+    }
+
+    /// Offsets `from..to` of partition `partition` of the fixture's topic.
+    fn range(&self, partition: i32, from: i64, to: i64) -> Vec<PartitionRange> {
+        vec![PartitionRange {
+            topic: self.topic.clone(),
+            partition,
+            from,
+            to,
+        }]
+    }
+}
+
 /// Drains what is deliverable now, as `partition:offset` strings, and the
 /// last cursor.
 fn drain(sub: &mut Subscription) -> (Vec<String>, String) {
@@ -105,10 +132,7 @@ fn drain(sub: &mut Subscription) -> (Vec<String>, String) {
 fn live_subscriber_gets_only_new_records() {
     let mut f = Fixture::new(HubConfig::default());
     f.produce(0, "a");
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["all"], Start::Live);
     f.produce(1, "b");
     f.produce(0, "c");
     assert_eq!(drain(&mut sub).0, ["1:0", "0:1"]);
@@ -117,10 +141,7 @@ fn live_subscriber_gets_only_new_records() {
 #[test]
 fn resume_from_cursor_crosses_history_into_live_exactly() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut first = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut first = f.subscribe(&["all"], Start::Live);
     for i in 0..6 {
         f.produce(i % 2, "k");
     }
@@ -128,10 +149,7 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     assert_eq!(got, ["0:0", "1:0", "0:1", "1:1", "0:2", "1:2"]);
 
     // Resume from the last cursor while more arrive.
-    let mut again = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut again = f.subscribe(&["all"], Start::Live);
     drop(again);
     let mut replay = f
         .hub
@@ -146,13 +164,8 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
     assert_eq!(drain(&mut replay).0, ["0:3"]);
 
     // From a mid-stream cursor: everything after it, once.
-    let mut mid = Cursor::new();
-    mid.set("t", 0, 1);
-    mid.set("t", 1, 2);
-    again = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(mid), CLIENT)
-        .unwrap();
+    let mid = cursor_at(1, 2);
+    again = f.subscribe(&["all"], Start::Cursor(mid));
     f.produce(1, "k");
     let (got, cursor) = drain(&mut again);
     assert_eq!(got, ["0:1", "0:2", "1:2", "0:3", "1:3"]);
@@ -162,10 +175,7 @@ fn resume_from_cursor_crosses_history_into_live_exactly() {
 #[test]
 fn a_record_in_two_subscribed_channels_arrives_once() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all", "user.k"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["all", "user.k"], Start::Live);
     f.produce(0, "k");
     f.produce(0, "other");
     f.produce(1, "k");
@@ -175,10 +185,7 @@ fn a_record_in_two_subscribed_channels_arrives_once() {
 #[test]
 fn quiet_partitions_advance_in_the_cursor() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["user.k"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["user.k"], Start::Live);
     for _ in 0..3 {
         f.produce(1, "other");
     }
@@ -196,14 +203,8 @@ fn slow_subscriber_is_closed_after_what_it_has_queued() {
         subscriber_queue: 2,
         ..HubConfig::default()
     });
-    let mut slow = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
-    let mut fast = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut slow = f.subscribe(&["all"], Start::Live);
+    let mut fast = f.subscribe(&["all"], Start::Live);
     f.produce(0, "k");
     assert_eq!(drain(&mut fast).0, ["0:0"]);
     f.produce(0, "k");
@@ -242,16 +243,11 @@ fn evicted_history_is_reported_not_skipped() {
         history_messages: 2,
         ..HubConfig::default()
     });
-    let _keep = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let _keep = f.subscribe(&["all"], Start::Live);
     for _ in 0..4 {
         f.produce(0, "k");
     }
-    let mut old = Cursor::new();
-    old.set("t", 0, 1);
-    old.set("t", 1, 0);
+    let old = cursor_at(1, 0);
     let err = f
         .hub
         .subscribe(&channels(&["all"]), Start::Cursor(old), CLIENT)
@@ -267,13 +263,8 @@ fn evicted_history_is_reported_not_skipped() {
             floor: 2
         }
     );
-    let mut ok = Cursor::new();
-    ok.set("t", 0, 2);
-    ok.set("t", 1, 0);
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(ok), CLIENT)
-        .unwrap();
+    let ok = cursor_at(2, 0);
+    let mut sub = f.subscribe(&["all"], Start::Cursor(ok));
     assert_eq!(drain(&mut sub).0, ["0:2", "0:3"]);
 }
 
@@ -295,9 +286,7 @@ fn dropped_channels_raise_the_horizon() {
             .subscribe(&channels(&["user.x"]), Start::Cursor(at0), CLIENT),
         Err(SubscribeError::CursorTooOld { floor: 2, .. })
     ));
-    let mut at2 = Cursor::new();
-    at2.set("t", 0, 2);
-    at2.set("t", 1, 0);
+    let at2 = cursor_at(2, 0);
     assert!(
         f.hub
             .subscribe(&channels(&["user.x"]), Start::Cursor(at2), CLIENT)
@@ -308,10 +297,7 @@ fn dropped_channels_raise_the_horizon() {
 #[test]
 fn unsubscribing_frees_empty_channels() {
     let f = Fixture::new(HubConfig::default());
-    let sub = f
-        .hub
-        .subscribe(&channels(&["user.a", "user.b"]), Start::Live, CLIENT)
-        .unwrap();
+    let sub = f.subscribe(&["user.a", "user.b"], Start::Live);
     assert_eq!(f.hub.channel_count(), 2);
     drop(sub);
     assert_eq!(f.hub.channel_count(), 0);
@@ -409,20 +395,12 @@ fn drain_with_gaps(sub: &mut Subscription) -> Vec<String> {
 #[test]
 fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all", "user.a"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["all", "user.a"], Start::Live);
     f.produce(0, "a");
     f.produce(1, "b");
     f.produce(0, "c");
     // Partition 0 loses offsets 2..7 (Kafka deleted them unread).
-    f.hub.partitions_lost(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 2,
-        to: 7,
-    }]);
+    f.hub.partitions_lost(f.range(0, 2, 7));
     f.positions.set(&f.topic, 0, 7);
     f.produce(0, "a");
     f.produce(1, "a");
@@ -441,9 +419,7 @@ fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
     // A cursor from before the loss is not served from memory (which
     // lacks 2..7): without Kafka to read back from, it is refused.
     let before = Cursor::decode(&{
-        let mut c = Cursor::new();
-        c.set("t", 0, 1);
-        c.set("t", 1, 0);
+        let c = cursor_at(1, 0);
         c.encode()
     })
     .unwrap();
@@ -454,10 +430,7 @@ fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
         Err(SubscribeError::CursorTooOld { floor: 7, .. })
     ));
     // A subscriber that joins afterwards hears nothing of it.
-    let mut late = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut late = f.subscribe(&["all"], Start::Live);
     f.produce(0, "z");
     assert_eq!(drain_with_gaps(&mut late), ["0:8"]);
 }
@@ -465,21 +438,13 @@ fn offsets_the_ingest_lost_are_a_gap_in_order_once_per_channel() {
 #[test]
 fn offsets_that_start_over_are_a_reset_and_the_new_records_are_delivered() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["all"], Start::Live);
     for _ in 0..3 {
         f.produce(0, "a");
     }
     f.produce(1, "b");
     // Partition 0 was deleted and created again: its offsets start at 0.
-    f.hub.partitions_reset(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 3,
-        to: 0,
-    }]);
+    f.hub.partitions_reset(f.range(0, 3, 0));
     f.positions.set(&f.topic, 0, 0);
     f.produce(0, "a");
     f.produce(0, "a");
@@ -489,23 +454,14 @@ fn offsets_that_start_over_are_a_reset_and_the_new_records_are_delivered() {
         ["0:0", "0:1", "0:2", "1:0", "gap all 0:3-0", "0:0", "0:1"]
     );
     assert_eq!(sub.take_gaps(), []);
-    // Memory kept nothing of the old offsets: a cursor at the new start
-    // gets the new records only.
-    let mut at_start = Cursor::new();
-    at_start.set("t", 0, 0);
-    at_start.set("t", 1, 1);
-    let mut again = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(at_start), CLIENT)
-        .unwrap();
-    assert_eq!(drain(&mut again).0, ["0:0", "0:1"]);
 }
 
 // Found in review of issue 13's edges; each failed before its fix.
 
-/// A reset, then a cursor from the new offsets whose other partition is at a
-/// record still in history (published before the reset, carrying the old
-/// positions snapshot).
+/// A reset, then a cursor from the new offsets whose other partition is at
+/// a record published before the reset: memory does not serve it (its
+/// ingest positions name the old offsets and would move the cursor past the
+/// new records).
 #[test]
 fn after_a_reset_no_record_from_before_moves_a_cursor_past_the_new_ones() {
     let mut f = Fixture::new(HubConfig::default());
@@ -513,21 +469,13 @@ fn after_a_reset_no_record_from_before_moves_a_cursor_past_the_new_ones() {
         f.produce(0, "a");
     }
     f.produce(1, "b");
-    f.hub.partitions_reset(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 3,
-        to: 0,
-    }]);
+    f.hub.partitions_reset(f.range(0, 3, 0));
     f.positions.set(&f.topic, 0, 0);
     f.produce(0, "a");
     f.produce(0, "a");
-    let mut c = Cursor::new();
-    c.set("t", 0, 0);
-    c.set("t", 1, 0);
     let again = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
+        .subscribe(&channels(&["all"]), Start::Cursor(cursor_at(0, 0)), CLIENT)
         .map(|_| ());
     // Memory was emptied (every publication carried the old offsets): the
     // record of partition 1 is read back from Kafka, or refused without it.
@@ -542,12 +490,10 @@ fn after_a_reset_no_record_from_before_moves_a_cursor_past_the_new_ones() {
         ),
         "{again:?}"
     );
-    let mut c = Cursor::new();
-    c.set("t", 0, 0);
-    c.set("t", 1, 1);
+    // A cursor at the new start gets the new records only.
     let mut again = f
         .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
+        .subscribe(&channels(&["all"]), Start::Cursor(cursor_at(0, 1)), CLIENT)
         .unwrap();
     assert_eq!(drain(&mut again).0, ["0:0", "0:1"]);
 }
@@ -557,19 +503,11 @@ fn after_a_reset_no_record_from_before_moves_a_cursor_past_the_new_ones() {
 #[test]
 fn a_reset_heard_through_two_channels_is_applied_once() {
     let mut f = Fixture::new(HubConfig::default());
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    let mut sub = f.subscribe(&["all"], Start::Live);
     for _ in 0..3 {
         f.produce(0, "a");
     }
-    f.hub.partitions_reset(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 3,
-        to: 0,
-    }]);
+    f.hub.partitions_reset(f.range(0, 3, 0));
     let first = drain_with_gaps(&mut sub);
     assert_eq!(first, ["0:0", "0:1", "0:2", "gap all 0:3-0"]);
     // The same notice arriving again (second channel's push).
@@ -587,6 +525,23 @@ fn a_reset_heard_through_two_channels_is_applied_once() {
     assert_eq!(drain_with_gaps(&mut sub), Vec::<String>::new());
 }
 
+/// A fixture with a replay source the test plays by hand, `history_messages`
+/// per channel in memory and a queue of two.
+fn with_fake_replay(history_messages: usize) -> (Fixture, Arc<FakeReplay>) {
+    let f = Fixture::new(HubConfig {
+        history_messages,
+        subscriber_queue: 2,
+        ..HubConfig::default()
+    });
+    let fake = Arc::new(FakeReplay {
+        senders: Default::default(),
+        ranges: Default::default(),
+    });
+    f.hub.set_replay_source(fake.clone());
+    (f, fake)
+}
+
+/// Records what replays were started and hands their channels to the test.
 struct FakeReplay {
     senders: parking_lot::Mutex<Vec<tokio::sync::mpsc::Sender<ReplayEvent>>>,
     ranges: parking_lot::Mutex<Vec<Vec<PartitionRange>>>,
@@ -646,41 +601,23 @@ fn replayed(f: &Fixture, partition: i32, offsets: std::ops::Range<i64>, key: &st
     )
 }
 
-/// pick_up_again applies a pending `lost` notice before re-subscribing: the
-/// records between its position and the loss (in the dropped queue) are
-/// never delivered, and the gap does not cover them.
+/// A subscription whose queue overflowed while it read back catches up
+/// again from its position, not from past a loss reported meanwhile: the
+/// records before the loss are read back (here Kafka no longer has them,
+/// so the gap starts at its position), never stepped over.
 #[test]
 fn catching_up_again_delivers_the_records_before_a_loss_then_its_gap() {
-    let mut f = Fixture::new(HubConfig {
-        history_messages: 2,
-        subscriber_queue: 2,
-        ..HubConfig::default()
-    });
-    let fake = Arc::new(FakeReplay {
-        senders: Default::default(),
-        ranges: Default::default(),
-    });
-    f.hub.set_replay_source(fake.clone());
+    let (mut f, fake) = with_fake_replay(2);
     for _ in 0..10 {
         f.produce(0, "a");
     }
-    let mut c = Cursor::new();
-    c.set("t", 0, 0);
-    c.set("t", 1, 0);
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Cursor(c), CLIENT)
-        .unwrap();
+    let c = cursor_at(0, 0);
+    let mut sub = f.subscribe(&["all"], Start::Cursor(c));
     assert_eq!(fake.ranges.lock()[0][0].to, 8);
     for _ in 0..3 {
         f.produce(0, "a"); // 10, 11, 12: overflow the catching-up queue
     }
-    f.hub.partitions_lost(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 13,
-        to: 20,
-    }]);
+    f.hub.partitions_lost(f.range(0, 13, 20));
     f.positions.set(&f.topic, 0, 20);
     f.hub.set_positions(Arc::new(f.positions.clone()));
     let tx = fake.senders.lock().remove(0);
@@ -713,21 +650,12 @@ fn catching_up_again_delivers_the_records_before_a_loss_then_its_gap() {
     assert_eq!(drain_with_gaps(&mut sub), ["gap all 0:8-20", "0:20"]);
 }
 
-/// After an overflow, the next round reads back from where the channel's
-/// last replayed record was, not from the end of the range read: a sparse
-/// channel reads the same range again.
+/// After an overflow, the next round reads back from the end of the range
+/// the last one read, not from the channel's last record in it: a sparse
+/// channel does not read the same range again.
 #[test]
 fn catching_up_again_reads_on_from_the_end_of_the_range_read() {
-    let mut f = Fixture::new(HubConfig {
-        history_messages: 1,
-        subscriber_queue: 2,
-        ..HubConfig::default()
-    });
-    let fake = Arc::new(FakeReplay {
-        senders: Default::default(),
-        ranges: Default::default(),
-    });
-    f.hub.set_replay_source(fake.clone());
+    let (mut f, fake) = with_fake_replay(1);
     f.produce(0, "k"); // 0: the only user.k record in the range
     for _ in 0..20 {
         f.produce(0, "x");
@@ -735,13 +663,8 @@ fn catching_up_again_reads_on_from_the_end_of_the_range_read() {
     // user.x and all evict; user.k evicts nothing; drop every channel.
     f.hub.sweep(Instant::now() + Duration::from_secs(3600));
     assert_eq!(f.hub.channel_count(), 0);
-    let mut c = Cursor::new();
-    c.set("t", 0, 0);
-    c.set("t", 1, 0);
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["user.k"]), Start::Cursor(c), CLIENT)
-        .unwrap();
+    let c = cursor_at(0, 0);
+    let mut sub = f.subscribe(&["user.k"], Start::Cursor(c));
     for _ in 0..3 {
         f.produce(0, "k");
     }
@@ -758,24 +681,16 @@ fn catching_up_again_reads_on_from_the_end_of_the_range_read() {
     );
 }
 
-/// The ingest calls partitions_reset, then publish_positions: a live
-/// subscription in between starts at the old position and never hears.
+/// A live subscription starting after a reset, before the ingest publishes
+/// its positions, starts in the new offsets.
 #[test]
 fn a_subscription_starting_during_a_reset_starts_in_the_new_offsets() {
     let mut f = Fixture::new(HubConfig::default());
     for _ in 0..3 {
         f.produce(0, "a");
     }
-    f.hub.partitions_reset(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 3,
-        to: 0,
-    }]);
-    let mut sub = f
-        .hub
-        .subscribe(&channels(&["all"]), Start::Live, CLIENT)
-        .unwrap();
+    f.hub.partitions_reset(f.range(0, 3, 0));
+    let mut sub = f.subscribe(&["all"], Start::Live);
     f.positions.set(&f.topic, 0, 0);
     f.hub.set_positions(Arc::new(f.positions.clone()));
     f.produce(0, "a");
@@ -789,12 +704,7 @@ fn a_reset_keeps_the_history_bytes_exact() {
     for i in 0..10 {
         f.produce(i % 2, "a");
     }
-    f.hub.partitions_reset(vec![PartitionRange {
-        topic: f.topic.clone(),
-        partition: 0,
-        from: 5,
-        to: 0,
-    }]);
+    f.hub.partitions_reset(f.range(0, 5, 0));
     let sum: usize = f
         .hub
         .inner

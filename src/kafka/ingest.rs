@@ -351,26 +351,22 @@ impl Ingest {
         }
         self.consumer.incremental_unassign(&again)?;
         self.consumer.incremental_assign(&again)?;
-        for range in &lost {
+        const LOST: &str = "Kafka deleted records before Herald read them (retention while \
+                            Herald was behind or stopped?): subscribers are sent a gap";
+        const RESET: &str = "the partition ends below Herald's position: the topic was deleted \
+                             and created again (or its log truncated); subscribers are sent a \
+                             reset";
+        let described = lost
+            .iter()
+            .map(|r| (r, LOST))
+            .chain(reset.iter().map(|r| (r, RESET)));
+        for (range, what) in described {
             tracing::warn!(
                 topic = &*range.topic,
                 partition = range.partition,
                 from = range.from,
                 to = range.to,
-                "Kafka deleted records before Herald read them (retention while Herald was \
-                 behind or stopped?): subscribers are sent a gap, reading goes on at {}",
-                range.to
-            );
-        }
-        for range in &reset {
-            tracing::warn!(
-                topic = &*range.topic,
-                partition = range.partition,
-                from = range.from,
-                to = range.to,
-                "the partition ends below Herald's position: the topic was deleted and created \
-                 again (or its log truncated); subscribers are sent a reset, reading starts \
-                 over at {}",
+                "{what}; reading goes on at {}",
                 range.to
             );
         }
