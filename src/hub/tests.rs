@@ -559,21 +559,28 @@ impl ReplaySource for FakeReplay {
         self.ranges.lock().push(ranges);
         Ok(rx)
     }
+    // It has no Kafka to look anything up in, and says so, as a replay
+    // source that cannot reach Kafka does.
     fn offsets_for_time(
         &self,
         _: Vec<(Arc<str>, i32)>,
         _: i64,
         _: IpAddr,
     ) -> Result<OffsetsForTime, SubscribeError> {
-        unimplemented!()
+        Err(SubscribeError::Kafka(
+            "no Kafka behind this replay source".into(),
+        ))
     }
     fn high_watermarks(
         &self,
         _: Vec<(Arc<str>, i32)>,
         _: IpAddr,
     ) -> Result<OffsetsForTime, SubscribeError> {
-        unimplemented!()
+        Err(SubscribeError::Kafka(
+            "no Kafka behind this replay source".into(),
+        ))
     }
+    // It keeps no records between replays.
     fn forget(&self, _: Vec<(Arc<str>, i32)>) {}
 }
 
