@@ -377,30 +377,12 @@ async fn open(
             Err(e) => return Err(format!("connect: {e}")),
         }
     };
-    s.write_all(request)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    loop {
-        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        if k == 0 {
-            return Err("closed before a response".into());
-        }
-        head.extend_from_slice(&buf[..k]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            let status_ok = head.starts_with(b"HTTP/1.1 101") || head.starts_with(b"HTTP/1.1 200");
-            if !status_ok {
-                let line = String::from_utf8_lossy(&head[..i]);
-                return Err(line.lines().next().unwrap_or("").to_owned());
-            }
-            let rest = head.split_off(i + 4);
-            return Ok((s, rest));
-        }
-        if head.len() > 16 * 1024 {
-            return Err("response head too long".into());
-        }
+    let (head, rest) = request_head(&mut s, request).await?;
+    if !(head.starts_with(b"HTTP/1.1 101") || head.starts_with(b"HTTP/1.1 200")) {
+        let line = String::from_utf8_lossy(&head);
+        return Err(line.lines().next().unwrap_or("").to_owned());
     }
+    Ok((s, rest))
 }
 
 const MARK: &[u8] = b"{\"t\":";
@@ -954,6 +936,22 @@ async fn open_at(
         .connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (head, rest) = request_head(&mut s, request).await?;
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let text = String::from_utf8_lossy(&head);
+        let body = String::from_utf8_lossy(&rest);
+        let line = text.lines().next().unwrap_or("");
+        return Err(format!("{line} {body}"));
+    }
+    Ok((s, rest))
+}
+
+/// Writes `request` and reads the response head: the head (without its
+/// blank line) and whatever came after it.
+async fn request_head(
+    s: &mut tokio::net::TcpStream,
+    request: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
     s.write_all(request)
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -966,14 +964,9 @@ async fn open_at(
         }
         head.extend_from_slice(&buf[..k]);
         if let Some(i) = find(&head, b"\r\n\r\n") {
-            if !head.starts_with(b"HTTP/1.1 101") {
-                let text = String::from_utf8_lossy(&head);
-                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-                let line = text.lines().next().unwrap_or("");
-                return Err(format!("{line} {body}"));
-            }
             let rest = head.split_off(i + 4);
-            return Ok((s, rest));
+            head.truncate(i);
+            return Ok((head, rest));
         }
         if head.len() > 16 * 1024 {
             return Err("response head too long".into());
