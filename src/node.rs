@@ -114,6 +114,7 @@ impl Herald {
             tracing::warn!("{auth}");
         }
         let metrics = Arc::new(Metrics::new());
+        crate::http::error::seed_metrics(&metrics);
         let router = Arc::new(Router::new(&config.routes)?);
         let publishing = match &config.publish {
             None => None,
@@ -122,6 +123,12 @@ impl Herald {
                 // config was validated.
                 let keys = ApiKeys::new(publish.load_keys()?);
                 let publisher = Publisher::new(&config.kafka, publish, metrics.clone())?;
+                // The topics a publish can reach by name, from the first
+                // scrape (a route's topic pattern adds its topics as they
+                // are published to).
+                for topic in router.fixed_topics() {
+                    metrics.published.with_label_values(&[topic]);
+                }
                 tracing::info!(api_keys = keys.len(), "POST /publish is enabled");
                 Some(Publishing { publisher, keys })
             }

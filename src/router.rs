@@ -221,6 +221,50 @@ impl Router {
         out.len() - before
     }
 
+    /// Why [`Router::route`] maps `record` to no channel, for the log: for
+    /// each route reading its topic, what the record lacks for the
+    /// route's template (`channel = "user.{key}"`: the record has no key).
+    pub fn why_unrouted(&self, record: &Record) -> String {
+        let mut json = None;
+        let reasons: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|route| route.topics.matches(&record.topic))
+            .map(|route| {
+                let lacks = route.template.iter().find_map(|part| {
+                    let one = std::slice::from_ref(part);
+                    if render_part_ok(one, record, &mut json) {
+                        return None;
+                    }
+                    Some(match part {
+                        TemplatePart::Key => "no key (or an empty or non-UTF-8 one)".to_owned(),
+                        TemplatePart::Header(h) => {
+                            format!("no header {h:?} (or an empty or non-UTF-8 one)")
+                        }
+                        TemplatePart::Json(p) => {
+                            format!("no string, number or boolean at {p:?} in a JSON payload")
+                        }
+                        _ => "an invalid channel name".to_owned(),
+                    })
+                });
+                format!(
+                    "channel = {:?}: the record has {}",
+                    route.source,
+                    lacks.as_deref().unwrap_or(
+                        "what it needs, but the name is over 255 bytes or has control characters"
+                    )
+                )
+            })
+            .collect();
+        if reasons.is_empty() {
+            return "no route reads its topic".to_owned();
+        }
+        format!(
+            "no route reading its topic can name a channel for it ({})",
+            reasons.join("; ")
+        )
+    }
+
     /// The topics that can feed `channel`, among the fixed topics and the
     /// `known` ones. `None` when no route can produce this channel name.
     /// A `topic_regex` route with `{topic}` accepts a channel for a topic
@@ -539,6 +583,26 @@ fn render(
     is_valid_channel(&name).then_some(name)
 }
 
+/// Whether a variable part of a template has a value in `record`
+/// (literals always do).
+fn render_part_ok(
+    part: &[TemplatePart],
+    record: &Record,
+    json: &mut Option<Option<serde_json::Value>>,
+) -> bool {
+    match part {
+        [TemplatePart::Literal(_)] => true,
+        // A value alone may be an invalid name where the whole is not
+        // (e.g. a literal prefix), so render it with a stand-in prefix.
+        _ => render(
+            &[TemplatePart::Literal("x".into()), part[0].clone()],
+            record,
+            json,
+        )
+        .is_some(),
+    }
+}
+
 fn push_value(name: &mut String, value: &[u8]) -> Option<()> {
     let s = std::str::from_utf8(value).ok()?;
     if s.is_empty() {
@@ -661,6 +725,30 @@ mod tests {
             topic_regex: Some(re.into()),
             channel: channel.into(),
         }
+    }
+
+    #[test]
+    fn an_unrouted_record_is_explained_by_what_each_route_lacks() {
+        let r = Router::new(&[
+            route("users", "user.{key}"),
+            route("users", "org.{json./org}"),
+            route("users", "t.{header.region}"),
+        ])
+        .unwrap();
+        let rec = record("users", None, "{}");
+        let mut out = Vec::new();
+        assert_eq!(r.route(&rec, &mut out), 0);
+        assert_eq!(
+            r.why_unrouted(&rec),
+            "no route reading its topic can name a channel for it (\
+             channel = \"user.{key}\": the record has no key (or an empty or non-UTF-8 one); \
+             channel = \"org.{json./org}\": the record has no string, number or boolean at \"/org\" in a JSON payload; \
+             channel = \"t.{header.region}\": the record has no header \"region\" (or an empty or non-UTF-8 one))"
+        );
+        assert_eq!(
+            r.why_unrouted(&record("other", Some("k"), "{}")),
+            "no route reads its topic"
+        );
     }
 
     fn record(topic: &str, key: Option<&str>, payload: &str) -> Record {

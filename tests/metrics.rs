@@ -108,25 +108,113 @@ async fn readyz_waits_for_kafka_positions() {
     herald.stop().await;
 }
 
-/// Every partition has its `herald_partition_lag` series as soon as the
-/// node is ready, long before librdkafka's first statistics report.
+/// The `(status, code)` pairs of the error tables in `docs/protocol.md`
+/// (rows `| 4xx | `code`[, `code`] | … |`).
+fn documented_error_codes() -> std::collections::BTreeSet<(u16, String)> {
+    let doc = include_str!("../docs/protocol.md");
+    let mut pairs = std::collections::BTreeSet::new();
+    for row in doc.lines() {
+        let mut cells = row.split('|').map(str::trim).skip(1);
+        let (Some(status), Some(codes)) = (cells.next(), cells.next()) else {
+            continue;
+        };
+        let Ok(status) = status.parse::<u16>() else {
+            continue;
+        };
+        if !(400..=599).contains(&status) {
+            continue;
+        }
+        for code in codes.split(',') {
+            if let Some(code) = code
+                .trim()
+                .strip_prefix('`')
+                .and_then(|c| c.strip_suffix('`'))
+            {
+                pairs.insert((status, code.to_owned()));
+            }
+        }
+    }
+    pairs
+}
+
+/// Every documented series exists as soon as the node is ready: each
+/// partition's `herald_partition_lag` long before librdkafka's first
+/// statistics report, and the counters at zero for their known labels
+/// (partitions, topics, transports, the documented error codes, eviction
+/// reasons, the common Kafka error kinds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_lag_is_there_from_the_first_scrape_after_ready() {
+async fn every_documented_series_is_there_from_the_first_scrape_after_ready() {
     let topic = unique_topic("lagnow");
     create_topic(&topic, 3).await;
     let mut cfg = config(&[(&topic, "m")]);
     // No statistics report during the test.
     cfg.kafka.stats_interval = std::time::Duration::from_secs(600);
+    cfg.publish = Some(herald::config::PublishConfig {
+        api_keys: vec!["k".repeat(32)],
+        ..Default::default()
+    });
     let herald = start(cfg, &[(&topic, 3)]).await;
     let addr = herald.local_addr();
     assert_eq!(get(addr, "/readyz").await.0, 200);
     let (_, text) = get(addr, "/metrics").await;
     let m = parse_metrics(&text);
+    let zero = |series: String| assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
     for p in 0..3 {
-        let series = format!("herald_partition_lag{{partition=\"{p}\",topic=\"{topic}\"}}");
-        assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
-        let series = format!("herald_ingest_resets_total{{partition=\"{p}\",topic=\"{topic}\"}}");
-        assert_eq!(m.get(&series), Some(&0.0), "{series} in {text}");
+        zero(format!(
+            "herald_partition_lag{{partition=\"{p}\",topic=\"{topic}\"}}"
+        ));
+        zero(format!(
+            "herald_ingest_resets_total{{partition=\"{p}\",topic=\"{topic}\"}}"
+        ));
+        zero(format!(
+            "herald_messages_consumed_total{{partition=\"{p}\",topic=\"{topic}\"}}"
+        ));
+    }
+    zero(format!(
+        "herald_unrouted_records_total{{topic=\"{topic}\"}}"
+    ));
+    zero(format!(
+        "herald_published_records_total{{topic=\"{topic}\"}}"
+    ));
+    for transport in ["sse", "ws", "poll"] {
+        for name in [
+            "herald_connections",
+            "herald_messages_delivered_total",
+            "herald_slow_client_disconnects_total",
+            "herald_catch_up_delivered_total",
+        ] {
+            zero(format!("{name}{{transport=\"{transport}\"}}"));
+        }
+    }
+    for reason in ["count", "bytes", "age", "budget", "reset"] {
+        zero(format!("herald_hub_evictions_total{{reason=\"{reason}\"}}"));
+    }
+    for kind in ["AllBrokersDown", "BrokerTransportFailure", "metadata"] {
+        zero(format!("herald_kafka_errors_total{{kind=\"{kind}\"}}"));
+    }
+    zero("herald_replay_records_total".into());
+    zero("herald_delivery_latency_seconds_count".into());
+    // Every error code the docs list, and none they do not: the series
+    // are the code's own table (herald::http::error::CODES).
+    let documented = documented_error_codes();
+    assert!(documented.len() > 40, "{documented:?}");
+    let seeded: std::collections::BTreeSet<(u16, String)> = m
+        .keys()
+        .filter_map(|k| {
+            let labels = k.strip_prefix("herald_http_errors_total{code=\"")?;
+            let (code, rest) = labels.split_once("\",status=\"")?;
+            Some((rest.strip_suffix("\"}")?.parse().ok()?, code.to_owned()))
+        })
+        .collect();
+    assert_eq!(
+        seeded, documented,
+        "herald_http_errors_total against docs/protocol.md"
+    );
+    for pair in &seeded {
+        zero(format!(
+            "herald_http_errors_total{{code=\"{}\",status=\"{}\"}}",
+            pair.1, pair.0
+        ));
     }
     // The process collector the dashboard's Process row reads.
     assert!(

@@ -8,6 +8,68 @@ use super::response::{Body, full};
 use crate::hub::SubscribeError;
 use crate::metrics::Metrics;
 
+/// Every `(status, code)` Herald answers with, as listed in the error
+/// tables of `docs/protocol.md` (tests/metrics.rs holds the two equal).
+/// Each pair's `herald_http_errors_total` series exists from the start, so
+/// dashboards and alerts see zeros rather than no data.
+pub const CODES: &[(u16, &str)] = &[
+    (400, "bad_handshake"),
+    (400, "bad_request"),
+    (400, "conflicting_parameters"),
+    (400, "cursor_ahead"),
+    (400, "endpoint_not_allowed"),
+    (400, "invalid_body"),
+    (400, "invalid_channel"),
+    (400, "invalid_cursor"),
+    (400, "invalid_limit"),
+    (400, "invalid_since"),
+    (400, "invalid_subscription"),
+    (400, "invalid_wait"),
+    (400, "key_mismatch"),
+    (400, "missing_channel"),
+    (400, "since_unsupported"),
+    (400, "too_many_channels"),
+    (400, "unknown_channel"),
+    (400, "unknown_parameter"),
+    (400, "unpublishable_channel"),
+    (401, "invalid_api_key"),
+    (401, "invalid_token"),
+    (401, "token_expired"),
+    (403, "forbidden_channel"),
+    (403, "origin_not_allowed"),
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (408, "body_timeout"),
+    (408, "head_timeout"),
+    (409, "cursor_expired"),
+    (409, "replay_too_large"),
+    (409, "too_many_subscriptions"),
+    (413, "body_too_large"),
+    (414, "uri_too_long"),
+    (429, "too_many_connections_per_ip"),
+    (429, "too_many_pending_connections_per_ip"),
+    (429, "too_many_replays_per_ip"),
+    (431, "head_too_large"),
+    (502, "kafka_refused"),
+    (503, "auth_unavailable"),
+    (503, "kafka_unavailable"),
+    (503, "not_ready"),
+    (503, "replay_busy"),
+    (503, "replay_failed"),
+    (503, "too_many_connections"),
+    (503, "too_many_long_polls"),
+    (503, "too_many_pending_connections"),
+];
+
+/// Creates every series of [`CODES`] in `herald_http_errors_total`.
+pub fn seed_metrics(metrics: &Metrics) {
+    for (status, code) in CODES {
+        metrics
+            .http_errors
+            .with_label_values(&[status.to_string().as_str(), code]);
+    }
+}
+
 /// A request Herald refuses, rendered as `{"error":{"code","message"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -18,6 +80,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            CODES.contains(&(status.as_u16(), code)),
+            "{status} {code} is not in CODES (nor, then, in docs/protocol.md)"
+        );
         ApiError {
             status,
             code,

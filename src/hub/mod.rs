@@ -312,6 +312,13 @@ impl Channel {
     }
 }
 
+/// Why a publication leaves history, the `reason` of
+/// `herald_hub_evictions_total`: over `hub.history_messages` (`count`) or
+/// `hub.history_bytes` (`bytes`) for its channel, older than
+/// `hub.history_age` (`age`), over the node's `hub.memory_budget`
+/// (`budget`), or its partition's offsets started over (`reset`).
+const EVICTION_REASONS: [&str; 5] = ["count", "bytes", "age", "budget", "reset"];
+
 impl Hub {
     pub fn new(
         config: HubConfig,
@@ -322,6 +329,10 @@ impl Hub {
         let shards = (0..config.shards)
             .map(|_| Mutex::new(Shard::default()))
             .collect();
+        // Every reason's series is there from the first scrape.
+        for reason in EVICTION_REASONS {
+            metrics.hub_evictions.with_label_values(&[reason]);
+        }
         Hub {
             inner: Arc::new(Inner {
                 shards,
@@ -1095,6 +1106,7 @@ impl Inner {
     }
 
     fn evict_front(&self, channel: &mut Channel, reason: &'static str) {
+        debug_assert!(EVICTION_REASONS.contains(&reason));
         let Some(p) = channel.history.pop_front() else {
             return;
         };

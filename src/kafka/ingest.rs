@@ -128,6 +128,8 @@ pub fn spawn(
         assigned: HashSet::new(),
         consumed: HashMap::new(),
         unrouted: HashMap::new(),
+        unrouted_logged: HashSet::new(),
+        unread_topics: HashSet::new(),
         first_refresh_done: false,
         deleted_pending: false,
         channels: Vec::new(),
@@ -158,6 +160,12 @@ struct Ingest {
     /// Counter handles, looked up once per partition rather than per record.
     consumed: HashMap<(Arc<str>, i32), IntCounter>,
     unrouted: HashMap<Arc<str>, IntCounter>,
+    /// Topics whose first unrouted record was logged: one line per topic,
+    /// however many follow (they are counted).
+    unrouted_logged: HashSet<Arc<str>>,
+    /// Topics of the cluster no route reads, seen at a metadata refresh
+    /// (one log line for each that appears after start).
+    unread_topics: HashSet<String>,
     first_refresh_done: bool,
     /// librdkafka stopped a partition whose position Kafka deleted, and the
     /// ingest has not restarted it yet.
@@ -270,6 +278,16 @@ impl Ingest {
                 .entry(record.topic.clone())
                 .or_insert_with(|| metrics.unrouted.with_label_values(&[&*record.topic]))
                 .inc();
+            if self.unrouted_logged.insert(record.topic.clone()) {
+                tracing::warn!(
+                    topic = &*record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    "a record maps to no channel and is delivered to no one: {}. \
+                     Counted in herald_unrouted_records_total; logged once per topic",
+                    self.hub.router().why_unrouted(&record)
+                );
+            }
             return;
         }
         self.hub
@@ -397,10 +415,20 @@ impl Ingest {
         let mut starts = Vec::new();
         for topic in metadata.topics() {
             let name = topic.name();
-            if name.starts_with("__")
-                || topic.error().is_some()
-                || !self.hub.router().consumes(name)
-            {
+            if name.starts_with("__") || topic.error().is_some() {
+                continue;
+            }
+            if !self.hub.router().consumes(name) {
+                // A topic that appears while Herald runs and that no route
+                // reads is most often a producer's typo or a missing route:
+                // said once (topics there at start are the cluster's
+                // business, not news).
+                if self.unread_topics.insert(name.to_owned()) && self.first_refresh_done {
+                    tracing::info!(
+                        topic = name,
+                        "a new topic that no route reads: Herald does not consume it"
+                    );
+                }
                 continue;
             }
             for partition in topic.partitions() {
@@ -436,9 +464,14 @@ impl Ingest {
                 self.hub
                     .partition_assigned(&topic, partition, start, live_end);
                 // Every documented series is there from the first scrape.
-                self.metrics
-                    .ingest_resets
-                    .with_label_values(&[&*topic, &partition.to_string()]);
+                let labels = [&*topic, &partition.to_string()];
+                self.metrics.ingest_resets.with_label_values(&labels);
+                self.consumed
+                    .entry((topic.clone(), partition))
+                    .or_insert_with(|| self.metrics.consumed.with_label_values(&labels));
+                self.unrouted
+                    .entry(topic.clone())
+                    .or_insert_with(|| self.metrics.unrouted.with_label_values(&[&*topic]));
                 self.positions.set(&topic, partition, start);
                 self.assigned.insert((topic, partition));
             }

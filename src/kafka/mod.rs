@@ -26,6 +26,21 @@ use crate::record::Record;
 /// The same Kafka error is logged at most this often (it is always counted).
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The kinds of error every deployment should expect to see one day, whose
+/// series exist from the first scrape so that an alert on their rate has
+/// a baseline: the brokers unreachable (`AllBrokersDown`), one connection
+/// lost (`BrokerTransportFailure`), a failed metadata refresh
+/// (`metadata`), a request timed out (`MessageTimedOut`, `RequestTimedOut`).
+/// Any other librdkafka error code appears under its own name when it
+/// first happens.
+const EXPECTED_KINDS: [&str; 5] = [
+    "AllBrokersDown",
+    "BrokerTransportFailure",
+    "metadata",
+    "MessageTimedOut",
+    "RequestTimedOut",
+];
+
 /// Kafka client errors as events: each one counted in
 /// `herald_kafka_errors_total{kind}`, and logged at most every
 /// [`ERROR_LOG_INTERVAL`] per kind, so a broker that is down does not flood
@@ -37,6 +52,9 @@ pub(crate) struct ErrorEvents {
 
 impl ErrorEvents {
     pub(crate) fn new(metrics: Arc<Metrics>) -> ErrorEvents {
+        for kind in EXPECTED_KINDS {
+            metrics.kafka_errors.with_label_values(&[kind]);
+        }
         ErrorEvents {
             metrics,
             last_logged: Mutex::new(HashMap::new()),
