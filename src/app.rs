@@ -2,10 +2,14 @@
 //! handler and transport reads (config, hub, metrics, the shutdown signal,
 //! the connection tasks). It sits below `http` and `transport`, which take
 //! it by reference; [`node`](crate::node) builds it and starts the rest.
+//!
+//! The config and the token rules can be replaced while Herald runs
+//! ([`App::reload`], on SIGHUP): readers take a snapshot per connection or
+//! request, so what is open keeps the settings it started with.
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,13 +19,20 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::kafka::producer::Publisher;
 use crate::metrics::{Metrics, Watermarks};
+use crate::per_ip::Places;
 use crate::push::Push;
+use crate::router::Router;
 
 /// Shared state of one running Herald.
 pub struct App {
-    pub config: Config,
-    /// Token verification and channel rules (`[auth]`).
-    pub auth: Auth,
+    /// The config as last loaded: at start, or by a reload.
+    config: ArcSwap<Config>,
+    /// Token verification and channel rules (`[auth]`), remade by a
+    /// reload.
+    auth: ArcSwap<Auth>,
+    /// Stops the background work of the current `auth` (a JWKS refresh
+    /// loop); a child of `shutdown`, replaced with the `auth` it serves.
+    auth_stop: parking_lot::Mutex<CancellationToken>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     /// The brokers' watermarks, written by the ingest, read for
@@ -36,8 +47,8 @@ pub struct App {
     /// shutdown waits for them (under `http.shutdown_grace`).
     pub tasks: TaskTracker,
     /// Long polls waiting at once (`limits.max_long_polls`); a poll that
-    /// finds no permit gets `503 too_many_long_polls`.
-    pub long_polls: Arc<Semaphore>,
+    /// finds no place gets `503 too_many_long_polls`.
+    pub long_polls: Arc<Places>,
     /// `POST /publish`: present only when `[publish]` is configured.
     pub publishing: Option<Publishing>,
     /// Web Push: present only when `[push]` is configured.
@@ -49,4 +60,90 @@ pub struct App {
 pub struct Publishing {
     pub publisher: Publisher,
     pub keys: ApiKeys,
+}
+
+/// Why a reload was refused; the running config stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{} changed, which takes a restart; nothing was reloaded (put it back, or restart the node)",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<&'static str>),
+}
+
+impl App {
+    /// Builds the state around the config it starts with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        auth: Auth,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        watermarks: Arc<Watermarks>,
+        shutdown: CancellationToken,
+        dev_info: Option<serde_json::Value>,
+        publishing: Option<Publishing>,
+        push: Option<Arc<Push>>,
+    ) -> App {
+        let auth_stop = shutdown.child_token();
+        auth.start(auth_stop.clone());
+        App {
+            long_polls: Places::new(config.limits.max_long_polls),
+            config: ArcSwap::from_pointee(config),
+            auth: ArcSwap::from_pointee(auth),
+            auth_stop: parking_lot::Mutex::new(auth_stop),
+            hub,
+            metrics,
+            watermarks,
+            shutdown,
+            dev_info,
+            tasks: TaskTracker::new(),
+            publishing,
+            push,
+        }
+    }
+
+    /// The config as of now: a snapshot, taken once per request or
+    /// connection (a reload does not change what it holds).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The token rules as of now.
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.load_full()
+    }
+
+    /// Replaces what can change while running — `[[route]]`, `[auth]`,
+    /// `[limits]`, `[sse]`, `[ws]`, `[poll]`, `http.allowed_origins` —
+    /// with `new`'s, for the connections, requests and records from now
+    /// on; open streams keep going. `new` must be validated
+    /// ([`Config::validate`]). Refused whole, changing nothing, when
+    /// another key changed ([`Config::restart_keys_changed`]) or the new
+    /// routes or token keys cannot be built; the message says which.
+    pub fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let changed = self.config().restart_keys_changed(&new);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed));
+        }
+        let router = Router::new(&new.routes)
+            .map_err(|e| ReloadError::Invalid(format!("invalid config: {e}")))?;
+        let auth = match &new.auth {
+            Some(c) => Auth::new(c).map_err(|e| ReloadError::Invalid(e.to_string()))?,
+            None => Auth::open(),
+        };
+        let auth_stop = self.shutdown.child_token();
+        auth.start(auth_stop.clone());
+        self.hub
+            .reconfigure(Arc::new(router), new.limits.max_channels_per_connection);
+        self.auth.store(Arc::new(auth));
+        std::mem::replace(&mut *self.auth_stop.lock(), auth_stop).cancel();
+        self.long_polls.set_max(new.limits.max_long_polls);
+        // Last: the listener sees the new `[limits]` at its next accept.
+        self.config.store(Arc::new(new));
+        Ok(())
+    }
 }

@@ -914,6 +914,35 @@ impl Config {
     }
 
     /// Cross-field checks that serde cannot express.
+    /// The keys whose change a reload cannot apply (their owners are
+    /// built once at start: the Kafka clients, the listeners, the hub's
+    /// memory, replay's pools, publishing and Web Push), by section:
+    /// empty when `new` differs from `self` only in what
+    /// [`App::reload`](crate::app::App::reload) takes.
+    pub fn restart_keys_changed(&self, new: &Config) -> Vec<&'static str> {
+        fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+            format!("{a:?}") != format!("{b:?}")
+        }
+        let http = |c: &Config| HttpConfig {
+            allowed_origins: Vec::new(),
+            ..c.http.clone()
+        };
+        [
+            ("[kafka]", differ(&self.kafka, &new.kafka)),
+            (
+                "[http] (other than allowed_origins)",
+                differ(&http(self), &http(new)),
+            ),
+            ("[hub]", differ(&self.hub, &new.hub)),
+            ("[replay]", differ(&self.replay, &new.replay)),
+            ("[publish]", differ(&self.publish, &new.publish)),
+            ("[push]", differ(&self.push, &new.push)),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &str, value: impl std::fmt::Debug, reason: &str) -> ConfigError {
             ConfigError::Invalid {

@@ -98,27 +98,29 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve {
-            config,
+            config: path,
             listen,
             brokers,
         } => {
-            let mut config = match Config::load(&config) {
+            // The same at start and on every SIGHUP (a reload).
+            let load = move || -> Result<Config, String> {
+                let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+                if let Some(listen) = listen {
+                    config.http.listen = listen;
+                }
+                if let Some(brokers) = &brokers {
+                    config.kafka.brokers = brokers.clone();
+                }
+                config.validate().map_err(|e| e.to_string())?;
+                Ok(config)
+            };
+            let config = match load() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("herald: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            if let Some(listen) = listen {
-                config.http.listen = listen;
-            }
-            if let Some(brokers) = brokers {
-                config.kafka.brokers = brokers;
-            }
-            if let Err(e) = config.validate() {
-                eprintln!("herald: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 listen = %config.http.listen,
@@ -126,7 +128,7 @@ fn main() -> ExitCode {
                 "herald starting"
             );
             runtime(|shutdown| async move {
-                herald::run(config, shutdown)
+                herald::run(config, shutdown, load)
                     .await
                     .map_err(|e| e.to_string())
             })

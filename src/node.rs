@@ -6,12 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api_keys::ApiKeys;
-use crate::app::{App, Publishing};
+use crate::app::{App, Publishing, ReloadError};
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
@@ -164,7 +162,6 @@ impl Herald {
         hub.set_replay_source(Arc::new(Replayer::new(
             config.kafka.clone(),
             config.replay.clone(),
-            hub.router().clone(),
             metrics.clone(),
         )));
         tokio::spawn(hub.clone().run_sweeper(shutdown.clone()));
@@ -175,20 +172,9 @@ impl Herald {
                     .map_err(|e| StartError::Push(e.into()))?,
             ),
         };
-        auth.start(shutdown.clone());
-        let app = Arc::new(App {
-            long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
-            config,
-            auth,
-            hub,
-            metrics,
-            watermarks,
-            shutdown,
-            dev_info,
-            tasks: TaskTracker::new(),
-            publishing,
-            push,
-        });
+        let app = Arc::new(App::new(
+            config, auth, hub, metrics, watermarks, shutdown, dev_info, publishing, push,
+        ));
         let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
         tracing::info!(%local_addr, "listening");
         let admin_addr = admin.map(|(listener, addr)| {
@@ -219,6 +205,20 @@ impl Herald {
         &self.app.hub
     }
 
+    /// Applies a new config to the running node, or refuses it whole
+    /// (see [`App::reload`]); logs either way.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.app.reload(config);
+        match &result {
+            Ok(()) => tracing::info!(
+                "config reloaded: routes, [auth], [limits], [sse], [ws], [poll] and \
+                 http.allowed_origins apply to new connections; open ones keep going"
+            ),
+            Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+        }
+        result
+    }
+
     /// Shuts down in phases: stop accepting, tell streaming clients to
     /// reconnect elsewhere, let connections drain for `http.shutdown_grace`,
     /// flush the publish producer, then stop the ingest.
@@ -241,9 +241,30 @@ impl Herald {
 }
 
 /// Runs Herald until `shutdown` is cancelled (by a signal, in `main`).
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+/// Each SIGHUP calls `load` for the config again (the file as `main`
+/// reads it, with its command-line overrides and validation) and reloads
+/// it; a config `load` refuses is logged, and the running one stays.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    load: impl Fn() -> Result<Config, String> + Send + 'static,
+) -> Result<(), StartError> {
+    let mut hangups = crate::shutdown::hangups();
     let herald = Herald::start(config).await?;
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP received: reloading the config");
+                match load() {
+                    Ok(config) => {
+                        let _ = herald.reload(config);
+                    }
+                    Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     herald.stop().await;
     Ok(())

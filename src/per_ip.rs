@@ -3,16 +3,24 @@
 //! and replay's (`replay.max_concurrent_per_ip`). One table counts what each
 //! address holds; a [`PerIpPlace`] gives its place back when dropped.
 //!
+//! [`Places`] is the same without addresses: a node-wide count under a
+//! maximum (`limits.max_connections`, `limits.max_long_polls`).
+//!
+//! Both maxima can change while places are held (a config reload): a
+//! lower one refuses new places until enough are given back, and takes
+//! none away.
+//!
 //! It sits below `http` and `kafka`, which both use it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What each client address holds of one thing, at most `max` of it.
 pub struct PerIpLimit {
     /// 0: no limit (nothing is counted).
-    max: usize,
+    max: AtomicUsize,
     counts: parking_lot::Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -27,26 +35,33 @@ impl PerIpLimit {
     /// A table allowing `max` places per address; 0 turns the limit off.
     pub fn new(max: usize) -> Arc<PerIpLimit> {
         Arc::new(PerIpLimit {
-            max,
+            max: AtomicUsize::new(max),
             counts: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
     /// The limit; 0 when it is off.
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit for places taken from now on. Places taken while
+    /// the limit was off were not counted and stay uncounted.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// A place for `ip`, or `None` when it holds `max` already. An address
     /// that holds nothing has no entry, so the table is as big as the
     /// number of addresses holding something.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpPlace> {
-        if self.max == 0 {
+        let max = self.max();
+        if max == 0 {
             return Some(PerIpPlace { table: None, ip });
         }
         let mut counts = self.counts.lock();
         let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -70,9 +85,71 @@ impl Drop for PerIpPlace {
     }
 }
 
+/// A node-wide count of places, at most `max` at once.
+pub struct Places {
+    taken: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One place under [`Places`]; given back on drop.
+pub struct Place {
+    places: Arc<Places>,
+}
+
+impl Places {
+    pub fn new(max: usize) -> Arc<Places> {
+        Arc::new(Places {
+            taken: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Changes the maximum for places taken from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// A place, or `None` when `max` are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<Place> {
+        let max = self.max();
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Place {
+            places: self.clone(),
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.places.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lower_maximum_refuses_new_places_until_enough_are_given_back() {
+        let places = Places::new(3);
+        let mut held: Vec<Place> = (0..3).map(|_| places.try_take().unwrap()).collect();
+        assert!(places.try_take().is_none());
+        places.set_max(1);
+        held.truncate(1);
+        // One is still held: the new maximum.
+        assert!(places.try_take().is_none());
+        places.set_max(2);
+        let _again = places.try_take().expect("room under the raised maximum");
+        assert!(places.try_take().is_none());
+    }
 
     #[test]
     fn each_address_holds_at_most_max_and_gets_its_places_back() {

@@ -28,7 +28,7 @@ impl Reader {
     /// Checks every channel; the first refused one is the error.
     pub fn authorize<S: AsRef<str>>(&self, app: &App, channels: &[S]) -> Result<(), ApiError> {
         for channel in channels {
-            app.auth
+            app.auth()
                 .authorize(self.grant.as_ref(), channel.as_ref())
                 .map_err(denied)?;
         }
@@ -37,7 +37,7 @@ impl Reader {
 
     /// Whether `channel` may be read, as the refusal to send if not.
     pub fn authorize_one(&self, app: &App, channel: &str) -> Result<(), Denied> {
-        app.auth.authorize(self.grant.as_ref(), channel)
+        app.auth().authorize(self.grant.as_ref(), channel)
     }
 
     /// How long until the token expires (zero once past); `None` when it
@@ -79,7 +79,7 @@ pub async fn authenticate(
 /// Without `[auth]` any token is accepted (a client configured for a
 /// secured node is not an error) and reads every channel.
 pub async fn verify(app: &App, token: &str) -> Result<Reader, ApiError> {
-    match app.auth.verify(token).await {
+    match app.auth().verify(token).await {
         Ok(grant) => Ok(Reader { grant: Some(grant) }),
         Err(e) => Err(token_error(e)),
     }

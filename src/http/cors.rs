@@ -39,7 +39,7 @@ fn is_listed(app: &App, origin: &HeaderValue) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    app.config
+    app.config()
         .http
         .allowed_origins
         .iter()

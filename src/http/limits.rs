@@ -24,25 +24,25 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, StatusCode};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
-use crate::per_ip::{PerIpLimit, PerIpPlace};
+use crate::per_ip::{PerIpLimit, PerIpPlace, Place, Places};
 
 /// The node's connection limits, shared by the accept loop and the
 /// connection tasks.
 pub struct ConnectionLimits {
     /// Connections waiting for their first head, oldest first.
     pending: parking_lot::Mutex<PendingQueue>,
-    max_pending: usize,
+    max_pending: AtomicUsize,
     pending_per_ip: Arc<PerIpLimit>,
-    /// One permit per connection past its first head (probes over the
+    /// One place per connection past its first head (probes over the
     /// limit aside).
-    permits: Arc<Semaphore>,
-    max_connections: usize,
+    connections: Arc<Places>,
     per_ip: Arc<PerIpLimit>,
 }
 
@@ -59,12 +59,26 @@ impl ConnectionLimits {
     pub fn new(config: &LimitsConfig) -> Arc<Self> {
         Arc::new(ConnectionLimits {
             pending: parking_lot::Mutex::new(PendingQueue::default()),
-            max_pending: config.max_pending_connections,
+            max_pending: AtomicUsize::new(config.max_pending_connections),
             pending_per_ip: PerIpLimit::new(config.max_pending_connections_per_ip),
-            permits: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
+            connections: Places::new(config.max_connections),
             per_ip: PerIpLimit::new(config.max_connections_per_ip),
         })
+    }
+
+    /// Takes a reloaded `[limits]`: for connections from now on; those
+    /// that hold a place keep it.
+    pub fn reconfigure(&self, config: &LimitsConfig) {
+        self.max_pending
+            .store(config.max_pending_connections, Ordering::Relaxed);
+        self.pending_per_ip
+            .set_max(config.max_pending_connections_per_ip);
+        self.connections.set_max(config.max_connections);
+        self.per_ip.set_max(config.max_connections_per_ip);
+    }
+
+    fn max_pending(&self) -> usize {
+        self.max_pending.load(Ordering::Relaxed)
     }
 
     /// A place for a new connection from `ip` until its first head
@@ -84,7 +98,7 @@ impl ConnectionLimits {
         };
         let pushed_out = Arc::new(Notify::new());
         let mut queue = self.pending.lock();
-        if queue.waiting.len() >= self.max_pending
+        if queue.waiting.len() >= self.max_pending()
             && let Some((_, oldest)) = queue.waiting.pop_first()
         {
             // Stored if its task is not waiting right now: it sees it on
@@ -109,7 +123,7 @@ impl ConnectionLimits {
             "too_many_pending_connections",
             format!(
                 "{} newer connections arrived while this one had not sent its request (limits.max_pending_connections); retry",
-                self.max_pending
+                self.max_pending()
             ),
         )
     }
@@ -117,13 +131,13 @@ impl ConnectionLimits {
     /// A place for a connection from `ip` that has sent its first head,
     /// or the refusal to send it.
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, ApiError> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Some(place) = self.connections.try_take() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 format!(
                     "this Herald node holds its limit of {} connections; retry later or elsewhere",
-                    self.max_connections
+                    self.connections.max()
                 ),
             ));
         };
@@ -138,7 +152,7 @@ impl ConnectionLimits {
             ));
         };
         Ok(ConnectionPermit {
-            _places: Arc::new((permit, per_ip)),
+            _places: Arc::new((place, per_ip)),
         })
     }
 }
@@ -172,7 +186,7 @@ impl Drop for PendingPlace {
 /// extensions; released when the last clone drops.
 #[derive(Clone)]
 pub struct ConnectionPermit {
-    _places: Arc<(OwnedSemaphorePermit, PerIpPlace)>,
+    _places: Arc<(Place, PerIpPlace)>,
 }
 
 /// The client's address, in every request's extensions (set by the

@@ -31,15 +31,22 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// Accepts connections until shutdown, then waits for them to drain
 /// (under `http.shutdown_grace`).
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    let limits = ConnectionLimits::new(&app.config.limits);
-    let http = hyper_builder(&app.config.http);
+    let mut config = app.config();
+    let limits = ConnectionLimits::new(&config.limits);
+    let http = hyper_builder(&config.http);
     loop {
         let Some((stream, peer)) = next_connection(&app, &listener, "accept").await else {
             break;
         };
         let accepted = Instant::now();
+        let latest = app.config();
+        if !Arc::ptr_eq(&config, &latest) {
+            // Reloaded: `[limits]` from this connection on.
+            limits.reconfigure(&latest.limits);
+            config = latest;
+        }
         let _ = stream.set_nodelay(true);
-        if let Some(bytes) = app.config.http.send_buffer_bytes {
+        if let Some(bytes) = config.http.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
         }
         let pending = match limits.await_head(peer.ip()) {
@@ -58,11 +65,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
             http: http.clone(),
         };
         app.tasks
-            .spawn(connection.run(pending, accepted + app.config.http.head_timeout));
+            .spawn(connection.run(pending, accepted + config.http.head_timeout));
     }
     drop(listener);
     app.tasks.close();
-    let grace = app.config.http.shutdown_grace;
+    let grace = app.config().http.shutdown_grace;
     tokio::select! {
         _ = app.tasks.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => {
@@ -140,13 +147,14 @@ impl Connection {
     /// under `limits.max_connections`, and serves the connection.
     async fn run(mut self, pending: PendingPlace, deadline: Instant) {
         let app = self.app.clone();
+        let config = app.config();
         let first = tokio::select! {
             biased;
             // A connection that has not sent its request yet is simply
             // closed on shutdown (browsers open spare ones in advance).
             _ = app.shutdown.cancelled() => FirstHead::Gone,
             () = pending.pushed_out() => FirstHead::PushedOut,
-            read = tokio::time::timeout_at(deadline, head::read(&mut self.stream, &app.config.http)) => {
+            read = tokio::time::timeout_at(deadline, head::read(&mut self.stream, &config.http)) => {
                 match read {
                     Err(_) => FirstHead::TimedOut,
                     Ok(Ok(Some(head))) => FirstHead::Arrived(head),
@@ -163,7 +171,7 @@ impl Connection {
                 return self.refuse_now(refusal);
             }
             FirstHead::TimedOut => {
-                let timeout = app.config.http.head_timeout;
+                let timeout = app.config().http.head_timeout;
                 let refusal = ApiError::new(
                     http::StatusCode::REQUEST_TIMEOUT,
                     "head_timeout",
@@ -251,7 +259,7 @@ impl Connection {
         };
         let conn = http.serve_connection(io, service).with_upgrades();
         let mut conn = std::pin::pin!(conn);
-        let write_timeout = app.config.http.write_timeout;
+        let write_timeout = app.config().http.write_timeout;
         // On shutdown, finish the request in flight (streams end themselves)
         // and close; an upgraded socket lives on in its own task (with its own
         // ping timeout).

@@ -59,7 +59,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (Some(publishing), Some(config)) = (&app.publishing, &app.config.publish) else {
+    let (Some(publishing), Some(config)) = (&app.publishing, &app.config().publish) else {
         return Err(not_enabled());
     };
     if let Err(refusal) = authorize(publishing, req.headers()) {

@@ -65,7 +65,7 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
             let headers = req.headers().clone();
             return finish_response(app, &headers, push::unregister(app, req).await);
         }
-        (&Method::GET, "/") if app.config.http.demo_page => Ok(full(
+        (&Method::GET, "/") if app.config().http.demo_page => Ok(full(
             StatusCode::OK,
             "text/html; charset=utf-8",
             include_str!("../../static/index.html"),
@@ -96,7 +96,7 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
 /// `http.admin_listen` set, `/metrics` is served only there.
 fn probe<B>(app: &App, req: &Request<B>, surface: Surface) -> Option<Response<Body>> {
     let path = req.uri().path();
-    let metrics_here = surface == Surface::Admin || app.config.http.admin_listen.is_none();
+    let metrics_here = surface == Surface::Admin || app.config().http.admin_listen.is_none();
     let response = match path {
         "/metrics" if !metrics_here => ApiError::new(
             StatusCode::NOT_FOUND,

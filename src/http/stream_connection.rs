@@ -55,7 +55,7 @@ pub async fn serve(
     let response = finish_response(&app, req.headers(), result);
     // Only the body stays for the stream's life.
     drop(req);
-    write_response(&mut stream, response, app.config.http.write_timeout).await;
+    write_response(&mut stream, response, app.config().http.write_timeout).await;
     drop(slot);
 }
 

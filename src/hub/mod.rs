@@ -42,6 +42,7 @@ use crate::config::HubConfig;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::router::{Router, is_valid_channel};
+use arc_swap::ArcSwap;
 use cursor::Cursor;
 pub use inbox::CloseReason;
 use inbox::Inbox;
@@ -120,12 +121,13 @@ pub type OffsetsForTime = tokio::sync::oneshot::Receiver<Result<Vec<i64>, Subscr
 /// (`kafka::replay::Replayer`). `client` is the address of the client the
 /// work is for: the source bounds what one address may have running.
 pub trait ReplaySource: Send + Sync {
-    /// Starts reading `ranges`, keeping records routed to `channels`.
+    /// Starts reading `ranges`, keeping records `router` maps to `channels`.
     /// Refuses at once when over the replay limits.
     fn start(
         &self,
         ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
+        router: Arc<Router>,
         client: IpAddr,
     ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError>;
 
@@ -232,8 +234,11 @@ pub(crate) struct Inner {
     shards: Box<[Mutex<Shard>]>,
     config: HubConfig,
     /// Channels one subscription may hold (`limits.max_channels_per_connection`).
-    max_channels: usize,
-    router: Arc<Router>,
+    max_channels: AtomicUsize,
+    /// Swapped whole by a config reload ([`Hub::reconfigure`]): records
+    /// from then on are routed by the new routes, new subscriptions
+    /// resolved by them; open subscriptions keep their channels.
+    router: ArcSwap<Router>,
     metrics: Arc<Metrics>,
     /// The ingest's positions as of its latest batch.
     positions: RwLock<Arc<Positions>>,
@@ -337,8 +342,8 @@ impl Hub {
             inner: Arc::new(Inner {
                 shards,
                 config,
-                max_channels,
-                router,
+                max_channels: AtomicUsize::new(max_channels),
+                router: ArcSwap::new(router),
                 metrics,
                 positions: RwLock::new(Arc::new(Positions::new())),
                 horizon: Mutex::new(Arc::new(Positions::new())),
@@ -365,8 +370,19 @@ impl Hub {
         *self.inner.replay.write() = Some(source);
     }
 
-    pub fn router(&self) -> &Arc<Router> {
-        &self.inner.router
+    /// The routes as of now (a cheap snapshot: hold it for one piece of
+    /// work, not for ever).
+    pub fn router(&self) -> arc_swap::Guard<Arc<Router>> {
+        self.inner.router.load()
+    }
+
+    /// Takes reloaded routes and `limits.max_channels_per_connection`, for
+    /// records and subscriptions from now on.
+    pub fn reconfigure(&self, router: Arc<Router>, max_channels: usize) {
+        self.inner.router.store(router);
+        self.inner
+            .max_channels
+            .store(max_channels, Ordering::Relaxed);
     }
 
     /// Records the ingest's latest positions.
@@ -789,7 +805,7 @@ impl Hub {
         if distinct.is_empty() {
             return Err(SubscribeError::NoChannels);
         }
-        let max = self.inner.max_channels;
+        let max = self.inner.max_channels.load(Ordering::Relaxed);
         if distinct.len() > max {
             return Err(SubscribeError::TooManyChannels {
                 given: distinct.len(),
@@ -803,11 +819,11 @@ impl Hub {
             }
             names.push(Arc::from(c.as_str()));
         }
+        let router = self.router();
         let feeds = names
             .iter()
             .map(|name| {
-                self.inner
-                    .router
+                router
                     .topics_for_channel(name, positions.topics())
                     .map(|topics| topics.into_iter().collect())
                     .ok_or_else(|| SubscribeError::UnknownChannel(name.to_string()))
@@ -1004,7 +1020,7 @@ impl Hub {
                         to,
                     })
                     .collect();
-                match source.start(ranges, names.clone(), client) {
+                match source.start(ranges, names.clone(), inner.router.load_full(), client) {
                     Ok(rx) => Some(rx),
                     Err(e) => {
                         inbox.close(CloseReason::Gone);

@@ -552,6 +552,7 @@ impl ReplaySource for FakeReplay {
         &self,
         ranges: Vec<PartitionRange>,
         _channels: Vec<Arc<str>>,
+        _router: Arc<Router>,
         _client: IpAddr,
     ) -> Result<tokio::sync::mpsc::Receiver<ReplayEvent>, SubscribeError> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);

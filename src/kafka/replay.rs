@@ -67,7 +67,6 @@ type PartitionKey = (Arc<str>, i32);
 pub struct Replayer {
     kafka: KafkaConfig,
     limits: ReplayConfig,
-    router: Arc<Router>,
     metrics: Arc<Metrics>,
     /// One per replay running (`replay.max_concurrent`).
     permits: Arc<Semaphore>,
@@ -130,12 +129,7 @@ impl Segment {
 }
 
 impl Replayer {
-    pub fn new(
-        kafka: KafkaConfig,
-        limits: ReplayConfig,
-        router: Arc<Router>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(kafka: KafkaConfig, limits: ReplayConfig, metrics: Arc<Metrics>) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent));
         let lookups = Arc::new(Semaphore::new(limits.max_concurrent_lookups));
         let per_ip = PerIpLimit::new(limits.max_concurrent_per_ip);
@@ -147,7 +141,6 @@ impl Replayer {
         Replayer {
             kafka,
             limits,
-            router,
             metrics,
             permits,
             lookups,
@@ -189,6 +182,7 @@ impl ReplaySource for Replayer {
         &self,
         ranges: Vec<PartitionRange>,
         channels: Vec<Arc<str>>,
+        router: Arc<Router>,
         client: IpAddr,
     ) -> Result<mpsc::Receiver<ReplayEvent>, SubscribeError> {
         let total: i64 = ranges.iter().map(|r| r.to - r.from).sum();
@@ -212,7 +206,7 @@ impl ReplaySource for Replayer {
             cache: self.cache.clone(),
             ranges,
             channels,
-            router: self.router.clone(),
+            router,
             metrics: self.metrics.clone(),
             deadline: Instant::now() + self.limits.timeout,
             tx,

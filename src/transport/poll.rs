@@ -29,11 +29,11 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     let params = StreamParams::parse_for(
         req.uri().query(),
         &POLL_PARAMS,
-        QueryLimits::of(&app.config),
+        QueryLimits::of(&app.config()),
     )?;
     let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
     reader.authorize(app, &params.channels)?;
-    let config = &app.config.poll;
+    let config = &app.config().poll;
     let limit = match params.limit.as_deref() {
         None => config.default_limit,
         Some(v) => parse_limit(v, config.max_limit)?,
@@ -49,13 +49,13 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     let _long_poll = if wait.is_zero() {
         None
     } else {
-        Some(app.long_polls.clone().try_acquire_owned().map_err(|_| {
+        Some(app.long_polls.try_take().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_long_polls",
                 format!(
                     "{} long polls are waiting on this node (limits.max_long_polls); retry shortly, or poll without wait=",
-                    app.config.limits.max_long_polls
+                    app.long_polls.max()
                 ),
             )
         })?)

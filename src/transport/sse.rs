@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 256;
 const TRANSPORT: &str = "sse";
 
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config))?;
+    let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config()))?;
     let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
     reader.authorize(app, &params.channels)?;
     let last_event_id = req
@@ -53,12 +53,12 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         .subscribe_from(&params.channels, start, ClientAddr::of(req))
         .await?;
 
-    let mut heartbeat = tokio::time::interval(app.config.sse.heartbeat);
+    let mut heartbeat = tokio::time::interval(app.config().sse.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.reset();
     let stream = SseStream {
         opening: Some(opening(
-            app.config.sse.retry.as_millis(),
+            app.config().sse.retry.as_millis(),
             subscription.channels(),
             &subscription.cursor(),
         )),

@@ -120,8 +120,8 @@ impl Connection {
     }
 
     pub(super) async fn run(mut self) {
-        let ping_interval = self.app.config.ws.ping_interval;
-        let pong_timeout = self.app.config.ws.pong_timeout;
+        let ping_interval = self.app.config().ws.ping_interval;
+        let pong_timeout = self.app.config().ws.pong_timeout;
         let shutdown = self.app.shutdown.clone();
         // Registered with the token once, not on every turn of the loop.
         let mut stopping = std::pin::pin!(shutdown.cancelled());
@@ -220,7 +220,7 @@ impl Connection {
         }
         // What was encoded before an ending (say, the messages before a
         // slow-consumer close) still goes out.
-        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        let deadline = Instant::now() + self.app.config().ws.pong_timeout;
         self.write_out(deadline).await?;
         ended
     }
@@ -284,7 +284,7 @@ impl Connection {
         let message = match frame {
             None => return Err(Ending::Closed),
             Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(read_error(e, self.app.config.limits.max_message_size)),
+            Some(Err(e)) => return Err(read_error(e, self.app.config().limits.max_message_size)),
         };
         match message {
             Message::Text(text) => match self.on_text(&text).await {
@@ -338,7 +338,7 @@ impl Connection {
                         Some(&channel),
                     ));
                 }
-                let max = self.app.config.limits.max_channels_per_connection;
+                let max = self.app.config().limits.max_channels_per_connection;
                 if self.subscriptions.len() >= max {
                     return Some(error_json(
                         "too_many_channels",
@@ -435,7 +435,7 @@ impl Connection {
     /// Sends one text frame (a reply to the client) now.
     async fn reply(&mut self, json: &str) -> Result<(), Ending> {
         text_frame(&mut self.out, &[json.as_bytes()]);
-        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        let deadline = Instant::now() + self.app.config().ws.pong_timeout;
         self.write_out(deadline).await
     }
 
@@ -446,7 +446,7 @@ impl Connection {
 
     /// Sends a ping now.
     async fn ping(&mut self) -> Result<(), Ending> {
-        let deadline = Instant::now() + self.app.config.ws.pong_timeout;
+        let deadline = Instant::now() + self.app.config().ws.pong_timeout;
         let fed = within(deadline, self.socket.feed(Message::Ping(Bytes::new()))).await;
         self.written(fed)?;
         self.flush_by(deadline).await

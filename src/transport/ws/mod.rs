@@ -72,8 +72,11 @@ const WRITE_BUFFER: usize = 1024;
 
 pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<Body>, ApiError> {
     let accept = handshake::accept_key(req.headers())?;
-    let params =
-        StreamParams::parse_for(req.uri().query(), &WS_PARAMS, QueryLimits::of(&app.config))?;
+    let params = StreamParams::parse_for(
+        req.uri().query(),
+        &WS_PARAMS,
+        QueryLimits::of(&app.config()),
+    )?;
     let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
     reader.authorize(app, &params.channels)?;
     if params.cursor.is_some() && params.channels.len() != 1 {
@@ -137,8 +140,8 @@ async fn serve(
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(app.config.limits.max_message_size))
-        .max_frame_size(Some(app.config.limits.max_message_size));
+        .max_message_size(Some(app.config().limits.max_message_size))
+        .max_frame_size(Some(app.config().limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let mut connection = Connection::new(app, socket, reader, client);
