@@ -72,6 +72,13 @@ pub struct Metrics {
     pub slow_disconnects: IntCounterVec,
     /// Records read back from Kafka to serve resuming clients.
     pub replay_records: IntCounter,
+    /// Replays from Kafka that failed (Kafka unreadable, or past
+    /// `replay.timeout`), on every transport: a poll also answers `503
+    /// replay_failed`, a stream ends with `replay_failed`.
+    pub replay_failures: IntCounter,
+    /// 1 while `/readyz` would answer 200, else 0: set at each scrape, so
+    /// an alert needs no probe of its own.
+    pub ready: IntGauge,
     /// Records no route maps to any channel, by topic.
     pub unrouted: IntCounterVec,
     /// Records produced through `POST /publish` and acknowledged by Kafka,
@@ -184,6 +191,22 @@ impl Metrics {
                 IntCounter::new(
                     "herald_replay_records_total",
                     "Records read back from Kafka for resuming clients.",
+                )
+                .expect("valid metric"),
+            ),
+            replay_failures: reg(
+                &registry,
+                IntCounter::new(
+                    "herald_replay_failures_total",
+                    "Replays from Kafka that failed (Kafka unreadable, or past replay.timeout), every transport.",
+                )
+                .expect("valid metric"),
+            ),
+            ready: reg(
+                &registry,
+                IntGauge::new(
+                    "herald_ready",
+                    "1 while /readyz answers 200 (partitions assigned, positions known, metadata fresh), else 0.",
                 )
                 .expect("valid metric"),
             ),

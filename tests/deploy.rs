@@ -23,8 +23,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const EXTERNAL_METRICS: &[&str] = &[
     // Prometheus itself, per target.
     "up",
-    // The blackbox exporter probing /readyz (alerts.yml, HeraldNotReady).
-    "probe_success",
     // The kubelet's cAdvisor on Kubernetes (the dashboard's pod variable).
     "container_memory_working_set_bytes",
     // The prometheus crate's process collector, which src/metrics.rs
@@ -477,7 +475,7 @@ fn compose_mounts_files_that_exist() {
             }
         }
     }
-    for service in ["prometheus", "grafana", "blackbox"] {
+    for service in ["prometheus", "grafana"] {
         assert!(
             compose["services"][service].is_object(),
             "no {service} in docker-compose.yml"

@@ -100,6 +100,12 @@ async fn readyz_waits_for_kafka_positions() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not_ready"));
     assert_eq!(get(addr, "/healthz").await.0, 200);
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(
+        parse_metrics(&text).get("herald_ready"),
+        Some(&0.0),
+        "{text}"
+    );
     // Subscribing before positions are known is held for a while
     // (hub::READY_WAIT), then refused — not hung.
     let sse = Sse::connect(addr, "channel=n", None).await;
@@ -193,6 +199,8 @@ async fn every_documented_series_is_there_from_the_first_scrape_after_ready() {
         zero(format!("herald_kafka_errors_total{{kind=\"{kind}\"}}"));
     }
     zero("herald_replay_records_total".into());
+    zero("herald_replay_failures_total".into());
+    assert_eq!(m.get("herald_ready"), Some(&1.0), "{text}");
     zero("herald_delivery_latency_seconds_count".into());
     // Every error code the docs list, and none they do not: the series
     // are the code's own table (herald::http::error::CODES).

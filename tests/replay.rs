@@ -366,3 +366,50 @@ async fn a_topic_the_cursor_does_not_name_is_read_from_its_beginning_within_the_
     assert_eq!(body["error"]["code"], "replay_too_large", "{body}");
     herald.stop().await;
 }
+
+/// A replay that fails ends the stream with `reconnect`/`replay_failed`
+/// after an unbroken prefix of the records, and is counted in
+/// `herald_replay_failures_total` (a stream's failure is no HTTP error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_replay_ends_the_stream_plainly_and_is_counted() {
+    let (topic, herald) = herald_with_topic_and("replayfail", 1, "f", |cfg| {
+        small_history(cfg);
+        // Not even a Kafka round trip fits in it.
+        cfg.replay.timeout = std::time::Duration::from_millis(1);
+    })
+    .await;
+    let addr = herald.local_addr();
+    let opening = Sse::connect(addr, "channel=f", None).await.last_id.unwrap();
+    let producer = Producer::new();
+    for n in 0..30 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let consumed = format!("herald_messages_consumed_total{{partition=\"0\",topic=\"{topic}\"}}");
+    wait_until_metric(addr, &consumed, 30.0).await;
+    assert_eq!(metric(addr, "herald_replay_failures_total").await, 0.0);
+    let mut sse = Sse::connect(addr, "channel=f", Some(&opening)).await;
+    let mut got = Vec::new();
+    let end = loop {
+        let event = sse
+            .next_raw()
+            .await
+            .expect("an event before the stream ends");
+        match event.event.as_deref() {
+            None => got.push(event.json()["data"]["n"].as_u64().unwrap()),
+            Some("reconnect") => break event.json(),
+            other => panic!("unexpected {other:?}: {event:?}"),
+        }
+    };
+    assert_eq!(end["reason"], "replay_failed", "{end}");
+    assert!(
+        end["message"].as_str().unwrap().contains("replay.timeout"),
+        "{end}"
+    );
+    assert_eq!(
+        got,
+        (0..got.len() as u64).collect::<Vec<_>>(),
+        "a prefix, in order"
+    );
+    assert_eq!(metric(addr, "herald_replay_failures_total").await, 1.0);
+    herald.stop().await;
+}

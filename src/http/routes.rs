@@ -166,6 +166,7 @@ fn readyz(app: &App) -> Response<Body> {
 }
 
 fn metrics(app: &App) -> Response<Body> {
+    app.metrics.ready.set(i64::from(app.hub.is_ready()));
     // Lag: the high watermark from librdkafka's latest statistics minus the
     // ingest's live position.
     for (topic, partition, position) in app.hub.positions().iter() {

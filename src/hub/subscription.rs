@@ -190,6 +190,7 @@ impl Subscription {
                 }
                 Some(ReplayEvent::Records(batch)) => self.replayed.extend(batch),
                 Some(ReplayEvent::Failed(message)) => {
+                    self.hub.metrics.replay_failures.inc();
                     self.replay = None;
                     self.failure = Some(message);
                     return Poll::Ready(Err(CloseReason::ReplayFailed));
