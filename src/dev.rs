@@ -104,7 +104,11 @@ pub async fn run(
         "\nHerald dev is running.\n\
          \n  demo page        http://{addr}/\n  stream           curl -N 'http://{addr}/sse?channel=news'\n  embedded Kafka   {brokers}  (topics: news, users, events.*)\n  publish key      {key}  (made for this run)\n  web push         on: VAPID key made for this run, GET /push/vapid-public-key\n\
          \nPublish a message (no Kafka client needed):\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"news\",\"data\":{{\"hello\":\"world\"}}}}' http://{addr}/publish\n  curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"user.k7\",\"data\":{{\"n\":1}}}}' http://{addr}/publish\n\
-         \nProduce a record:\n  echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t news\n  echo 'k7:{{\"n\":1}}' | kcat -P -b {brokers} -t users -K:    # channel user.k7\n"
+         \nProduce a record:\n  echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t news\n  echo 'k7:{{\"n\":1}}' | kcat -P -b {brokers} -t users -K:    # channel user.k7\n\
+         \nWhat the embedded Kafka cannot do: delete records (DeleteRecords, retention), so the\n\
+         gap a client gets for records lost to retention never happens here. To see one, run\n\
+         a real broker (scripts/kafka.sh start) and herald serve against it, then delete\n\
+         records below a client's cursor (docs/protocol.md, \"Gaps\").\n"
     );
     if !ticker.is_zero() {
         tokio::spawn(tick(brokers.clone(), ticker, shutdown.clone()));
