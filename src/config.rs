@@ -3,7 +3,7 @@
 //! Unknown keys are rejected, durations are written as durations (`"15s"`),
 //! and cross-field rules are checked at load, so a bad file fails at start
 //! with a message naming the key instead of misbehaving later. Every key and
-//! its default is documented in `config/herald.example.toml`.
+//! its default is documented in `config/herald.toml`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -1228,7 +1228,7 @@ mod tests {
     /// default: uncommented, it parses to exactly the defaults.
     #[test]
     fn the_example_push_section_shows_the_defaults() {
-        let example = include_str!("../config/herald.example.toml");
+        let example = include_str!("../config/herald.toml");
         let start = example.find("# [push]").expect("a [push] section");
         let section: String = example[start..]
             .lines()
@@ -1351,10 +1351,6 @@ mod tests {
     #[test]
     fn shipped_configs_are_valid() {
         for (name, text) in [
-            (
-                "herald.example.toml",
-                include_str!("../config/herald.example.toml"),
-            ),
             ("herald.toml", include_str!("../config/herald.toml")),
             (
                 "herald.docker.toml",
@@ -1472,7 +1468,7 @@ mod tests {
 
     #[test]
     fn the_example_publish_section_is_valid_once_uncommented() {
-        let example = include_str!("../config/herald.example.toml");
+        let example = include_str!("../config/herald.toml");
         let start = example
             .find("# [publish]")
             .expect("a commented [publish] section");

@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run Herald against a Kafka cluster.
     Serve {
-        /// The TOML config file (`config/herald.example.toml` lists every key).
+        /// The TOML config file (`config/herald.toml` lists every key).
         #[arg(long, short)]
         config: PathBuf,
         /// Overrides `http.listen`.

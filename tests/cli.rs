@@ -19,7 +19,7 @@ fn check_accepts_the_example_config() {
     let (code, out, err) = herald(&[
         "check",
         "--config",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.example.toml"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml"),
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok"));

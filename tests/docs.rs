@@ -538,6 +538,46 @@ async fn run_commands(dev: &Dev, block: &Block) -> Vec<(String, Vec<String>, Str
         .collect()
 }
 
+/// Every `curl … -d '{"channel",…,"data"}' …/publish` of a run block: the
+/// record it says Kafka wrote (`{"topic","partition","offset"}`) reaches
+/// `sse`, a subscriber of the channels, with the channel and data
+/// published (the dev ticker's records in between are passed over).
+async fn check_published_arrive(
+    block: &Block,
+    results: &[(String, Vec<String>, String)],
+    sse: &mut Sse,
+) {
+    let mut published = 0;
+    for (command, _, printed) in results {
+        if !command.contains("/publish") {
+            continue;
+        }
+        let at = format!("{}: `{command}`", block.at());
+        let body = command
+            .split("-d '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("{at}: no -d '…' body"));
+        let body = parse_json(body, &at);
+        let written = parse_json(printed.lines().find(|l| l.starts_with('{')).unwrap(), &at);
+        let message = loop {
+            let m = sse.next_message().await.json();
+            if (&m["topic"], &m["partition"], &m["offset"])
+                == (&written["topic"], &written["partition"], &written["offset"])
+            {
+                break m;
+            }
+        };
+        assert_eq!(
+            (&message["channel"], &message["data"]),
+            (&body["channel"], &body["data"]),
+            "{at}: what the subscriber got"
+        );
+        published += 1;
+    }
+    assert!(published > 0, "{}: publishes nothing", block.at());
+}
+
 fn check_run(dev: &Dev, block: &Block, results: &[(String, Vec<String>, String)]) {
     for (command, documented, printed) in results {
         let at = format!("{}: `{command}`", block.at());
@@ -789,8 +829,17 @@ async fn the_examples_run_against_herald_dev_as_documented() {
         i += 1;
         match block.kind.as_ref().unwrap() {
             Kind::Run => {
+                // What a block publishes, a subscriber receives.
+                let mut subscriber = if block.text.contains("/publish") {
+                    Some(Sse::connect(dev.addr, "channel=news&channel=user.k7", None).await)
+                } else {
+                    None
+                };
                 let results = run_commands(&dev, block).await;
                 check_run(&dev, block, &results);
+                if let Some(sse) = &mut subscriber {
+                    check_published_arrive(block, &results, sse).await;
+                }
                 assert!(
                     outputs.is_empty(),
                     "{}: put a run's output in `# ` lines",
@@ -942,30 +991,29 @@ fn config_herald_toml_names_every_key_and_passes_check() {
             "the config's keys, as probed, lack {known}: {every:?}"
         );
     }
-    for file in ["config/herald.toml", "config/herald.example.toml"] {
-        let text = read_doc(file);
-        assert!(
-            text.starts_with("# Herald configuration: every key"),
-            "{file}"
-        );
-        let named = keys_named_in(&text);
-        let missing: Vec<&String> = every.difference(&named).collect();
-        assert!(
-            missing.is_empty(),
-            "{file} says it has every key but lacks {missing:?}"
-        );
-        let unknown: Vec<&String> = named
-            .difference(&every)
-            .filter(|k| !k.starts_with("kafka.options."))
-            .collect();
-        assert!(
-            unknown.is_empty(),
-            "{file} names keys Herald does not accept: {unknown:?}"
-        );
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-        let (code, out, err) = run_herald(&["check", "--config", path.to_str().unwrap()]);
-        assert_eq!(code, 0, "herald check --config {file}: {out}{err}");
-    }
+    let file = "config/herald.toml";
+    let text = read_doc(file);
+    assert!(
+        text.starts_with("# Herald configuration: every key"),
+        "{file}"
+    );
+    let named = keys_named_in(&text);
+    let missing: Vec<&String> = every.difference(&named).collect();
+    assert!(
+        missing.is_empty(),
+        "{file} says it has every key but lacks {missing:?}"
+    );
+    let unknown: Vec<&String> = named
+        .difference(&every)
+        .filter(|k| !k.starts_with("kafka.options."))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "{file} names keys Herald does not accept: {unknown:?}"
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let (code, out, err) = run_herald(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "herald check --config {file}: {out}{err}");
 }
 
 // ----------------------------------------------------------------- gaps
