@@ -41,3 +41,56 @@ async fn since_works_on_the_embedded_broker() {
     herald.stop().await;
     drop(cluster);
 }
+
+/// `herald dev`'s `users` route takes the channel from the key: a record
+/// without one reaches no channel, and the log says so once, with why,
+/// rather than letting it vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_dev_says_why_a_record_reaches_no_channel() {
+    use tokio::io::AsyncBufReadExt;
+    let addr: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["dev", "--listen", &addr.to_string(), "--ticker", "0s"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald dev");
+    let mut log = tokio::io::BufReader::new(dev.stderr.take().unwrap()).lines();
+    wait_readyz(addr, 200, TIMEOUT).await;
+    let info: serde_json::Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{addr}/dev/info"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let producer = Producer::with_brokers(info["brokers"].as_str().unwrap());
+    for _ in 0..3 {
+        producer
+            .send("users", Some(1), None, Some(b"{\"n\":1}"), None)
+            .await;
+    }
+    let line = tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = log.next_line().await.expect("stderr") {
+            if line.contains("maps to no channel") {
+                return line;
+            }
+        }
+        panic!("herald dev ended without a word on the keyless record");
+    })
+    .await
+    .expect("a log line on the keyless record");
+    assert!(
+        line.contains("topic=\"users\"")
+            && line.contains("channel = \"user.{key}\": the record has no key"),
+        "{line}"
+    );
+    dev.kill().await.ok();
+}
