@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +33,9 @@ pub struct App {
     /// Stops the background work of the current `auth` (a JWKS refresh
     /// loop); a child of `shutdown`, replaced with the `auth` it serves.
     auth_stop: parking_lot::Mutex<CancellationToken>,
+    /// The TLS listener's certificate and ALPN (`[tls]`), read again by
+    /// each reload; every handshake takes the one in force.
+    tls: ArcSwapOption<tokio_rustls::rustls::ServerConfig>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     /// The brokers' watermarks, written by the ingest, read for
@@ -87,10 +90,12 @@ impl App {
         dev_info: Option<serde_json::Value>,
         publishing: Option<Publishing>,
         push: Option<Arc<Push>>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> App {
         let auth_stop = shutdown.child_token();
         auth.start(auth_stop.clone());
         App {
+            tls: ArcSwapOption::new(tls),
             long_polls: Places::new(config.limits.max_long_polls),
             config: ArcSwap::from_pointee(config),
             auth: ArcSwap::from_pointee(auth),
@@ -117,8 +122,14 @@ impl App {
         self.auth.load_full()
     }
 
+    /// The TLS server config as of now (`None` without `[tls]`).
+    pub fn tls(&self) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
+        self.tls.load_full()
+    }
+
     /// Replaces what can change while running — `[[route]]`, `[auth]`,
-    /// `[limits]`, `[sse]`, `[ws]`, `[poll]`, `http.allowed_origins` —
+    /// `[limits]`, `[sse]`, `[ws]`, `[poll]`, `http.allowed_origins`, the
+    /// TLS certificate files —
     /// with `new`'s, for the connections, requests and records from now
     /// on; open streams keep going. `new` must be validated
     /// ([`Config::validate`]). Refused whole, changing nothing, when
@@ -135,6 +146,13 @@ impl App {
             Some(c) => Auth::new(c).map_err(|e| ReloadError::Invalid(e.to_string()))?,
             None => Auth::open(),
         };
+        // The certificate files again: a renewed certificate is picked up.
+        let tls = match &new.tls {
+            Some(t) => Some(
+                crate::tls::server_config(t).map_err(|e| ReloadError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
         let auth_stop = self.shutdown.child_token();
         auth.start(auth_stop.clone());
         self.hub
@@ -142,6 +160,7 @@ impl App {
         self.auth.store(Arc::new(auth));
         std::mem::replace(&mut *self.auth_stop.lock(), auth_stop).cancel();
         self.long_polls.set_max(new.limits.max_long_polls);
+        self.tls.store(tls);
         // Last: the listener sees the new `[limits]` at its next accept.
         self.config.store(Arc::new(new));
         Ok(())

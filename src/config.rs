@@ -16,6 +16,7 @@ use crate::api_keys::key_problem;
 use crate::auth::{Auth, AuthConfig, AuthConfigError};
 use crate::push::keys::VapidKeys;
 use crate::router::{RouteSpec, Router, RouterError};
+pub use crate::tls::TlsConfig;
 
 /// Why a configuration could not be loaded. The message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +66,9 @@ pub struct Config {
     /// `POST /publish`: off (the endpoint answers `404`) unless the
     /// section is present.
     pub publish: Option<PublishConfig>,
+    /// A TLS listener (HTTP/2 and HTTP/1.1), besides `http.listen`; absent,
+    /// none.
+    pub tls: Option<TlsConfig>,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
@@ -578,6 +584,11 @@ pub struct LimitsConfig {
     pub max_message_size: usize,
     /// Long polls (`/poll` with `wait=`) waiting at once; above it `503`.
     pub max_long_polls: usize,
+    /// HTTP/2 streams (requests: SSE streams, polls) open at once on one
+    /// connection of the TLS listener; the client is told the limit
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS) and a stream past it is refused
+    /// with REFUSED_STREAM, which clients retry.
+    pub max_streams_per_connection: u32,
 }
 
 /// Bounds on reading history back from Kafka for clients whose cursor is
@@ -886,6 +897,7 @@ impl Default for LimitsConfig {
             max_channels_per_connection: 64,
             max_message_size: 64 * 1024,
             max_long_polls: 10_000,
+            max_streams_per_connection: 100,
             max_connections_per_ip: 0,
             max_pending_connections: 512,
             max_pending_connections_per_ip: 0,
@@ -937,6 +949,13 @@ impl Config {
             ("[replay]", differ(&self.replay, &new.replay)),
             ("[publish]", differ(&self.publish, &new.publish)),
             ("[push]", differ(&self.push, &new.push)),
+            (
+                "tls.listen (or adding or removing [tls])",
+                differ(
+                    &self.tls.as_ref().map(|t| t.listen),
+                    &new.tls.as_ref().map(|t| t.listen),
+                ),
+            ),
         ]
         .into_iter()
         .filter_map(|(section, changed)| changed.then_some(section))
@@ -971,6 +990,16 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             Auth::check_config(auth)?;
+        }
+        if let Some(tls) = &self.tls {
+            if tls.listen == self.http.listen && tls.listen.port() != 0 {
+                return Err(invalid(
+                    "tls.listen",
+                    tls.listen,
+                    "is http.listen too; give the TLS listener an address of its own",
+                ));
+            }
+            crate::tls::server_config(tls)?;
         }
         if let Some(push) = &self.push {
             VapidKeys::load(&push.vapid_private_key_file).map_err(|e| {
@@ -1030,6 +1059,10 @@ impl Config {
                 self.limits.max_channels_per_connection,
             ),
             ("limits.max_long_polls", self.limits.max_long_polls),
+            (
+                "limits.max_streams_per_connection",
+                self.limits.max_streams_per_connection as usize,
+            ),
             (
                 "limits.max_pending_connections",
                 self.limits.max_pending_connections,
@@ -1545,6 +1578,7 @@ mod tests {
         ),
         ("limits", "max_message_size", Some((16 * 1024, i128::MAX))),
         ("limits", "max_long_polls", Some((1, i128::MAX))),
+        ("limits", "max_streams_per_connection", Some((1, i128::MAX))),
         ("replay", "max_records", None),
         ("replay", "max_concurrent", Some((1, i128::MAX))),
         ("replay", "max_concurrent_lookups", Some((1, i128::MAX))),
@@ -1626,7 +1660,7 @@ mod tests {
             text in "\\PC{0,200}|[\\[\\]a-z_.=\" 0-9\n]{0,200}",
         ) {
             match Config::parse(&text, "fuzz") {
-                Ok(_) | Err(ConfigError::Parse { .. } | ConfigError::Invalid { .. } | ConfigError::Auth(_)) => {}
+                Ok(_) | Err(ConfigError::Parse { .. } | ConfigError::Invalid { .. } | ConfigError::Auth(_) | ConfigError::Tls(_)) => {}
                 Err(e @ ConfigError::Read { .. }) => prop_assert!(false, "{}", e),
             }
         }

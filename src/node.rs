@@ -12,6 +12,7 @@ use crate::api_keys::ApiKeys;
 use crate::app::{App, Publishing, ReloadError};
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
+use crate::http::limits::ConnectionLimits;
 use crate::hub::Hub;
 use crate::kafka::ingest;
 use crate::kafka::producer::Publisher;
@@ -49,6 +50,8 @@ pub struct Herald {
     local_addr: SocketAddr,
     /// Where the admin listener (`http.admin_listen`) took its port.
     admin_addr: Option<SocketAddr>,
+    /// Where the TLS listener (`[tls]`) took its port.
+    tls_addr: Option<SocketAddr>,
     app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
     ingest: std::thread::JoinHandle<()>,
@@ -87,6 +90,22 @@ impl Herald {
             addr: config.http.listen,
             source,
         })?;
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let server_config = crate::tls::server_config(tls).map_err(ConfigError::from)?;
+                let bound = async {
+                    let l = TcpListener::bind(tls.listen).await?;
+                    let a = l.local_addr()?;
+                    Ok((l, a))
+                };
+                let (listener, addr) = bound.await.map_err(|source| StartError::Listen {
+                    addr: tls.listen,
+                    source,
+                })?;
+                Some((listener, addr, server_config))
+            }
+        };
         let admin = match config.http.admin_listen {
             None => None,
             Some(addr) => {
@@ -172,11 +191,25 @@ impl Herald {
                     .map_err(|e| StartError::Push(e.into()))?,
             ),
         };
+        let limits = ConnectionLimits::new(&config.limits);
+        let (tls_listener, tls_addr, tls_config) = match tls {
+            Some((l, a, c)) => (Some(l), Some(a), Some(c)),
+            None => (None, None, None),
+        };
         let app = Arc::new(App::new(
             config, auth, hub, metrics, watermarks, shutdown, dev_info, publishing, push,
+            tls_config,
         ));
-        let server = tokio::spawn(crate::http::listener::serve(app.clone(), listener));
+        let server = tokio::spawn(crate::http::listener::serve(
+            app.clone(),
+            listener,
+            limits.clone(),
+        ));
         tracing::info!(%local_addr, "listening");
+        if let (Some(listener), Some(addr)) = (tls_listener, tls_addr) {
+            tokio::spawn(crate::http::tls::serve(app.clone(), listener, limits));
+            tracing::info!(%addr, "TLS listener (HTTP/2 and HTTP/1.1)");
+        }
         let admin_addr = admin.map(|(listener, addr)| {
             tokio::spawn(crate::http::admin::serve(app.clone(), listener));
             tracing::info!(%addr, "admin listener (/metrics, /healthz, /readyz)");
@@ -185,6 +218,7 @@ impl Herald {
         Ok(Herald {
             local_addr,
             admin_addr,
+            tls_addr,
             app,
             server,
             ingest,
@@ -199,6 +233,11 @@ impl Herald {
     /// The admin listener's address, when `http.admin_listen` is set.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the TLS listener took its port (`[tls]`).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn hub(&self) -> &Hub {

@@ -30,9 +30,8 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Accepts connections until shutdown, then waits for them to drain
 /// (under `http.shutdown_grace`).
-pub async fn serve(app: Arc<App>, listener: TcpListener) {
+pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionLimits>) {
     let mut config = app.config();
-    let limits = ConnectionLimits::new(&config.limits);
     let http = hyper_builder(&config.http);
     loop {
         let Some((stream, peer)) = next_connection(&app, &listener, "accept").await else {
@@ -108,7 +107,7 @@ pub(super) async fn next_connection(
     }
 }
 
-fn hyper_builder(config: &HttpConfig) -> hyper::server::conn::http1::Builder {
+pub(super) fn hyper_builder(config: &HttpConfig) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.keepalive_timeout)

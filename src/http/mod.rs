@@ -27,4 +27,5 @@ pub mod query;
 pub mod response;
 pub mod routes;
 pub mod stream_connection;
+pub mod tls;
 mod write_watch;
