@@ -1,6 +1,7 @@
 //! Everything HTTP that is not a transport: the listener and its limits
-//! ([`listener`], [`limits`]), a connection's first request head
-//! ([`head`]), the request router ([`routes`]), the one error type
+//! ([`listener`], [`limits`]), the client's address behind trusted proxies
+//! ([`forwarded`]), a connection's first request head ([`head`]), the
+//! access log ([`access_log`]), the request router ([`routes`]), the one error type
 //! ([`error`]), response bodies ([`response`]), the transports' query
 //! parameters ([`query`]), CORS ([`cors`]), the bare connection that
 //! serves an event stream without hyper ([`stream_connection`]), and
@@ -14,10 +15,12 @@
 //! imports them.
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cors;
 pub mod error;
+pub mod forwarded;
 pub mod head;
 pub mod limits;
 pub mod listener;

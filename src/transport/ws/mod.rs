@@ -51,6 +51,7 @@ use self::connection::Connection;
 use self::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::access::{self, Reader};
+use crate::http::access_log::{AccessEntry, AccessHandover};
 use crate::http::error::ApiError;
 use crate::http::limits::{ClientAddr, ConnectionPermit};
 use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
@@ -103,6 +104,9 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     }
 
     let slot = req.extensions().get::<ConnectionPermit>().cloned();
+    // The access-log line (when on) is the connection's: written when it
+    // closes, with its whole duration.
+    let access = AccessHandover::take_from(req).map(AccessEntry::upgraded);
     let upgrade = hyper::upgrade::on(req);
     let app = app.clone();
     let tasks = app.tasks.clone();
@@ -120,6 +124,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
         Box::pin(serve(app, upgraded, reader, client, initial)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
+        drop(access);
     });
 
     Ok(handshake::switching_protocols(&accept))
