@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::kafka::producer::Publisher;
 use crate::metrics::{Metrics, Watermarks};
 use crate::push::Push;
+use crate::stream_ends::StreamEnds;
 
 /// Shared state of one running Herald.
 pub struct App {
@@ -27,9 +28,13 @@ pub struct App {
     /// The brokers' watermarks, written by the ingest, read for
     /// `herald_partition_lag`.
     pub watermarks: Arc<Watermarks>,
-    /// Cancelled when the server starts shutting down; every long-lived
-    /// stream selects on it.
+    /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// What every long-lived stream selects on: shutdown, a drain, or its
+    /// token's subject disconnected (the admin API).
+    pub ends: Arc<StreamEnds>,
+    /// The admin API's keys (`[admin]`); without them `/admin/…` is `404`.
+    pub admin_keys: Option<ApiKeys>,
     /// Extra JSON served at `/dev/info` by `herald dev`.
     pub dev_info: Option<serde_json::Value>,
     /// Every connection task, plain HTTP and upgraded WebSocket alike:

@@ -21,6 +21,7 @@ use crate::kafka::replay::Replayer;
 use crate::metrics::{Metrics, Watermarks};
 use crate::push::Push;
 use crate::router::Router;
+use crate::stream_ends::StreamEnds;
 
 /// Why Herald could not start.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +177,13 @@ impl Herald {
             ),
         };
         auth.start(shutdown.clone());
+        let admin_keys = match &config.admin {
+            None => None,
+            Some(admin) => Some(ApiKeys::new(admin.load_keys()?)),
+        };
         let app = Arc::new(App {
+            ends: StreamEnds::new(&shutdown),
+            admin_keys,
             long_polls: Arc::new(Semaphore::new(config.limits.max_long_polls)),
             config,
             auth,
@@ -193,7 +200,11 @@ impl Herald {
         tracing::info!(%local_addr, "listening");
         let admin_addr = admin.map(|(listener, addr)| {
             tokio::spawn(crate::http::admin::serve(app.clone(), listener));
-            tracing::info!(%addr, "admin listener (/metrics, /healthz, /readyz)");
+            tracing::info!(
+                %addr,
+                admin_api = app.admin_keys.is_some(),
+                "admin listener (/metrics, /healthz, /readyz, and /admin/… with [admin])"
+            );
             addr
         });
         Ok(Herald {

@@ -7,7 +7,8 @@
 //! serves an event stream without hyper ([`stream_connection`]), and
 //! `POST /publish` ([`publish`]), which produces to Kafka and is no
 //! transport, and the Web Push registrations ([`push`]), which write to
-//! Kafka too. Both read bounded bodies ([`body`]).
+//! Kafka too. Both read bounded bodies ([`body`]). The admin listener
+//! ([`admin`]) serves the probes and the admin API ([`admin_api`]).
 //!
 //! Imports point one way: the transports use `http`'s types (errors,
 //! bodies, query parameters, the connection permit); only [`routes`] and
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod access_log;
 pub mod admin;
+pub mod admin_api;
 pub mod body;
 pub mod cors;
 pub mod error;

@@ -56,7 +56,7 @@ use crate::http::error::ApiError;
 use crate::http::limits::{ClientAddr, ConnectionPermit};
 use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
 use crate::http::response::Body;
-use crate::hub::Subscription;
+use crate::hub::{SubscriberKind, Subscription};
 
 /// The `transport` label of this transport's metrics.
 const TRANSPORT: &str = "ws";
@@ -100,6 +100,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
             .hub
             .subscribe_from(std::slice::from_ref(&channel), start.clone(), client)
             .await?;
+        subscription.count_as(SubscriberKind::Ws);
         initial.push((Arc::<str>::from(channel), subscription));
     }
 
