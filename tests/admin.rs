@@ -162,6 +162,16 @@ async fn admin_counts_disconnects_a_subject_and_drains() {
 
     // Draining: every stream told to reconnect elsewhere, new ones
     // refused, /readyz 503, /metrics still served.
+    let query = format!("channel=room.1&wait=25&token={bob}");
+    let bob_poll = tokio::spawn(async move { poll(addr, &query).await });
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while counts(admin_addr, "room.1").await["poll"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long poll never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, body) = admin(admin_addr, "POST", "/admin/drain", Some(ADMIN_KEY)).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("draining")));
     let end = bob_sse.next_raw().await.expect("a reconnect event");
@@ -174,6 +184,10 @@ async fn admin_counts_disconnects_a_subject_and_drains() {
         (u16::from(close.code), close.reason.as_str()),
         (1001, "draining")
     );
+    // The long poll is answered at once, empty, with its cursor to resume.
+    let (status, body) = bob_poll.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["messages"].as_array().unwrap().is_empty() && body["cursor"].is_string());
     let refused = Sse::connect(addr, &format!("channel=room.1&token={bob}"), None).await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.error_body().await["error"]["code"], "draining");

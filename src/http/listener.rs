@@ -184,10 +184,10 @@ impl Connection {
             }
             read = preface.rest;
         }
-        let config = app.config.http.clone();
         let head_read = async {
+            // What the PROXY header's read took past it comes first.
             let mut chained = std::io::Cursor::new(read).chain(&mut self.stream);
-            head::read(&mut chained, &config).await
+            head::read(&mut chained, &app.config.http).await
         };
         let head = match Self::until_head_of(&app, &pending, deadline, head_read).await {
             FirstHead::Arrived(head) => head,
