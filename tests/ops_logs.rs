@@ -123,6 +123,12 @@ async fn json_logs_and_an_access_log_without_secrets() {
         .unwrap();
     assert_eq!(poll.status(), 200);
     drop(sse);
+    // A WebSocket, logged when it closes.
+    let mut ws = Ws::connect(addr, &format!("channel=c&token={SECRET_QUERY}")).await;
+    let subscribed = ws.next_json().await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    ws.send(WsMessage::Close(None)).await;
+    let _ = ws.close_frame().await;
 
     let mut access: Vec<Value> = Vec::new();
     let logged = |access: &Vec<Value>, prefix: &str| {
@@ -130,7 +136,7 @@ async fn json_logs_and_an_access_log_without_secrets() {
             .iter()
             .any(|l| l["path"].as_str().unwrap().starts_with(prefix))
     };
-    while !["/sse", "/publish", "/poll"]
+    while !["/sse", "/publish", "/poll", "/ws"]
         .iter()
         .all(|p| logged(&access, p))
     {
@@ -167,6 +173,13 @@ async fn json_logs_and_an_access_log_without_secrets() {
     );
     assert_eq!(publish["client"], "127.0.0.1");
     assert_eq!(by_path("/poll")["path"], "/poll?channel=c&to%6Ben=REDACTED");
+    let websocket = by_path("/ws");
+    assert_eq!(websocket["path"], "/ws?channel=c&token=REDACTED");
+    assert_eq!(websocket["status"], 101);
+    assert!(
+        websocket["bytes"].as_u64().unwrap() > 0,
+        "the subscribed frame: {websocket}"
+    );
 
     child.kill().unwrap();
     let _ = child.wait();

@@ -3,8 +3,8 @@
 //! for an SSE stream or a long poll when its body ends, for a WebSocket
 //! when the connection closes — with the method, the path and query
 //! without the value of `token=`, the status, the duration, the bytes of
-//! the body and the client's address (behind a trusted proxy, the one it
-//! forwarded; `peer` is the socket's).
+//! the body (of a WebSocket's data frames) and the client's address
+//! (behind a trusted proxy, the one it forwarded; `peer` is the socket's).
 //!
 //! Nothing else of the request is logged: no header (so never an
 //! `Authorization` header, a token or an API key), no body. Off, nothing
@@ -96,6 +96,12 @@ impl AccessEntry {
     pub fn upgraded(mut self) -> AccessEntry {
         self.status = 101;
         self
+    }
+
+    /// Counts `n` bytes sent: a WebSocket's frames (Herald's own, not
+    /// pings, pongs and the close).
+    pub fn add_bytes(&mut self, n: usize) {
+        self.bytes += n as u64;
     }
 }
 

@@ -25,6 +25,7 @@ use super::protocol::{ClientMessage, error_json};
 use super::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::app::App;
 use crate::http::access::{self, Reader};
+use crate::http::access_log::AccessEntry;
 use crate::http::error::replay_failed;
 use crate::http::query::start_at;
 use crate::hub::{CloseReason, SubscriberKind};
@@ -111,16 +112,26 @@ pub(super) struct Connection {
     /// (and `end_changes` bumped) when an `auth` message brings a token.
     end: EndSignal,
     end_changes: u32,
+    /// The access-log line (`log.access`), counting the bytes Herald's own
+    /// frames took; boxed, so a connection without one holds a pointer.
+    access: Option<Box<AccessEntry>>,
     _gauge: ConnectionGauge,
 }
 
 impl Connection {
-    pub(super) fn new(app: Arc<App>, socket: Socket, reader: Reader, client: IpAddr) -> Self {
+    pub(super) fn new(
+        app: Arc<App>,
+        socket: Socket,
+        reader: Reader,
+        client: IpAddr,
+        access: Option<Box<AccessEntry>>,
+    ) -> Self {
         let gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
         let end = app.ends.watch(reader.subject());
         Connection {
             end,
             end_changes: 0,
+            access,
             app,
             socket,
             subscriptions: Subscriptions::default(),
@@ -464,6 +475,9 @@ impl Connection {
         let io = self.socket.get_mut();
         let written = within(deadline, io.write_all(&self.out)).await;
         self.written(written)?;
+        if let Some(access) = &mut self.access {
+            access.add_bytes(self.out.len());
+        }
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
         } else {

@@ -107,7 +107,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     let slot = req.extensions().get::<ConnectionPermit>().cloned();
     // The access-log line (when on) is the connection's: written when it
     // closes, with its whole duration.
-    let access = AccessHandover::take_from(req).map(AccessEntry::upgraded);
+    let access = AccessHandover::take_from(req).map(|entry| Box::new(entry.upgraded()));
     let upgrade = hyper::upgrade::on(req);
     let app = app.clone();
     let tasks = app.tasks.clone();
@@ -122,23 +122,24 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, reader, client, initial)).await;
+        Box::pin(serve(app, upgraded, reader, client, initial, access)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
-        drop(access);
     });
 
     Ok(handshake::switching_protocols(&accept))
 }
 
 /// Runs an upgraded connection of `reader`, from `client`, with its
-/// subscriptions from the URL.
+/// subscriptions from the URL; `access` is its access-log line, written
+/// when it closes.
 async fn serve(
     app: Arc<App>,
     upgraded: Upgraded,
     reader: Reader,
     client: IpAddr,
     initial: Vec<(Arc<str>, Subscription)>,
+    access: Option<Box<AccessEntry>>,
 ) {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -147,7 +148,7 @@ async fn serve(
         .max_frame_size(Some(app.config.limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket, reader, client);
+    let mut connection = Connection::new(app, socket, reader, client, access);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,
