@@ -595,7 +595,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// As `max_connections`, for one client address; above it `429`. 0
     /// (the default) disables the check: behind a load balancer or a NAT
-    /// many clients share one address.
+    /// many clients share one address (list the balancer in
+    /// `http.trusted_proxies` and the address it forwards counts).
     pub max_connections_per_ip: usize,
     /// Connections at once that have not sent their first request head yet
     /// (they hold no place under `max_connections`). A new connection over
@@ -694,7 +695,7 @@ pub struct ReplayConfig {
     /// at once; beyond it `429 too_many_replays_per_ip`, so one client
     /// cannot take the node's `max_concurrent` for itself. 0 (the default)
     /// disables the check: behind a load balancer every client has the
-    /// balancer's address.
+    /// balancer's address (unless it is in `http.trusted_proxies`).
     pub max_concurrent_per_ip: usize,
     /// Longest one replay may take; past it the stream ends with reason
     /// `replay_failed` (the client resumes from where it got to).

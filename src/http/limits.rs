@@ -19,7 +19,9 @@
 //!    answered without a place, and its connection closed after it.
 //!
 //! [`ClientAddr`], in every request's extensions, carries the client's
-//! address to the handlers (replay's per-address limit).
+//! address to the handlers (replay's per-address limit). Behind a proxy
+//! in `http.trusted_proxies` it is the address the proxy forwarded, and
+//! the limits above count that one (see [`forwarded`](super::forwarded)).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,8 +1,11 @@
-//! The listener: the accept loop, each connection's first request head
-//! (read under `http.head_timeout`, see [`head`](super::head)), its place
-//! under the limits (see [`limits`](super::limits)), and hand-over to
-//! hyper or, for a connection that opens with an event stream, to
-//! [`stream_connection`](super::stream_connection).
+//! The listener: the accept loop, each connection's PROXY header (with
+//! `http.proxy_protocol`) and first request head (read under
+//! `http.head_timeout`, see [`head`](super::head)), the client's address
+//! (see [`forwarded`](super::forwarded)), its place under the limits (see
+//! [`limits`](super::limits)), and hand-over to hyper or, for a
+//! connection that opens with an event stream, to
+//! [`stream_connection`](super::stream_connection). With `log.access`,
+//! each request's line ([`access_log`](super::access_log)).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
