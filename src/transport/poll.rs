@@ -6,7 +6,8 @@
 //! last message returned — the next poll resumes there, so nothing is lost
 //! or repeated between polls. With `wait=` and nothing to deliver yet, it
 //! waits (a long poll) until a first message arrives, `wait` runs out or
-//! the server shuts down.
+//! the server shuts down or drains (a revoked token's subject: `401
+//! token_revoked`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,10 @@
 //! starting cursor as its `id:` (so a browser that reconnects before any
 //! message still resumes where it was), then one event per message: `id:` is the cursor
 //! after it, `data:` the envelope on one line. A `: heartbeat` comment keeps
-//! idle streams alive. When Herald shuts down or the client falls too far
-//! behind, a final `event: reconnect` says why and the stream ends; the
-//! browser reconnects by itself with `Last-Event-ID`.
+//! idle streams alive. When Herald shuts down or drains, the client falls
+//! too far behind, or the operator disconnects its token's subject, a
+//! final `event: reconnect` says why and the stream ends; the browser
+//! reconnects by itself with `Last-Event-ID`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
