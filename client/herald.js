@@ -53,6 +53,10 @@ const MIN_RENEW_MS = 1000;
 const TOKEN_TIMEOUT_MS = 30000;
 // The WebSocket close code of a connection whose token expired.
 const CLOSE_TOKEN_EXPIRED = 4001;
+// The WebSocket close code of a connection whose token's subject the
+// operator disconnected (POST /admin/disconnect): never reconnect with
+// that token.
+const CLOSE_TOKEN_REVOKED = 4003;
 
 // Error codes after which retrying the same subscription can succeed.
 const RETRYABLE = new Set([
@@ -67,7 +71,7 @@ const RETRYABLE = new Set([
 
 // Refusals of the token itself: a fresh one from the token function may
 // be accepted.
-const TOKEN_REFUSED = new Set(["invalid_token", "token_expired"]);
+const TOKEN_REFUSED = new Set(["invalid_token", "token_expired", "token_revoked"]);
 
 function backoff(attempt) {
   const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
@@ -342,6 +346,12 @@ export class Herald {
     this.transport = null;
     conn.close();
     if (this._closed || this._subs.size === 0) return;
+    // Revoked, and no function to ask for another: reconnecting with the
+    // same token would undo the operator's disconnect.
+    if (err.code === "token_revoked" && !this._tokenSource) {
+      for (const sub of [...this._subs.values()]) sub._fail(err);
+      return;
+    }
     if (used !== this._token) {
       this._schedule(0); // a fresher token has arrived meanwhile
       return;
@@ -636,7 +646,9 @@ function openWs(herald, hooks) {
   }
   ws.onerror = end;
   ws.onclose = (event) => {
-    if ((event.code === CLOSE_TOKEN_EXPIRED || expired) && herald._tokenSource) {
+    if (event.code === CLOSE_TOKEN_REVOKED) {
+      tokenRefused({ code: "token_revoked", message: "the token was revoked and the WebSocket was closed (4003)" }, inForce);
+    } else if ((event.code === CLOSE_TOKEN_EXPIRED || expired) && herald._tokenSource) {
       tokenRefused({ code: "token_expired", message: "the token expired and the WebSocket was closed (4001)" }, inForce);
     } else {
       end();
@@ -779,13 +791,15 @@ function openSse(herald, hooks) {
             why = JSON.parse(ev.data);
           } catch {}
           if (why.reason === "replay_failed") sub._warn({ code: why.reason, message: why.message || why.reason });
-          if (why.reason === "token_expired") return "token_expired";
+          if (why.reason === "token_expired" || why.reason === "token_revoked") return why.reason;
           return "reconnect";
         }
       });
       clearTimeout(timer);
       if (controller.signal.aborted || reason === "aborted") return;
-      if (reason === "token_expired" && herald._tokenSource) {
+      if (reason === "token_revoked") {
+        loops.tokenRefused({ code: "token_revoked", message: "the token was revoked and Herald ended the stream" }, token);
+      } else if (reason === "token_expired" && herald._tokenSource) {
         loops.tokenRefused({ code: "token_expired", message: "the token expired and Herald ended the stream" }, token);
       } else {
         loops.end();

@@ -22,6 +22,7 @@ use crate::metrics::{Metrics, Watermarks};
 use crate::per_ip::Places;
 use crate::push::Push;
 use crate::router::Router;
+use crate::stream_ends::StreamEnds;
 
 /// Shared state of one running Herald.
 pub struct App {
@@ -41,9 +42,13 @@ pub struct App {
     /// The brokers' watermarks, written by the ingest, read for
     /// `herald_partition_lag`.
     pub watermarks: Arc<Watermarks>,
-    /// Cancelled when the server starts shutting down; every long-lived
-    /// stream selects on it.
+    /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// What every long-lived stream selects on: shutdown, a drain, or its
+    /// token's subject disconnected (the admin API).
+    pub ends: Arc<StreamEnds>,
+    /// The admin API's keys (`[admin]`); without them `/admin/…` is `404`.
+    pub admin_keys: Option<ApiKeys>,
     /// Extra JSON served at `/dev/info` by `herald dev`.
     pub dev_info: Option<serde_json::Value>,
     /// Every connection task, plain HTTP and upgraded WebSocket alike:
@@ -91,11 +96,14 @@ impl App {
         publishing: Option<Publishing>,
         push: Option<Arc<Push>>,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        admin_keys: Option<ApiKeys>,
     ) -> App {
         let auth_stop = shutdown.child_token();
         auth.start(auth_stop.clone());
         App {
             tls: ArcSwapOption::new(tls),
+            ends: StreamEnds::new(&shutdown),
+            admin_keys,
             long_polls: Places::new(config.limits.max_long_polls),
             config: ArcSwap::from_pointee(config),
             auth: ArcSwap::from_pointee(auth),

@@ -69,6 +69,12 @@ pub struct Config {
     /// A TLS listener (HTTP/2 and HTTP/1.1), besides `http.listen`; absent,
     /// none.
     pub tls: Option<TlsConfig>,
+    /// How Herald logs (`[log]`): text or JSON lines, and the access log.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The admin API on `http.admin_listen` (`/admin/…`): off (`404`)
+    /// unless the section is present with at least one key.
+    pub admin: Option<AdminConfig>,
     /// Routing rules, `[[route]]` in the file.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
@@ -481,6 +487,43 @@ pub struct HttpConfig {
     /// uri_too_long` before any of it is parsed. Bounds the work one
     /// request's parameters can cause.
     pub max_query_bytes: usize,
+    /// Proxies (load balancers) whose word on the client's address is
+    /// taken: CIDRs (`"10.0.0.0/8"`) or single addresses. From a peer in
+    /// this list the client is the right-most address of
+    /// `X-Forwarded-For` that is not itself in the list (or the source of
+    /// a PROXY protocol header, with `proxy_protocol`); from any other
+    /// peer both are ignored (a PROXY header is `400 bad_request`). The
+    /// per-address limits, replay's and the access log use that address.
+    /// Empty (the default): every peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Accept a PROXY protocol header (v1 text or v2 binary) at the start
+    /// of a connection from a peer in `trusted_proxies`: its source
+    /// address is the client's, before the request head is read. Needs
+    /// `trusted_proxies`. Off by default.
+    pub proxy_protocol: bool,
+}
+
+impl HttpConfig {
+    /// `trusted_proxies` parsed: each a CIDR (`10.0.0.0/8`, `fd00::/8`) or
+    /// one address (`10.1.2.3`, which is `/32` or `/128`). A bad entry is
+    /// named with why.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, (String, String)> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let text = entry.trim();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        (
+                            entry.clone(),
+                            "not a CIDR (\"10.0.0.0/8\", \"fd00::/8\") or an IP address".to_owned(),
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -558,7 +601,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// As `max_connections`, for one client address; above it `429`. 0
     /// (the default) disables the check: behind a load balancer or a NAT
-    /// many clients share one address.
+    /// many clients share one address (list the balancer in
+    /// `http.trusted_proxies` and the address it forwards counts).
     pub max_connections_per_ip: usize,
     /// Connections at once that have not sent their first request head yet
     /// (they hold no place under `max_connections`). A new connection over
@@ -591,6 +635,60 @@ pub struct LimitsConfig {
     pub max_streams_per_connection: u32,
 }
 
+/// How log lines are written (to stderr, always).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human text, coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`,
+    /// `message` and the event's fields), for log collectors.
+    Json,
+}
+
+/// `[log]`: the log format and the access log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One line per request (a stream's when it ends), at `info` under the
+    /// target `herald::access`: method, path without the `token=` value,
+    /// status, duration, bytes, client address. Off by default: a busy
+    /// node serves many requests a second.
+    pub access: bool,
+}
+
+/// `[admin]`: who may use the admin API (`/admin/…` on
+/// `http.admin_listen`). Keys as for `[publish]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keys accepted as `Authorization: Bearer <key>`, each 16 to 256
+    /// visible ASCII characters.
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line, as `publish.api_keys_file`.
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// Says how many keys there are, never what they are.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("api_keys", &format_args!("<{} keys>", self.api_keys.len()))
+            .field("api_keys_file", &self.api_keys_file)
+            .finish()
+    }
+}
+
+impl AdminConfig {
+    /// Every admin key (`admin.api_keys`, then `admin.api_keys_file`, read
+    /// now), checked as the publish keys are.
+    pub fn load_keys(&self) -> Result<Vec<String>, ConfigError> {
+        load_api_keys("admin", &self.api_keys, self.api_keys_file.as_deref())
+    }
+}
+
 /// Bounds on reading history back from Kafka for clients whose cursor is
 /// older than the hub's memory.
 #[derive(Debug, Clone, Deserialize)]
@@ -608,7 +706,7 @@ pub struct ReplayConfig {
     /// at once; beyond it `429 too_many_replays_per_ip`, so one client
     /// cannot take the node's `max_concurrent` for itself. 0 (the default)
     /// disables the check: behind a load balancer every client has the
-    /// balancer's address.
+    /// balancer's address (unless it is in `http.trusted_proxies`).
     pub max_concurrent_per_ip: usize,
     /// Longest one replay may take; past it the stream ends with reason
     /// `replay_failed` (the client resumes from where it got to).
@@ -693,61 +791,71 @@ impl PublishConfig {
     /// all is an error naming the key (or the file and line), never the
     /// key itself.
     pub fn load_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let invalid = |key: String, value: String, reason: String| ConfigError::Invalid {
-            key,
-            value,
-            reason,
-        };
-        let mut keys = Vec::new();
-        for (i, key) in self.api_keys.iter().enumerate() {
-            if let Some(problem) = key_problem(key) {
-                let shown = if key.is_empty() {
-                    "\"\""
-                } else {
-                    "(not shown)"
-                };
-                return Err(invalid(
-                    format!("publish.api_keys[{i}]"),
-                    shown.into(),
-                    problem,
-                ));
-            }
-            keys.push(key.clone());
-        }
-        if let Some(path) = &self.api_keys_file {
-            let shown = format!("{:?}", path.display().to_string());
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "publish.api_keys_file".into(),
-                    shown.clone(),
-                    format!("cannot read the key file: {e}"),
-                )
-            })?;
-            for (n, line) in text.lines().enumerate() {
-                let key = line.trim();
-                if key.is_empty() || key.starts_with('#') {
-                    continue;
-                }
-                if let Some(problem) = key_problem(key) {
-                    return Err(invalid(
-                        "publish.api_keys_file".into(),
-                        shown,
-                        format!("line {}: {problem}", n + 1),
-                    ));
-                }
-                keys.push(key.to_owned());
-            }
-        }
-        if keys.is_empty() {
+        load_api_keys("publish", &self.api_keys, self.api_keys_file.as_deref())
+    }
+}
+
+/// The API keys of `[section]`: `api_keys`, then those in `api_keys_file`
+/// (read now). A key that is unfit, a file that cannot be read, or no key
+/// at all is an error naming the key (or the file and line), never the
+/// key itself.
+fn load_api_keys(
+    section: &str,
+    api_keys: &[String],
+    api_keys_file: Option<&Path>,
+) -> Result<Vec<String>, ConfigError> {
+    let invalid =
+        |key: String, value: String, reason: String| ConfigError::Invalid { key, value, reason };
+    let mut keys = Vec::new();
+    for (i, key) in api_keys.iter().enumerate() {
+        if let Some(problem) = key_problem(key) {
+            let shown = if key.is_empty() {
+                "\"\""
+            } else {
+                "(not shown)"
+            };
             return Err(invalid(
-                "publish.api_keys".into(),
-                "[]".into(),
-                "[publish] needs at least one key, in publish.api_keys or in publish.api_keys_file"
-                    .into(),
+                format!("{section}.api_keys[{i}]"),
+                shown.into(),
+                problem,
             ));
         }
-        Ok(keys)
+        keys.push(key.clone());
     }
+    if let Some(path) = api_keys_file {
+        let shown = format!("{:?}", path.display().to_string());
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                format!("{section}.api_keys_file"),
+                shown.clone(),
+                format!("cannot read the key file: {e}"),
+            )
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let key = line.trim();
+            if key.is_empty() || key.starts_with('#') {
+                continue;
+            }
+            if let Some(problem) = key_problem(key) {
+                return Err(invalid(
+                    format!("{section}.api_keys_file"),
+                    shown,
+                    format!("line {}: {problem}", n + 1),
+                ));
+            }
+            keys.push(key.to_owned());
+        }
+    }
+    if keys.is_empty() {
+        return Err(invalid(
+            format!("{section}.api_keys"),
+            "[]".into(),
+            format!(
+                "[{section}] needs at least one key, in {section}.api_keys or in {section}.api_keys_file"
+            ),
+        ));
+    }
+    Ok(keys)
 }
 
 mod defaults {
@@ -845,6 +953,8 @@ impl Default for HttpConfig {
             max_head_bytes: 32 * 1024,
             max_headers: 64,
             max_query_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -935,6 +1045,12 @@ impl Config {
         fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
             format!("{a:?}") != format!("{b:?}")
         }
+        // Keys are compared themselves: Debug shows only how many there are.
+        fn keys<'a>(
+            k: Option<(&'a Vec<String>, &'a Option<PathBuf>)>,
+        ) -> Option<(&'a Vec<String>, &'a Option<PathBuf>)> {
+            k
+        }
         let http = |c: &Config| HttpConfig {
             allowed_origins: Vec::new(),
             ..c.http.clone()
@@ -947,8 +1063,19 @@ impl Config {
             ),
             ("[hub]", differ(&self.hub, &new.hub)),
             ("[replay]", differ(&self.replay, &new.replay)),
-            ("[publish]", differ(&self.publish, &new.publish)),
+            (
+                "[publish]",
+                differ(&self.publish, &new.publish)
+                    || keys(self.publish.as_ref().map(|p| (&p.api_keys, &p.api_keys_file)))
+                        != keys(new.publish.as_ref().map(|p| (&p.api_keys, &p.api_keys_file))),
+            ),
             ("[push]", differ(&self.push, &new.push)),
+            ("[log]", differ(&self.log, &new.log)),
+            (
+                "[admin]",
+                keys(self.admin.as_ref().map(|a| (&a.api_keys, &a.api_keys_file)))
+                    != keys(new.admin.as_ref().map(|a| (&a.api_keys, &a.api_keys_file))),
+            ),
             (
                 "tls.listen (or adding or removing [tls])",
                 differ(
@@ -1018,6 +1145,26 @@ impl Config {
                 ));
             }
             push.validate()?;
+        }
+        if let Err((entry, reason)) = self.http.trusted_proxy_nets() {
+            return Err(invalid("http.trusted_proxies", entry, &reason));
+        }
+        if self.http.proxy_protocol && self.http.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "http.proxy_protocol",
+                true,
+                "needs http.trusted_proxies: a PROXY header is taken only from the proxies listed there",
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            admin.load_keys()?;
+            if self.http.admin_listen.is_none() {
+                return Err(invalid(
+                    "admin.api_keys",
+                    "(not shown)",
+                    "the admin API is served on http.admin_listen, which is not set: set it (never the client listener)",
+                ));
+            }
         }
         if self.http.listen.port() != 0 && self.http.admin_listen == Some(self.http.listen) {
             return Err(invalid(
@@ -1480,6 +1627,55 @@ mod tests {
     }
 
     #[test]
+    fn logs_proxies_and_admin_have_defaults_and_named_errors() {
+        let c = Config::parse(MINIMAL, "test").unwrap();
+        assert_eq!((c.log.format, c.log.access), (LogFormat::Text, false));
+        assert!(c.http.trusted_proxies.is_empty() && !c.http.proxy_protocol);
+        assert!(c.admin.is_none());
+        let text = format!(
+            "{MINIMAL}\n[log]\nformat = \"json\"\naccess = true\n[http]\nadmin_listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\", \"fd00::/8\"]\nproxy_protocol = true\n[admin]\napi_keys = [\"{KEY}\"]\n"
+        );
+        let c = Config::parse(&text, "test").unwrap();
+        assert_eq!((c.log.format, c.log.access), (LogFormat::Json, true));
+        assert_eq!(c.http.trusted_proxy_nets().unwrap().len(), 3);
+        assert_eq!(c.admin.unwrap().load_keys().unwrap(), [KEY]);
+        for (extra, key, reason) in [
+            ("[log]\nformat = \"xml\"", "format", "unknown variant"),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "http.trusted_proxies",
+                "not a CIDR",
+            ),
+            (
+                "[http]\nproxy_protocol = true",
+                "http.proxy_protocol",
+                "needs http.trusted_proxies",
+            ),
+            (
+                &format!("[admin]\napi_keys = [\"{KEY}\"]"),
+                "admin.api_keys",
+                "http.admin_listen",
+            ),
+            (
+                "[http]\nadmin_listen = \"127.0.0.1:0\"\n[admin]\napi_keys = [\"short\"]",
+                "admin.api_keys[0]",
+                "at least 16",
+            ),
+            (
+                "[http]\nadmin_listen = \"127.0.0.1:0\"\n[admin]",
+                "admin.api_keys",
+                "at least one key",
+            ),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}\n{extra}\n"), "test")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(reason), "{extra}: {err}");
+            assert!(!err.contains(KEY) && !err.contains("short\""), "{err}");
+        }
+    }
+
+    #[test]
     fn auto_offset_reset_is_herald_s_own() {
         let text = format!("{MINIMAL}\n[kafka.options]\n\"auto.offset.reset\" = \"latest\"\n");
         let err = Config::parse(&text, "test").unwrap_err().to_string();
@@ -1585,6 +1781,11 @@ mod tests {
         ("replay", "max_concurrent_per_ip", None),
         ("replay", "timeout", None),
         ("replay", "cache_bytes", None),
+        ("http", "trusted_proxies", None),
+        ("http", "proxy_protocol", None),
+        ("log", "format", None),
+        ("log", "access", None),
+        ("admin", "api_keys", None),
         ("publish", "api_keys", None),
         ("publish", "max_body_bytes", None),
         ("publish", "timeout", None),

@@ -37,7 +37,9 @@
 //! - [`config`], [`metrics`], [`shutdown`], [`api_keys`] (the publish
 //!   keys, compared in constant time), [`per_ip`] (counts per client
 //!   address, for the listener's and replay's limits), [`tls`] (the TLS
-//!   listener's certificate) — below everything else.
+//!   listener's certificate), [`stream_ends`] (what ends streams before
+//!   their clients do: shutdown, a drain, a subject disconnected by the
+//!   admin API) — below everything else.
 //!
 //! Imports point one way: `node → http → transport → hub → (router,
 //! record)`, `kafka → hub`, and `app`, `config`, `metrics` below the
@@ -60,6 +62,7 @@ pub mod push;
 pub mod record;
 pub mod router;
 pub mod shutdown;
+pub mod stream_ends;
 pub mod tls;
 pub mod transport;
 

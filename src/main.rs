@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use herald::config::Config;
+use herald::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -74,29 +74,21 @@ enum PushCommand {
 }
 
 fn main() -> ExitCode {
-    // Logs go to stderr (stdout is for what a command prints: `check`'s
-    // verdict, `push keygen`'s key), coloured only for a person at a
-    // terminal, never into a file or a log collector.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            init_logs(LogFormat::Text);
+            match Config::load(&config) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
-            Err(e) => {
-                eprintln!("herald: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        }
         Command::Serve {
             config: path,
             listen,
@@ -121,6 +113,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // Logs take the format of the config that was just read; what
+            // went wrong before that went to stderr as plain text.
+            init_logs(config.log.format);
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 listen = %config.http.listen,
@@ -136,6 +131,7 @@ fn main() -> ExitCode {
         Command::Push {
             command: PushCommand::Keygen { out },
         } => {
+            init_logs(LogFormat::Text);
             let written = herald::push::keys::VapidKeys::generate().and_then(|keys| {
                 keys.write_new(&out)?;
                 Ok(keys)
@@ -153,10 +149,36 @@ fn main() -> ExitCode {
             }
         }
         Command::Dev { listen, ticker } => runtime(|shutdown| async move {
+            init_logs(LogFormat::Text);
             herald::dev::run(listen, ticker, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         }),
+    }
+}
+
+/// Logs go to stderr (stdout is for what a command prints: `check`'s
+/// verdict, `push keygen`'s key): text coloured only for a person at a
+/// terminal, never into a file or a log collector; or one JSON object per
+/// line (`log.format = "json"`), with the event's fields at the top level
+/// beside `timestamp`, `level`, `target` and `message`. `RUST_LOG` filters
+/// either (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

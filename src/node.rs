@@ -191,6 +191,10 @@ impl Herald {
                     .map_err(|e| StartError::Push(e.into()))?,
             ),
         };
+        let admin_keys = match &config.admin {
+            None => None,
+            Some(admin) => Some(ApiKeys::new(admin.load_keys()?)),
+        };
         let limits = ConnectionLimits::new(&config.limits);
         let (tls_listener, tls_addr, tls_config) = match tls {
             Some((l, a, c)) => (Some(l), Some(a), Some(c)),
@@ -198,7 +202,7 @@ impl Herald {
         };
         let app = Arc::new(App::new(
             config, auth, hub, metrics, watermarks, shutdown, dev_info, publishing, push,
-            tls_config,
+            tls_config, admin_keys,
         ));
         let server = tokio::spawn(crate::http::listener::serve(
             app.clone(),
@@ -212,7 +216,11 @@ impl Herald {
         }
         let admin_addr = admin.map(|(listener, addr)| {
             tokio::spawn(crate::http::admin::serve(app.clone(), listener));
-            tracing::info!(%addr, "admin listener (/metrics, /healthz, /readyz)");
+            tracing::info!(
+                %addr,
+                admin_api = app.admin_keys.is_some(),
+                "admin listener (/metrics, /healthz, /readyz, and /admin/… with [admin])"
+            );
             addr
         });
         Ok(Herald {

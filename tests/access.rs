@@ -473,6 +473,19 @@ async fn metrics_can_live_on_an_admin_listener_of_their_own() {
     assert_eq!(get(admin, "healthz").await, 200);
     assert_eq!(get(admin, "readyz").await, 200);
     assert_eq!(get(admin, "sse?channel=public.x").await, 404);
+    // Without [admin] the admin API is off: 404, saying what turns it on.
+    let off = reqwest::get(format!("http://{admin}/admin/channels"))
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 404);
+    let body: Value = serde_json::from_str(&off.text().await.unwrap()).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[admin]"),
+        "{body}"
+    );
     assert_eq!(get(addr, "metrics").await, 404);
     assert_eq!(get(addr, "healthz").await, 200);
     herald.stop().await;

@@ -79,6 +79,20 @@ fn invalid_configs_exit_64_naming_the_key_and_value() {
             format!("{GOOD}[kafka.options]\n\"security.protocol\" = \"carrier-pigeon\"\n"),
             "kafka.options.\"security.protocol\"",
         ),
+        (format!("{GOOD}[log]\nformat = \"xml\"\n"), "format"),
+        (
+            format!("{GOOD}[http]\ntrusted_proxies = [\"10.0.0.0/40\"]\n"),
+            "http.trusted_proxies",
+        ),
+        (
+            format!("{GOOD}[http]\nproxy_protocol = true\n"),
+            "http.proxy_protocol",
+        ),
+        // The admin API needs the admin listener.
+        (
+            format!("{GOOD}[admin]\napi_keys = [\"cli-admin-key-0123456789\"]\n"),
+            "admin.api_keys",
+        ),
     ];
     for (text, key) in cases {
         let f = config_file(&text);

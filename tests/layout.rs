@@ -46,6 +46,11 @@ const RULES: &[(&str, &str, &str)] = &[
         "per_ip is at the bottom: the listener and replay count with it",
     ),
     ("auth", "", "auth is at the bottom: config and HTTP use it"),
+    (
+        "stream_ends",
+        "",
+        "stream_ends is at the bottom: app, HTTP and the transports use it",
+    ),
     ("app", "http", "app is the state below HTTP"),
     ("app", "transport", "app is the state below the transports"),
     ("http", "node", "node starts the listener"),

@@ -49,6 +49,12 @@ impl Reader {
             .and_then(|g| g.time_left(SystemTime::now()))
     }
 
+    /// The token's `sub`, if it had one: what `POST /admin/disconnect`
+    /// ends streams by.
+    pub fn subject(&self) -> Option<&str> {
+        self.grant.as_ref()?.subject()
+    }
+
     /// The token's expiry as seconds since the epoch, for the client.
     pub fn expires_at_unix(&self) -> Option<u64> {
         let at = self.grant.as_ref()?.expires_at()?;

@@ -1,7 +1,8 @@
 //! The admin listener (`http.admin_listen`): `/metrics`, `/healthz` and
 //! `/readyz` on an address of their own, so that the metrics need not be
 //! reachable by clients and a probe never competes with them for a place
-//! under `limits.max_connections`.
+//! under `limits.max_connections`; and the admin API
+//! ([`admin_api`](super::admin_api)), with `[admin]`.
 
 use std::convert::Infallible;
 use std::sync::Arc;

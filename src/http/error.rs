@@ -35,6 +35,7 @@ pub const CODES: &[(u16, &str)] = &[
     (401, "invalid_api_key"),
     (401, "invalid_token"),
     (401, "token_expired"),
+    (401, "token_revoked"),
     (403, "forbidden_channel"),
     (403, "origin_not_allowed"),
     (404, "not_found"),
@@ -52,6 +53,7 @@ pub const CODES: &[(u16, &str)] = &[
     (431, "head_too_large"),
     (502, "kafka_refused"),
     (503, "auth_unavailable"),
+    (503, "draining"),
     (503, "kafka_unavailable"),
     (503, "not_ready"),
     (503, "replay_busy"),
@@ -135,6 +137,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::CursorPartition { .. } => (StatusCode::BAD_REQUEST, "invalid_cursor"),
             SubscribeError::CursorTooOld { .. } => (StatusCode::CONFLICT, "cursor_expired"),
             SubscribeError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            SubscribeError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             SubscribeError::ReplayTooLarge { .. } => (StatusCode::CONFLICT, "replay_too_large"),
             SubscribeError::ReplayBusy { .. } | SubscribeError::LookupsBusy { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "replay_busy")
@@ -163,5 +166,15 @@ pub fn replay_failed(failure: Option<&str>) -> ApiError {
             "reading older records back from Kafka failed: {}",
             failure.unwrap_or("unknown error")
         ),
+    )
+}
+
+/// The refusal of a long poll whose token's subject was disconnected
+/// while it waited (`POST /admin/disconnect`).
+pub fn token_revoked() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "token_revoked",
+        "the token's subject was disconnected by the operator (POST /admin/disconnect): get a fresh token before polling again",
     )
 }

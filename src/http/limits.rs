@@ -19,7 +19,9 @@
 //!    answered without a place, and its connection closed after it.
 //!
 //! [`ClientAddr`], in every request's extensions, carries the client's
-//! address to the handlers (replay's per-address limit).
+//! address to the handlers (replay's per-address limit). Behind a proxy
+//! in `http.trusted_proxies` it is the address the proxy forwarded, and
+//! the limits above count that one (see [`forwarded`](super::forwarded)).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -83,18 +85,15 @@ impl ConnectionLimits {
 
     /// A place for a new connection from `ip` until its first head
     /// arrives, or the refusal to write it (at once, without waiting).
-    /// With the node's queue full, the connection that has waited longest
-    /// is pushed out (see [`PendingPlace::pushed_out`]) to make room.
-    pub fn await_head(self: &Arc<Self>, ip: IpAddr) -> Result<PendingPlace, ApiError> {
-        let Some(per_ip) = self.pending_per_ip.try_acquire(ip) else {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending_connections_per_ip",
-                format!(
-                    "{ip} holds its limit of {} connections that have not sent a request yet (limits.max_pending_connections_per_ip)",
-                    self.pending_per_ip.max()
-                ),
-            ));
+    /// `None`: a connection from a trusted proxy, whose clients all share
+    /// its address: no per-address place until the client is known (see
+    /// [`PendingPlace::count_client`]). With the node's queue full, the
+    /// connection that has waited longest is pushed out (see
+    /// [`PendingPlace::pushed_out`]) to make room.
+    pub fn await_head(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<PendingPlace, ApiError> {
+        let per_ip = match ip {
+            None => None,
+            Some(ip) => Some(self.pending_place_of(ip)?),
         };
         let pushed_out = Arc::new(Notify::new());
         let mut queue = self.pending.lock();
@@ -112,7 +111,20 @@ impl ConnectionLimits {
             limits: self.clone(),
             id,
             pushed_out,
-            _per_ip: per_ip,
+            per_ip,
+        })
+    }
+
+    fn pending_place_of(&self, ip: IpAddr) -> Result<PerIpPlace, ApiError> {
+        self.pending_per_ip.try_acquire(ip).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_connections_per_ip",
+                format!(
+                    "{ip} holds its limit of {} connections that have not sent a request yet (limits.max_pending_connections_per_ip)",
+                    self.pending_per_ip.max()
+                ),
+            )
         })
     }
 
@@ -163,7 +175,9 @@ pub struct PendingPlace {
     limits: Arc<ConnectionLimits>,
     id: u64,
     pushed_out: Arc<Notify>,
-    _per_ip: PerIpPlace,
+    /// `None` for a trusted proxy's connection until its PROXY header
+    /// named the client, and for good without one.
+    per_ip: Option<PerIpPlace>,
 }
 
 impl PendingPlace {
@@ -172,6 +186,16 @@ impl PendingPlace {
     /// [`ConnectionLimits::pushed_out_error`].
     pub async fn pushed_out(&self) {
         self.pushed_out.notified().await;
+    }
+}
+
+impl PendingPlace {
+    /// Counts the connection under `ip`'s pending limit from now on: the
+    /// client a trusted proxy's PROXY header named. Over the limit, the
+    /// refusal to write.
+    pub fn count_client(&mut self, ip: IpAddr) -> Result<(), ApiError> {
+        self.per_ip = Some(self.limits.pending_place_of(ip)?);
+        Ok(())
     }
 }
 
@@ -221,9 +245,9 @@ mod tests {
     async fn a_full_queue_pushes_out_the_oldest_waiting_connection() {
         let limits = limits(2, 0);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let first = limits.await_head(ip).unwrap();
-        let second = limits.await_head(ip).unwrap();
-        let third = limits.await_head(ip).unwrap();
+        let first = limits.await_head(Some(ip)).unwrap();
+        let second = limits.await_head(Some(ip)).unwrap();
+        let third = limits.await_head(Some(ip)).unwrap();
         // The first was told; the others were not.
         tokio::time::timeout(std::time::Duration::from_secs(1), first.pushed_out())
             .await
@@ -234,18 +258,15 @@ mod tests {
         );
         // A connection that leaves the queue frees its place for the next.
         drop(second);
-        let _fourth = limits.await_head(ip).unwrap();
+        let _fourth = limits.await_head(Some(ip)).unwrap();
         assert!(futures_util::FutureExt::now_or_never(third.pushed_out()).is_none());
     }
 
     #[test]
     fn one_address_over_its_pending_limit_is_refused_at_once() {
         let limits = limits(100, 1);
-        let _held = limits.await_head("10.0.0.1".parse().unwrap()).unwrap();
-        let e = limits
-            .await_head("10.0.0.1".parse().unwrap())
-            .err()
-            .unwrap();
+        let _held = limits.await_head("10.0.0.1".parse().ok()).unwrap();
+        let e = limits.await_head("10.0.0.1".parse().ok()).err().unwrap();
         assert_eq!(
             (e.status, e.code),
             (
@@ -253,6 +274,15 @@ mod tests {
                 "too_many_pending_connections_per_ip"
             )
         );
-        assert!(limits.await_head("10.0.0.2".parse().unwrap()).is_ok());
+        assert!(limits.await_head("10.0.0.2".parse().ok()).is_ok());
+        // A trusted proxy's connections wait uncounted until a PROXY
+        // header names their client, then count under it.
+        let mut proxied = limits.await_head(None).unwrap();
+        assert!(limits.await_head(None).is_ok());
+        let e = proxied
+            .count_client("10.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(e.code, "too_many_pending_connections_per_ip");
+        proxied.count_client("10.0.0.3".parse().unwrap()).unwrap();
     }
 }

@@ -1,11 +1,14 @@
-//! The listener: the accept loop, each connection's first request head
-//! (read under `http.head_timeout`, see [`head`](super::head)), its place
-//! under the limits (see [`limits`](super::limits)), and hand-over to
-//! hyper or, for a connection that opens with an event stream, to
-//! [`stream_connection`](super::stream_connection).
+//! The listener: the accept loop, each connection's PROXY header (with
+//! `http.proxy_protocol`) and first request head (read under
+//! `http.head_timeout`, see [`head`](super::head)), the client's address
+//! (see [`forwarded`](super::forwarded)), its place under the limits (see
+//! [`limits`](super::limits)), and hand-over to hyper or, for a
+//! connection that opens with an event stream, to
+//! [`stream_connection`](super::stream_connection). With `log.access`,
+//! each request's line ([`access_log`](super::access_log)).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +16,14 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::access_log::{AccessEntry, AccessHandover};
 use super::error::ApiError;
-use super::head::{self, Head, Replayed};
+use super::forwarded::{self, TrustedProxies};
+use super::head::{self, Replayed};
 use super::limits::{ClientAddr, ConnectionLimits, ConnectionPermit, PendingPlace};
 use super::stream_connection;
 use super::write_watch::{WatchedIo, WriteWatch};
@@ -32,6 +38,7 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// (under `http.shutdown_grace`).
 pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionLimits>) {
     let mut config = app.config();
+    let trusted = Arc::new(TrustedProxies::new(&config.http));
     let http = hyper_builder(&config.http);
     loop {
         let Some((stream, peer)) = next_connection(&app, &listener, "accept").await else {
@@ -48,9 +55,15 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
         if let Some(bytes) = config.http.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
         }
-        let pending = match limits.await_head(peer.ip()) {
+        // A trusted proxy's own address is shared by all its clients: it
+        // is not counted per address until a PROXY header names the client.
+        let counted = (!trusted.trusts(peer.ip())).then_some(peer.ip());
+        let pending = match limits.await_head(counted) {
             Ok(place) => place,
             Err(error) => {
+                if app.config().log.access {
+                    AccessEntry::refused(None, peer.ip(), peer, error.status.as_u16());
+                }
                 // No task, no waiting: a flood of refusals costs a write each.
                 stream_connection::refuse_now(&stream, error.into_response(&app.metrics));
                 continue;
@@ -59,12 +72,14 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
         let connection = Connection {
             app: app.clone(),
             limits: limits.clone(),
+            trusted: trusted.clone(),
             stream,
             peer,
+            hop: peer.ip(),
             http: http.clone(),
         };
         app.tasks
-            .spawn(connection.run(pending, accepted + config.http.head_timeout));
+            .spawn(connection.run(pending, accepted + app.config().http.head_timeout));
     }
     drop(listener);
     app.tasks.close();
@@ -121,17 +136,24 @@ struct Connection {
     app: Arc<App>,
     /// Where its places come from, and go back to.
     limits: Arc<ConnectionLimits>,
+    /// Whose word on the client's address is taken.
+    trusted: Arc<TrustedProxies>,
     stream: TcpStream,
-    /// The client's address: its per-address limits, and the logs.
+    /// The socket's peer, for the logs.
     peer: SocketAddr,
+    /// Where the requests come from: the peer, or the source its PROXY
+    /// header named. Each request's client is this, or the address it
+    /// forwarded when this is a trusted proxy.
+    hop: IpAddr,
     /// A copy of the node's settings, which the connection may change for
     /// itself (no keep-alive for a probe answered without a place).
     http: hyper::server::conn::http1::Builder,
 }
 
-/// How waiting for the first request head ended.
-enum FirstHead {
-    Arrived(Head),
+/// How waiting for the first request head (or the PROXY header before
+/// it) ended.
+enum FirstHead<T> {
+    Arrived(T),
     Refused(ApiError),
     /// Past `http.head_timeout`.
     TimedOut,
@@ -144,54 +166,58 @@ enum FirstHead {
 impl Connection {
     /// Waits for the first request head (until `deadline`), takes a place
     /// under `limits.max_connections`, and serves the connection.
-    async fn run(mut self, pending: PendingPlace, deadline: Instant) {
+    async fn run(mut self, mut pending: PendingPlace, deadline: Instant) {
         let app = self.app.clone();
-        let config = app.config();
-        let first = tokio::select! {
-            biased;
-            // A connection that has not sent its request yet is simply
-            // closed on shutdown (browsers open spare ones in advance).
-            _ = app.shutdown.cancelled() => FirstHead::Gone,
-            () = pending.pushed_out() => FirstHead::PushedOut,
-            read = tokio::time::timeout_at(deadline, head::read(&mut self.stream, &config.http)) => {
-                match read {
-                    Err(_) => FirstHead::TimedOut,
-                    Ok(Ok(Some(head))) => FirstHead::Arrived(head),
-                    Ok(Ok(None)) => FirstHead::Gone,
-                    Ok(Err(error)) => FirstHead::Refused(error),
+        // A PROXY header first, when they are taken: it says who the
+        // client is before the request head is read, so the pending
+        // connection counts under the client's address from then on.
+        let mut read = Vec::new();
+        if self.trusted.reads_proxy_header() {
+            let proxy_read = forwarded::read_proxy_header(&mut self.stream);
+            let preface = match Self::until_head_of(&app, &pending, deadline, proxy_read).await {
+                FirstHead::Arrived(preface) => preface,
+                ended => return self.end_early(ended, None).await,
+            };
+            let from_trusted = self.trusted.trusts(self.peer.ip());
+            if !from_trusted && preface.present {
+                let refusal = forwarded::untrusted_proxy_header(self.peer.ip());
+                return self
+                    .end_early(FirstHead::<()>::Refused(refusal), None)
+                    .await;
+            }
+            if let (true, Some(source)) = (from_trusted, preface.source) {
+                self.hop = source;
+                if let Err(refusal) = pending.count_client(source) {
+                    return self.refuse_now(refusal, None);
                 }
             }
+            read = preface.rest;
+        }
+        let head_read = async {
+            // What the PROXY header's read took past it comes first.
+            let mut chained = std::io::Cursor::new(read).chain(&mut self.stream);
+            head::read(&mut chained, &app.config().http).await
         };
-        let head = match first {
+        let head = match Self::until_head_of(&app, &pending, deadline, head_read).await {
             FirstHead::Arrived(head) => head,
-            FirstHead::Gone => return,
-            FirstHead::PushedOut => {
-                let refusal = self.limits.pushed_out_error();
-                return self.refuse_now(refusal);
-            }
-            FirstHead::TimedOut => {
-                let timeout = app.config().http.head_timeout;
-                let refusal = ApiError::new(
-                    http::StatusCode::REQUEST_TIMEOUT,
-                    "head_timeout",
-                    format!(
-                        "the request head did not arrive within {timeout:?} of connecting (http.head_timeout)"
-                    ),
-                );
-                return self.refuse_now(refusal);
-            }
-            FirstHead::Refused(error) => return self.refuse(error).await,
+            ended => return self.end_early(ended, None).await,
         };
         // The request is here: the connection leaves the queue of those
-        // waiting, and takes a place under `limits.max_connections`. A
-        // probe over the limit is answered all the same, without a place.
-        let permit = match self.limits.admit(self.peer.ip()) {
+        // waiting, and takes a place under `limits.max_connections` for
+        // its client. A probe over the limit is answered all the same,
+        // without a place.
+        let client = self.trusted.client_of(self.hop, head.request.headers());
+        let permit = match self.limits.admit(client) {
             Ok(permit) => Some(permit),
             Err(_) if super::routes::is_probe(&head.request) => None,
-            Err(error) => return self.refuse(error).await,
+            Err(error) => {
+                return self
+                    .end_early(FirstHead::<()>::Refused(error), Some(&head.request))
+                    .await;
+            }
         };
         drop(pending);
-        let client = ClientAddr(self.peer.ip());
+        let client = ClientAddr(client);
         match permit {
             Some(permit) if stream_connection::takes(&head.request) => {
                 let request = head.request;
@@ -202,6 +228,7 @@ impl Connection {
                     request,
                     permit,
                     client,
+                    self.peer,
                 ))
                 .await;
             }
@@ -209,17 +236,78 @@ impl Connection {
         }
     }
 
+    /// `read` under the first head's bounds: until `deadline`, unless a
+    /// newer connection pushes this one out or the node shuts down.
+    async fn until_head_of<T>(
+        app: &App,
+        pending: &PendingPlace,
+        deadline: Instant,
+        read: impl Future<Output = Result<Option<T>, ApiError>>,
+    ) -> FirstHead<T> {
+        tokio::select! {
+            biased;
+            // A connection that has not sent its request yet is simply
+            // closed on shutdown (browsers open spare ones in advance).
+            _ = app.shutdown.cancelled() => FirstHead::Gone,
+            () = pending.pushed_out() => FirstHead::PushedOut,
+            read = tokio::time::timeout_at(deadline, read) => {
+                match read {
+                    Err(_) => FirstHead::TimedOut,
+                    Ok(Ok(Some(got))) => FirstHead::Arrived(got),
+                    Ok(Ok(None)) => FirstHead::Gone,
+                    Ok(Err(error)) => FirstHead::Refused(error),
+                }
+            }
+        }
+    }
+
+    /// Ends a connection whose first head did not arrive, or was refused
+    /// (`request`, when it had arrived).
+    async fn end_early<T>(self, ended: FirstHead<T>, request: Option<&Request<()>>) {
+        match ended {
+            FirstHead::Arrived(_) | FirstHead::Gone => {}
+            FirstHead::PushedOut => {
+                let refusal = self.limits.pushed_out_error();
+                self.refuse_now(refusal, None);
+            }
+            FirstHead::TimedOut => {
+                let timeout = self.app.config().http.head_timeout;
+                let refusal = ApiError::new(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    "head_timeout",
+                    format!(
+                        "the request head did not arrive within {timeout:?} of connecting (http.head_timeout)"
+                    ),
+                );
+                self.refuse_now(refusal, None);
+            }
+            FirstHead::Refused(error) => self.refuse(error, request).await,
+        }
+    }
+
     /// Writes `error` if the socket takes it at once, and closes: for a
     /// client that has not sent its request, nothing is worth waiting for.
-    fn refuse_now(self, error: ApiError) {
+    fn refuse_now(self, error: ApiError, request: Option<&Request<()>>) {
+        self.log_refusal(&error, request);
         let response = error.into_response(&self.app.metrics);
         stream_connection::refuse_now(&self.stream, response);
     }
 
     /// Answers the first request with `error` and closes.
-    async fn refuse(mut self, error: ApiError) {
+    async fn refuse(mut self, error: ApiError, request: Option<&Request<()>>) {
+        self.log_refusal(&error, request);
         let response = error.into_response(&self.app.metrics);
         stream_connection::write_response(&mut self.stream, response, REFUSAL_WRITE).await;
+    }
+
+    fn log_refusal(&self, error: &ApiError, request: Option<&Request<()>>) {
+        if self.app.config().log.access {
+            let client = match request {
+                Some(req) => self.trusted.client_of(self.hop, req.headers()),
+                None => self.hop,
+            };
+            AccessEntry::refused(request, client, self.peer, error.status.as_u16());
+        }
     }
 
     /// Serves the connection with hyper, `read` (the first head and what
@@ -231,6 +319,8 @@ impl Connection {
             app,
             stream,
             peer,
+            hop,
+            trusted,
             mut http,
             ..
         } = self;
@@ -238,17 +328,29 @@ impl Connection {
             http.keep_alive(false);
         }
         let app2 = app.clone();
-        let client = ClientAddr(peer.ip());
         let service = service_fn(move |mut req: Request<Incoming>| {
             let app = app2.clone();
-            req.extensions_mut().insert(client);
+            // Each request's own: a proxy may send several clients'
+            // requests over one connection.
+            let client = trusted.client_of(hop, req.headers());
+            req.extensions_mut().insert(ClientAddr(client));
             if let Some(permit) = &permit {
                 req.extensions_mut().insert(permit.clone());
             }
+            let access = app.config().log.access.then(|| {
+                let handover = AccessHandover::new(AccessEntry::begin(&req, client, Some(peer)));
+                req.extensions_mut().insert(handover.clone());
+                handover
+            });
             async move {
-                Ok::<_, Infallible>(
-                    super::routes::route(&app, req, super::routes::Surface::Public).await,
-                )
+                let response =
+                    super::routes::route(&app, req, super::routes::Surface::Public).await;
+                // Unless a WebSocket took its line for the connection's life.
+                let entry = access.as_ref().and_then(AccessHandover::take);
+                Ok::<_, Infallible>(match entry {
+                    Some(entry) => entry.finish(response),
+                    None => response,
+                })
             }
         });
         let writes = Arc::new(WriteWatch::default());

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::cors::{finish_response, preflight};
 use super::error::ApiError;
 use super::response::{Body, full};
-use super::{publish, push};
+use super::{admin_api, publish, push};
 use crate::app::App;
 use crate::transport;
 
@@ -19,7 +19,8 @@ use crate::transport;
 pub enum Surface {
     /// `http.listen`: clients.
     Public,
-    /// `http.admin_listen`: `/metrics`, `/healthz`, `/readyz` only.
+    /// `http.admin_listen`: `/metrics`, `/healthz`, `/readyz`, and the
+    /// admin API (`/admin/…`, with `[admin]`).
     Admin,
 }
 
@@ -29,12 +30,15 @@ pub async fn route(app: &Arc<App>, mut req: Request<Incoming>, surface: Surface)
         return response;
     }
     if surface == Surface::Admin {
+        let path = req.uri().path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            return admin_api::handle(app, &req);
+        }
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "the admin listener serves /metrics, /healthz and /readyz, not {}",
-                req.uri().path()
+                "the admin listener serves /metrics, /healthz, /readyz and /admin/…, not {path}"
             ),
         )
         .into_response(&app.metrics);
@@ -153,7 +157,16 @@ fn client_script(source: &'static str) -> Response<Body> {
 }
 
 fn readyz(app: &App) -> Response<Body> {
-    if app.hub.is_ready() {
+    if app.ends.is_draining() {
+        // The load balancer takes the node out; it goes on serving what
+        // it is asked for (`/metrics` included) until it is stopped.
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining (POST /admin/drain): it takes no new subscriptions",
+        )
+        .into_response(&app.metrics)
+    } else if app.hub.is_ready() {
         full(StatusCode::OK, "application/json", r#"{"status":"ready"}"#)
     } else {
         ApiError::new(

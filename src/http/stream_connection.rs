@@ -20,6 +20,7 @@
 //! and chose this path for a connection whose first request is `GET /sse`
 //! ([`takes`]); every other connection is served by hyper.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
+use super::access_log::AccessEntry;
 use super::cors::finish_response;
 use super::limits::{ClientAddr, ConnectionPermit};
 use super::response::Body;
@@ -42,17 +44,27 @@ pub fn takes<B>(req: &Request<B>) -> bool {
 
 /// Serves the SSE request `req` (the connection's first) on `stream`,
 /// then closes it. `slot` is the connection's place under the limits,
-/// held until the stream ends; `client` its address.
+/// held until the stream ends; `client` its address (the forwarded one
+/// behind a trusted proxy), `peer` the socket's.
 pub async fn serve(
     app: Arc<App>,
     mut stream: TcpStream,
     mut req: Request<()>,
     slot: ConnectionPermit,
     client: ClientAddr,
+    peer: SocketAddr,
 ) {
     req.extensions_mut().insert(client);
+    let access = app
+        .config()
+        .log
+        .access
+        .then(|| AccessEntry::begin(&req, client.0, Some(peer)));
     let result = transport::sse::handle(&app, &req).await;
-    let response = finish_response(&app, req.headers(), result);
+    let mut response = finish_response(&app, req.headers(), result);
+    if let Some(entry) = access {
+        response = entry.finish(response);
+    }
     // Only the body stays for the stream's life.
     drop(req);
     write_response(&mut stream, response, app.config().http.write_timeout).await;

@@ -58,7 +58,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
         if let Some(bytes) = config.http.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
         }
-        let Ok(pending) = limits.await_head(peer.ip()) else {
+        let Ok(pending) = limits.await_head(Some(peer.ip())) else {
             tracing::debug!(%peer, "TLS connection over the pending limits; closed");
             continue;
         };

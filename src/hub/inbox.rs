@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -30,6 +31,51 @@ pub struct Inbox {
     state: Mutex<State>,
     waker: AtomicWaker,
     capacity: usize,
+    /// Which transport reads it ([`SubscriberKind`] as a byte), for the
+    /// admin API's counts per channel; set once, after subscribing.
+    kind: AtomicU8,
+}
+
+/// The transport a subscriber reads through, as the admin API counts
+/// them. A subscription not yet told (or embedded without a transport)
+/// is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SubscriberKind {
+    Other = 0,
+    Sse = 1,
+    Ws = 2,
+    Poll = 3,
+}
+
+impl SubscriberKind {
+    /// Every kind, in the order of their counts in [`ChannelCounts`](super::ChannelCounts).
+    pub const ALL: [SubscriberKind; 4] = [
+        SubscriberKind::Sse,
+        SubscriberKind::Ws,
+        SubscriberKind::Poll,
+        SubscriberKind::Other,
+    ];
+
+    /// The name of the kind in the admin API (the `transport` label of
+    /// the metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            SubscriberKind::Sse => "sse",
+            SubscriberKind::Ws => "ws",
+            SubscriberKind::Poll => "poll",
+            SubscriberKind::Other => "other",
+        }
+    }
+
+    fn from_byte(b: u8) -> SubscriberKind {
+        match b {
+            1 => SubscriberKind::Sse,
+            2 => SubscriberKind::Ws,
+            3 => SubscriberKind::Poll,
+            _ => SubscriberKind::Other,
+        }
+    }
 }
 
 struct State {
@@ -62,7 +108,16 @@ impl Inbox {
             }),
             waker: AtomicWaker::new(),
             capacity,
+            kind: AtomicU8::new(SubscriberKind::Other as u8),
         }
+    }
+
+    pub fn set_kind(&self, kind: SubscriberKind) {
+        self.kind.store(kind as u8, Ordering::Relaxed);
+    }
+
+    pub fn kind(&self) -> SubscriberKind {
+        SubscriberKind::from_byte(self.kind.load(Ordering::Relaxed))
     }
 
     /// An inbox for a subscriber that first reads records back from Kafka

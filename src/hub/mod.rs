@@ -44,8 +44,8 @@ use crate::record::Record;
 use crate::router::{Router, is_valid_channel};
 use arc_swap::ArcSwap;
 use cursor::Cursor;
-pub use inbox::CloseReason;
 use inbox::Inbox;
+pub use inbox::{CloseReason, SubscriberKind};
 use positions::Positions;
 use publication::Publication;
 pub use subscription::{Delivery, Gap, Subscription};
@@ -79,6 +79,14 @@ pub enum Start {
     Cursor(Cursor),
     /// The first records with a Kafka timestamp at or after this one (ms).
     Since(i64),
+}
+
+/// One channel's subscribers, by transport: `counts[i]` read it through
+/// `SubscriberKind::ALL[i]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub channel: Arc<str>,
+    pub counts: [usize; SubscriberKind::ALL.len()],
 }
 
 /// Offsets `from..to` of one partition: a range to read back from Kafka,
@@ -188,6 +196,10 @@ pub enum SubscribeError {
     #[error("Herald is not ready: Kafka positions are not known yet")]
     NotReady,
     #[error(
+        "this Herald node is draining (POST /admin/drain): it takes no new subscriptions; connect to another node"
+    )]
+    Draining,
+    #[error(
         "resuming from this cursor means reading back {records} offsets from Kafka (every record of the partitions feeding the channel(s), whichever channel it maps to); the limit is {max} (replay.max_records): resume from a newer cursor, or without one"
     )]
     ReplayTooLarge { records: i64, max: u64 },
@@ -252,6 +264,8 @@ pub(crate) struct Inner {
     /// ([`Hub::partitions_lost`]): no channel's memory covers below it.
     lost: Mutex<Arc<Positions>>,
     ready: AtomicBool,
+    /// Set by [`Hub::drain`]: new subscriptions are refused.
+    draining: AtomicBool,
     /// Bumped at the start and at the end of each [`Hub::partitions_reset`]:
     /// odd while one is under way. A subscription that saw it change while
     /// it started begins again.
@@ -350,6 +364,7 @@ impl Hub {
                 live_end: RwLock::new(Positions::new()),
                 lost: Mutex::new(Arc::new(Positions::new())),
                 ready: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 resets: AtomicU64::new(0),
                 refresh_wanted: AtomicBool::new(false),
                 refreshes_started: AtomicU64::new(0),
@@ -605,6 +620,48 @@ impl Hub {
         self.inner.ready.load(Ordering::Acquire)
     }
 
+    /// From now on every new subscription is refused with
+    /// [`SubscribeError::Draining`]; those open go on until their
+    /// transports end them. There is no way back but a restart.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// The channels that have subscribers, each with how many read it
+    /// through each transport, sorted by name; only those starting with
+    /// `prefix`, at most `limit` of them, and how many matched in all.
+    /// Holds one shard's lock at a time, for one pass over its channels.
+    pub fn channel_counts(&self, prefix: &str, limit: usize) -> (Vec<ChannelCounts>, usize) {
+        let mut all = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            for (name, channel) in &shard.channels {
+                if channel.subscribers.is_empty() || !name.starts_with(prefix) {
+                    continue;
+                }
+                let mut counts = [0usize; SubscriberKind::ALL.len()];
+                for inbox in &channel.subscribers {
+                    let kind = inbox.kind();
+                    if let Some(i) = SubscriberKind::ALL.iter().position(|k| *k == kind) {
+                        counts[i] += 1;
+                    }
+                }
+                all.push(ChannelCounts {
+                    channel: name.clone(),
+                    counts,
+                });
+            }
+        }
+        let total = all.len();
+        all.sort_unstable_by(|a, b| a.channel.cmp(&b.channel));
+        all.truncate(limit);
+        (all, total)
+    }
+
     /// Number of channels held.
     pub fn channel_count(&self) -> usize {
         self.inner
@@ -675,6 +732,9 @@ impl Hub {
         start: Start,
         client: IpAddr,
     ) -> Result<Subscription, SubscribeError> {
+        if self.is_draining() {
+            return Err(SubscribeError::Draining);
+        }
         // A node that is starting holds new subscriptions briefly rather
         // than refusing them: a browser's EventSource gives up for good on
         // any non-200 answer, and clients reconnect in a burst on restarts.
@@ -841,6 +901,9 @@ impl Hub {
         start: Start,
         client: IpAddr,
     ) -> Result<Subscription, SubscribeError> {
+        if self.is_draining() {
+            return Err(SubscribeError::Draining);
+        }
         // A reset under way lowers positions this start may have read:
         // start again once it is over (resets are rare, and short).
         for _ in 0..RESET_ATTEMPTS {

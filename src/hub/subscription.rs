@@ -106,6 +106,12 @@ impl Subscription {
         &self.channels
     }
 
+    /// Says which transport reads this subscription, for the admin API's
+    /// counts per channel (`GET /admin/channels`).
+    pub fn count_as(&self, kind: super::SubscriberKind) {
+        self.inbox.set_kind(kind);
+    }
+
     /// The current cursor: where a client would resume now.
     pub fn cursor(&self) -> String {
         self.positions.encode_cursor()

@@ -6,7 +6,8 @@
 //! last message returned — the next poll resumes there, so nothing is lost
 //! or repeated between polls. With `wait=` and nothing to deliver yet, it
 //! waits (a long poll) until a first message arrives, `wait` runs out or
-//! the server shuts down.
+//! the server shuts down or drains (a revoked token's subject: `401
+//! token_revoked`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,12 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::access;
-use crate::http::error::{ApiError, replay_failed};
+use crate::http::error::{ApiError, replay_failed, token_revoked};
 use crate::http::limits::ClientAddr;
 use crate::http::query::{POLL_PARAMS, QueryLimits, StreamParams};
 use crate::http::response::{Body, full};
-use crate::hub::{CloseReason, Delivery, Gap, Subscription};
+use crate::hub::{CloseReason, Delivery, Gap, SubscriberKind, Subscription};
+use crate::stream_ends::EndReason;
 
 const TRANSPORT: &str = "poll";
 
@@ -64,15 +66,23 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         .hub
         .subscribe_from(&params.channels, start, ClientAddr::of(req))
         .await?;
+    subscription.count_as(SubscriberKind::Poll);
     // Counted once subscribed: from here on no record is missed.
     let _gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
 
     let mut taken = Taken::default();
     let mut closed = taken.ready(&mut subscription, limit).await;
     if taken.is_empty() && closed.is_none() && !wait.is_zero() {
+        // Shutdown and a drain answer the poll now; a revoked token
+        // refuses it.
+        let end = app.ends.watch(reader.subject());
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {}
+            reason = end.ended() => {
+                if reason == EndReason::Revoked {
+                    return Err(token_revoked());
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
             got = subscription.next_batch(&mut taken.messages, limit) => {
                 taken.gaps.extend(subscription.take_gaps());

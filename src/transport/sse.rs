@@ -4,9 +4,10 @@
 //! starting cursor as its `id:` (so a browser that reconnects before any
 //! message still resumes where it was), then one event per message: `id:` is the cursor
 //! after it, `data:` the envelope on one line. A `: heartbeat` comment keeps
-//! idle streams alive. When Herald shuts down or the client falls too far
-//! behind, a final `event: reconnect` says why and the stream ends; the
-//! browser reconnects by itself with `Last-Event-ID`.
+//! idle streams alive. When Herald shuts down or drains, the client falls
+//! too far behind, or the operator disconnects its token's subject, a
+//! final `event: reconnect` says why and the stream ends; the browser
+//! reconnects by itself with `Last-Event-ID`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -17,7 +18,6 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
@@ -26,8 +26,9 @@ use crate::http::error::ApiError;
 use crate::http::limits::ClientAddr;
 use crate::http::query::{QueryLimits, StreamParams};
 use crate::http::response::Body;
-use crate::hub::{CloseReason, Delivery, Subscription};
+use crate::hub::{CloseReason, Delivery, SubscriberKind, Subscription};
 use crate::metrics::Metrics;
+use crate::stream_ends::EndSignal;
 
 /// Messages encoded into one write. Coalescing a burst into one chunk
 /// saves a syscall per message; the cap bounds the chunk size.
@@ -52,6 +53,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         .hub
         .subscribe_from(&params.channels, start, ClientAddr::of(req))
         .await?;
+    subscription.count_as(SubscriberKind::Sse);
 
     let mut heartbeat = tokio::time::interval(app.config().sse.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -65,7 +67,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         subscription,
         heartbeat,
         expiry: reader.time_left().map(|d| Box::pin(tokio::time::sleep(d))),
-        shutdown: app.shutdown.clone(),
+        end: app.ends.watch(reader.subject()),
         batch: Vec::new(),
         done: false,
         metrics: app.metrics.clone(),
@@ -112,7 +114,8 @@ struct SseStream {
     /// When the token the stream was opened with expires; only a stream
     /// with such a token pays for the timer.
     expiry: Option<Pin<Box<Sleep>>>,
-    shutdown: CancellationToken,
+    /// Shutdown, a drain, or the token's subject disconnected.
+    end: EndSignal,
     batch: Vec<Delivery>,
     done: bool,
     metrics: Arc<Metrics>,
@@ -137,9 +140,12 @@ impl SseStream {
         };
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => {
+            reason = self.end.ended() => {
                 self.done = true;
-                Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"shutdown\"}\n\n"))
+                Some(Bytes::from(format!(
+                    "event: reconnect\ndata: {{\"reason\":\"{}\"}}\n\n",
+                    reason.as_str()
+                )))
             }
             _ = expired => {
                 self.done = true;

@@ -25,9 +25,11 @@ use super::protocol::{ClientMessage, error_json};
 use super::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::app::App;
 use crate::http::access::{self, Reader};
+use crate::http::access_log::AccessEntry;
 use crate::http::error::replay_failed;
 use crate::http::query::start_at;
-use crate::hub::CloseReason;
+use crate::hub::{CloseReason, SubscriberKind};
+use crate::stream_ends::{EndReason, EndSignal};
 use crate::transport::{ConnectionGauge, observe_delivered};
 
 /// The output buffer keeps its allocation between rounds up to this size,
@@ -55,6 +57,11 @@ const CLOSE_PONG_TIMEOUT: u16 = 4000;
 /// Close code: the connection's token expired and no `auth` message
 /// brought a fresh one in time.
 const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+
+/// Close code: the token's subject was disconnected by the operator
+/// (`POST /admin/disconnect`); an `error` message `token_revoked` comes
+/// first. Reconnect only with a fresh token.
+const CLOSE_TOKEN_REVOKED: u16 = 4003;
 
 /// Close code: the client read too slowly and a subscription's queue
 /// (`hub.subscriber_queue`) overflowed. Nothing is lost: it resubscribes
@@ -101,13 +108,30 @@ pub(super) struct Connection {
     /// Text frames encoded by Herald, written together at the end of a
     /// round.
     out: Vec<u8>,
+    /// Shutdown, a drain, or `reader`'s subject disconnected; replaced
+    /// (and `end_changes` bumped) when an `auth` message brings a token.
+    end: EndSignal,
+    end_changes: u32,
+    /// The access-log line (`log.access`), counting the bytes Herald's own
+    /// frames took; boxed, so a connection without one holds a pointer.
+    access: Option<Box<AccessEntry>>,
     _gauge: ConnectionGauge,
 }
 
 impl Connection {
-    pub(super) fn new(app: Arc<App>, socket: Socket, reader: Reader, client: IpAddr) -> Self {
+    pub(super) fn new(
+        app: Arc<App>,
+        socket: Socket,
+        reader: Reader,
+        client: IpAddr,
+        access: Option<Box<AccessEntry>>,
+    ) -> Self {
         let gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
+        let end = app.ends.watch(reader.subject());
         Connection {
+            end,
+            end_changes: 0,
+            access,
             app,
             socket,
             subscriptions: Subscriptions::default(),
@@ -122,9 +146,10 @@ impl Connection {
     pub(super) async fn run(mut self) {
         let ping_interval = self.app.config().ws.ping_interval;
         let pong_timeout = self.app.config().ws.pong_timeout;
-        let shutdown = self.app.shutdown.clone();
-        // Registered with the token once, not on every turn of the loop.
-        let mut stopping = std::pin::pin!(shutdown.cancelled());
+        // Registered with the signal once, not on every turn of the loop
+        // (again only when an `auth` message changed it).
+        let mut stopping = std::pin::pin!(self.end.ended_owned());
+        let mut stopping_for = self.end_changes;
         let mut keepalive = Keepalive::Idle;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
         let mut streak = 0u32;
@@ -133,6 +158,10 @@ impl Connection {
         let mut expiry: Option<Pin<Box<Sleep>>> = None;
         let mut armed_for = None;
         let ending = loop {
+            if self.end_changes != stopping_for {
+                stopping.set(self.end.ended_owned());
+                stopping_for = self.end_changes;
+            }
             if self.expires != armed_for {
                 armed_for = self.expires;
                 expiry = self
@@ -147,9 +176,24 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = &mut stopping => {
-                    break Ending::Close(CloseCode::Away, "shutdown".into());
-                }
+                _ = &mut stopping => match self.end.reason() {
+                    EndReason::Revoked => {
+                        let reply = error_json(
+                            "token_revoked",
+                            "the token's subject was disconnected by the operator; reconnect only with a fresh token",
+                            None,
+                        );
+                        if let Err(ending) = self.reply(&reply).await {
+                            break ending;
+                        }
+                        break Ending::Close(
+                            CloseCode::Library(CLOSE_TOKEN_REVOKED),
+                            "token revoked".into(),
+                        );
+                    }
+                    // Reconnect elsewhere.
+                    reason => break Ending::Close(CloseCode::Away, reason.as_str().into()),
+                },
                 _ = expired => {
                     let reply = error_json(
                         "token_expired",
@@ -359,8 +403,11 @@ impl Connection {
                 let hub = self.app.hub.clone();
                 let names = [channel.clone()];
                 let client = self.client;
-                let answer: Subscribing =
-                    Box::pin(async move { hub.subscribe_from(&names, start, client).await });
+                let answer: Subscribing = Box::pin(async move {
+                    let subscription = hub.subscribe_from(&names, start, client).await?;
+                    subscription.count_as(SubscriberKind::Ws);
+                    Ok(subscription)
+                });
                 self.subscriptions
                     .add(Arc::from(channel), EntryState::Subscribing(answer));
                 None
@@ -409,6 +456,10 @@ impl Connection {
             text_frame(&mut self.out, &[frame.as_bytes()]);
         }
         self.expires = reader.time_left().map(|left| Instant::now() + left);
+        if reader.subject() != self.reader.subject() {
+            self.end = self.app.ends.watch(reader.subject());
+            self.end_changes = self.end_changes.wrapping_add(1);
+        }
         let reply = serde_json::json!({"type": "authenticated", "exp": reader.expires_at_unix()});
         self.reader = reader;
         reply.to_string()
@@ -424,6 +475,9 @@ impl Connection {
         let io = self.socket.get_mut();
         let written = within(deadline, io.write_all(&self.out)).await;
         self.written(written)?;
+        if let Some(access) = &mut self.access {
+            access.add_bytes(self.out.len());
+        }
         if self.out.capacity() > OUT_KEEP {
             self.out = Vec::new();
         } else {
@@ -476,6 +530,10 @@ impl Connection {
     }
 
     async fn finish(mut self, ending: Ending) {
+        // The subscriptions leave the hub now, not after the close
+        // handshake: nothing more is sent, and a closing connection is no
+        // longer counted as a subscriber (`GET /admin/channels`).
+        self.subscriptions = Subscriptions::default();
         let deadline = Instant::now() + CLOSE_LINGER;
         let (code, reason, drain_raw) = match ending {
             Ending::Closed | Ending::Drop => return,

@@ -51,11 +51,12 @@ use self::connection::Connection;
 use self::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::access::{self, Reader};
+use crate::http::access_log::{AccessEntry, AccessHandover};
 use crate::http::error::ApiError;
 use crate::http::limits::{ClientAddr, ConnectionPermit};
 use crate::http::query::{QueryLimits, StreamParams, WS_PARAMS};
 use crate::http::response::Body;
-use crate::hub::Subscription;
+use crate::hub::{SubscriberKind, Subscription};
 
 /// The `transport` label of this transport's metrics.
 const TRANSPORT: &str = "ws";
@@ -102,10 +103,14 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
             .hub
             .subscribe_from(std::slice::from_ref(&channel), start.clone(), client)
             .await?;
+        subscription.count_as(SubscriberKind::Ws);
         initial.push((Arc::<str>::from(channel), subscription));
     }
 
     let slot = req.extensions().get::<ConnectionPermit>().cloned();
+    // The access-log line (when on) is the connection's: written when it
+    // closes, with its whole duration.
+    let access = AccessHandover::take_from(req).map(|entry| Box::new(entry.upgraded()));
     let upgrade = hyper::upgrade::on(req);
     let app = app.clone();
     let tasks = app.tasks.clone();
@@ -120,7 +125,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, reader, client, initial)).await;
+        Box::pin(serve(app, upgraded, reader, client, initial, access)).await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -129,13 +134,15 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
 }
 
 /// Runs an upgraded connection of `reader`, from `client`, with its
-/// subscriptions from the URL.
+/// subscriptions from the URL; `access` is its access-log line, written
+/// when it closes.
 async fn serve(
     app: Arc<App>,
     upgraded: Upgraded,
     reader: Reader,
     client: IpAddr,
     initial: Vec<(Arc<str>, Subscription)>,
+    access: Option<Box<AccessEntry>>,
 ) {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -144,7 +151,7 @@ async fn serve(
         .max_frame_size(Some(app.config().limits.max_message_size));
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket, reader, client);
+    let mut connection = Connection::new(app, socket, reader, client, access);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,
