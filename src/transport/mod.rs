@@ -8,6 +8,7 @@
 
 pub mod poll;
 pub mod sse;
+mod subscriptions;
 pub mod ws;
 
 use std::time::{SystemTime, UNIX_EPOCH};
