@@ -489,6 +489,15 @@ async fn malformed_sub_requests_get_400_naming_the_problem() {
             "{query}: {message:?} should mention {needle}"
         );
     }
+    // A refusal of one `sub=` names its channel, for the client to tell
+    // which subscription is refused.
+    for (query, channel) in [
+        ("sub=user.k0&sub=user.k1@garbage", "user.k1"),
+        ("sub=user.k0&sub=nope", "nope"),
+    ] {
+        let body = Sse::connect(addr, query, None).await.error_body().await;
+        assert_eq!(body["error"]["channel"], channel, "{query}: {body}");
+    }
     // A Last-Event-ID must hold one cursor per `sub=`.
     let opened = Sse::connect(addr, "sub=user.k1", None).await;
     let one = opened.last_id.clone().unwrap();

@@ -191,7 +191,8 @@ impl StreamParams {
                                 "sub= names the channel {:?} twice; give each channel once, with one cursor",
                                 sub.channel
                             ),
-                        ));
+                        )
+                        .for_channel(&sub.channel));
                     }
                     if params.subs.len() == limits.max_channels {
                         return Err(ApiError::bad_request(
@@ -294,7 +295,7 @@ impl StreamParams {
 fn sub_start(sub: &SubParam, cursor: Option<&str>, since: Option<&str>) -> Result<Start, ApiError> {
     start_at(cursor, since).map_err(|mut e| {
         e.message = format!("sub={:?}: {}", sub.channel, e.message);
-        e
+        e.for_channel(&sub.channel)
     })
 }
 

@@ -42,8 +42,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     if params.subs.is_empty() {
         reader.authorize(app, &params.channels)?;
     } else {
-        let channels: Vec<&str> = params.subs.iter().map(|s| s.channel.as_str()).collect();
-        reader.authorize(app, &channels)?;
+        Multiplexed::authorize(app, &reader, &params.subs)?;
     }
     let config = &app.config.poll;
     let limit = match params.limit.as_deref() {

@@ -66,8 +66,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         let opening = opening(retry_ms, subscription.channels(), &subscription.cursor());
         (Source::One(subscription), opening)
     } else {
-        let channels: Vec<&str> = params.subs.iter().map(|s| s.channel.as_str()).collect();
-        reader.authorize(app, &channels)?;
+        Multiplexed::authorize(app, &reader, &params.subs)?;
         let starts = params.sub_starts(last_event_id)?;
         let many = Multiplexed::subscribe(app, starts, ClientAddr::of(req)).await?;
         let opening = opening_many(retry_ms, &many);

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use crate::app::App;
+use crate::http::access::{self, Reader};
 use crate::http::error::ApiError;
-use crate::http::query::stream_position;
+use crate::http::query::{SubParam, stream_position};
 use crate::hub::{CloseReason, Delivery, Gap, Start, SubscribeError, Subscription};
 
 /// Messages one subscription hands over per batch.
@@ -225,8 +226,20 @@ pub(super) struct Multiplexed {
 }
 
 impl Multiplexed {
+    /// Every channel of `subs` may be read by `reader`, or the refusal of
+    /// the first that may not, naming it.
+    pub(super) fn authorize(app: &App, reader: &Reader, subs: &[SubParam]) -> Result<(), ApiError> {
+        for sub in subs {
+            reader
+                .authorize_one(app, &sub.channel)
+                .map_err(|e| access::denied(e).for_channel(&sub.channel))?;
+        }
+        Ok(())
+    }
+
     /// Subscribes each `(channel, start)` in turn; the first refusal
-    /// refuses the request (the subscriptions made before it leave the hub).
+    /// refuses the request, naming its channel (the subscriptions made
+    /// before it leave the hub).
     pub(super) async fn subscribe(
         app: &App,
         starts: Vec<(String, Start)>,
@@ -238,7 +251,8 @@ impl Multiplexed {
             let subscription = app
                 .hub
                 .subscribe_from(std::slice::from_ref(&channel), start, client)
-                .await?;
+                .await
+                .map_err(|e| ApiError::from(e).for_channel(&channel))?;
             let channel = Arc::<str>::from(channel);
             cursors.push((channel.clone(), subscription.cursor()));
             table.add(
