@@ -2188,3 +2188,137 @@ async fn herald_js_resumes_across_a_reload_and_reconnects_when_back_online() {
     browser.close().await;
     node.shutdown().await;
 }
+
+/// Runs `program args` in `dir`, asserting it succeeds; its stdout.
+async fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        RECEIVE_TIMEOUT,
+        Command::new(program).args(args).current_dir(dir).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {args:?} timed out"))
+    .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {}: {}\n{stdout}\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The package as a user installs it: `npm pack` of `client/`, installed
+/// from the tarball into a scratch project with no registry; the typed
+/// example (`tests/browser/typed/example.ts`) passes `tsc --strict`
+/// against it; and Node imports it by its name and receives a record from
+/// Herald through it over SSE and polling (herald.js touches no browser
+/// global at import, and Node has fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_types_check_and_its_package_installs_and_works() {
+    let tsc = browser_dir().join("node_modules/typescript/bin/tsc");
+    assert!(
+        tsc.exists(),
+        "typescript is missing from tests/browser/node_modules: run scripts/test.sh, which runs `npm ci` there"
+    );
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("client");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(client.join("package.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["version"],
+        env!("CARGO_PKG_VERSION"),
+        "client/package.json has Herald's version"
+    );
+    let scratch = std::env::temp_dir().join(unique_topic("herald-package"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch_arg = scratch.to_str().unwrap();
+    let packed: Value = serde_json::from_str(
+        &run_in(
+            &client,
+            "npm",
+            &["pack", "--json", "--pack-destination", scratch_arg],
+        )
+        .await,
+    )
+    .unwrap();
+    let mut files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        ["herald-sw.js", "herald.d.ts", "herald.js", "package.json"],
+        "the package holds the client, its types and the service worker"
+    );
+    let tarball = format!("./{}", packed[0]["filename"].as_str().unwrap());
+    std::fs::write(
+        scratch.join("package.json"),
+        r#"{"name":"scratch","private":true,"type":"module"}"#,
+    )
+    .unwrap();
+    run_in(
+        &scratch,
+        "npm",
+        &["install", "--offline", "--no-audit", "--no-fund", &tarball],
+    )
+    .await;
+
+    std::fs::copy(
+        browser_dir().join("typed/example.ts"),
+        scratch.join("example.ts"),
+    )
+    .unwrap();
+    let tsc = tsc.to_str().unwrap();
+    run_in(
+        &scratch,
+        "node",
+        &[
+            tsc,
+            "--strict",
+            "--noEmit",
+            "--target",
+            "es2022",
+            "--module",
+            "nodenext",
+            "--moduleResolution",
+            "nodenext",
+            "--lib",
+            "es2022,dom",
+            "example.ts",
+        ],
+    )
+    .await;
+
+    let topic = unique_topic("browser-package");
+    create_topic(&topic, 1).await;
+    let node = Node::start(config(&[(&topic, "feed")]), &[(&topic, 1)]).await;
+    let script = format!(
+        r#"import {{ Herald }} from "herald-client";
+const got = {{}};
+for (const transport of ["sse", "poll"]) {{
+  const herald = new Herald({url:?}, {{ transports: [transport], pollWait: 5 }});
+  got[transport] = await new Promise((resolve) => {{
+    const sub = herald.subscribe("feed", {{ since: 0, onMessage: (m) => resolve(m.data) }});
+    herald.subscribe("other", {{ onError: () => {{}} }});
+  }});
+  herald.close();
+}}
+console.log(JSON.stringify(got));"#,
+        url = node.url(),
+    );
+    std::fs::write(scratch.join("use.mjs"), script).unwrap();
+    Producer::new().send_n(&topic, "k", 7).await;
+    let out = run_in(&scratch, "node", &["use.mjs"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap(),
+        json!({"sse": {"n": 7}, "poll": {"n": 7}}),
+        "{out}"
+    );
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+}
