@@ -5,6 +5,7 @@
 //   import { Herald } from "/herald.js";
 //   const herald = new Herald("http://127.0.0.1:8080", {
 //     transports: ["ws", "sse", "poll"],
+//     storage: sessionStorage, // or localStorage, or your own; off by default
 //     token: async () => (await fetch("/herald-token")).text(), // or a string, or none
 //   });
 //   const sub = herald.subscribe("news", { onMessage(msg) { console.log(msg.data); } });
@@ -13,11 +14,19 @@
 //   sub.close(); herald.close();
 //   await herald.push.subscribe(["news"]); // Web Push: notifications, no page open
 //
+// Every subscription of a Herald shares one connection, on every
+// transport: one WebSocket, or one SSE stream, or one long-poll loop (the
+// `sub=` form of /sse and /poll), each subscription with its own cursor.
+// With `storage` (sessionStorage, localStorage or a custom store) each
+// cursor is kept for the next page, so a reload continues exactly.
+//
 // Transports are tried in the order of `transports`: WebSocket first; when
 // it cannot connect (a proxy that drops Upgrade, a refused /ws) SSE, then
 // long polling. Reconnects use exponential backoff with full jitter and
 // resume every subscription from its own cursor, across reconnects and
 // transport switches. A message is never handed to the application twice.
+// Back online, or back from the back/forward cache, it reconnects at once;
+// a hidden tab keeps its connection but spreads its reconnects out.
 //
 // A `token` function is called before the first connection, again ahead of
 // the token's `exp`, and whenever Herald refuses or expires the token; the

@@ -10,6 +10,12 @@
 //!   produced, across a restart;
 //! - `herald.js` falls back from a refused WebSocket to SSE and resumes
 //!   without loss or duplicates;
+//! - ten subscriptions of one `herald.js` share one connection on SSE and
+//!   on polling, and adding or closing one loses or repeats nothing;
+//! - a reload with `storage: sessionStorage` continues exactly, and coming
+//!   back online reconnects at once;
+//! - `herald.d.ts` passes `tsc --strict` on a typed example, and the
+//!   `npm pack`ed package installs and works in a scratch project;
 //! - `herald.js` with a token function handing out 3-second tokens (minted
 //!   in the page with WebCrypto) renews them on every transport, records
 //!   arriving exactly once across the renewals;
