@@ -222,6 +222,7 @@ impl SseStream {
                         Next::Chunk(chunk)
                     }
                     Event::Ended { reason, failure } => {
+                        many.ended_slow |= reason == CloseReason::Slow;
                         Next::End(ended(reason, failure.as_deref(), Some(&outbound.channel)))
                     }
                     // Every subscription is made before the stream opens,
@@ -320,7 +321,7 @@ impl Drop for SseStream {
     fn drop(&mut self) {
         let slow = match &self.source {
             Source::One(subscription) => subscription.is_cut_off_as_slow(),
-            Source::Many(many) => many.table.any_cut_off_as_slow(),
+            Source::Many(many) => many.is_cut_off_as_slow(),
         };
         if slow {
             self.metrics

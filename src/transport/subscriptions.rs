@@ -223,6 +223,9 @@ impl Subscriptions {
 pub(super) struct Multiplexed {
     pub(super) table: Subscriptions,
     cursors: Vec<(Arc<str>, String)>,
+    /// One of them ended cut off as slow: it has left `table`, but the
+    /// request still counts as a slow client when it goes.
+    pub(super) ended_slow: bool,
 }
 
 impl Multiplexed {
@@ -263,7 +266,16 @@ impl Multiplexed {
                 },
             );
         }
-        Ok(Multiplexed { table, cursors })
+        Ok(Multiplexed {
+            table,
+            cursors,
+            ended_slow: false,
+        })
+    }
+
+    /// Whether the hub cut any of them off as slow.
+    pub(super) fn is_cut_off_as_slow(&self) -> bool {
+        self.ended_slow || self.table.any_cut_off_as_slow()
     }
 
     /// `channel`'s subscription is at `cursor` now.
