@@ -21,8 +21,9 @@
 //   requests {}               the recorded [{url, headers}]
 //   streams {reset}           the page's requests to /sse, /poll and /ws
 //                             from the browser's own network log: those
-//                             open now, and the most open at once since the
-//                             last reset ({open: [url], max})
+//                             open now, the most open at once and how many
+//                             were opened since the last reset ({open:
+//                             [url], max, opened})
 //   reload {}                 reload the page and wait for the load event
 //   offline {offline}         Chromium's network emulation: offline or not
 //   viewport {width, height}
@@ -89,8 +90,10 @@ page.on("pageerror", (e) => log(`pageerror: ${e.message}`));
 const STREAM = /\/(sse|poll|ws)(\?|$)/;
 const open = new Set();
 let maxOpen = 0;
+let openedCount = 0;
 const opened = (key) => {
   open.add(key);
+  openedCount += 1;
   maxOpen = Math.max(maxOpen, open.size);
 };
 page.on("request", (r) => STREAM.test(new URL(r.url()).pathname + "?") && opened(r));
@@ -149,8 +152,11 @@ const ops = {
     return recorded.map((r) => ({ url: r.url(), headers: r.headers() }));
   },
   async streams({ reset }) {
-    const answer = { open: [...open].map((r) => r.url()), max: maxOpen };
-    if (reset) maxOpen = open.size;
+    const answer = { open: [...open].map((r) => r.url()), max: maxOpen, opened: openedCount };
+    if (reset) {
+      maxOpen = open.size;
+      openedCount = 0;
+    }
     return answer;
   },
   async reload() {
