@@ -10,7 +10,7 @@
 //!
 //! `GET /poll?sub=CHANNEL[@CURSOR]&sub=…` polls several channels at once,
 //! each a subscription of its own from its own cursor (the WebSocket's
-//! table, [`Multiplexed`]): the answer is
+//! table, `Multiplexed`): the answer is
 //! `{"messages":[…],"cursors":{"CHANNEL":"…",…}}`, each envelope's
 //! `cursor` its channel's, and `limit` counts the messages of all of them.
 

@@ -10,7 +10,7 @@
 //! browser reconnects by itself with `Last-Event-ID`.
 //!
 //! In the `sub=` form each channel is a hub subscription of its own (the
-//! WebSocket's table of subscriptions, [`Multiplexed`]), so a page shares
+//! WebSocket's table of subscriptions, `Multiplexed`), so a page shares
 //! one stream between subscriptions that each keep their own cursor: an
 //! envelope's `cursor` is its channel's, and `id:` is the stream's
 //! position, every subscription's cursor in `sub=` order (see
