@@ -266,6 +266,7 @@ export class Herald {
     this._proven = new Set(); // transports that have connected
     this._conn = null;
     this._timer = null;
+    this._retryAt = 0; // when a visible tab would reconnect
     this._closed = false;
     // Web Push: subscriptions held by the browser's push service, which
     // reach a service worker with no page open.
@@ -285,8 +286,9 @@ export class Herald {
       },
       resume: () => this._reconnectNow(),
       visibilitychange: () => {
-        // Visible again while waiting to retry: retry now.
-        if (!hidden() && !this._conn && this._timer) this._schedule(0);
+        // Visible again while waiting to retry: retry when a visible tab
+        // would have (at once, if that time has passed).
+        if (!hidden() && !this._conn && this._timer) this._schedule(Math.max(0, this._retryAt - Date.now()));
       },
     };
     listen(this._lifecycle, true);
@@ -329,13 +331,12 @@ export class Herald {
     this._schedule(0);
   }
 
-  // The delay before reconnecting: `delay`, or in a hidden tab at least
+  // Reconnects after `delay`, or in a hidden tab after at least
   // HIDDEN_RETRY_MIN_MS and spread over as much again, so that a server
   // restart does not bring back every background tab at once (the tab
   // keeps its connection while it works: notifications are the point).
-  _retryDelay(delay) {
-    if (!hidden()) return delay;
-    return Math.max(delay, HIDDEN_RETRY_MIN_MS * (1 + Math.random()));
+  _retry(delay) {
+    this._schedule(delay, Math.max(delay, HIDDEN_RETRY_MIN_MS * (1 + Math.random())));
   }
 
   _storageKey(channel) {
@@ -385,12 +386,14 @@ export class Herald {
     if (conn) conn.close();
   }
 
-  _schedule(delay) {
+  // Connects after `delay`, or `hiddenDelay` while the tab is hidden.
+  _schedule(delay, hiddenDelay = delay) {
     clearTimeout(this._timer);
+    this._retryAt = Date.now() + delay;
     this._timer = setTimeout(() => {
       this._timer = null;
       this._connect();
-    }, delay);
+    }, hidden() ? hiddenDelay : delay);
   }
 
   _connect() {
@@ -446,13 +449,13 @@ export class Herald {
     if (this._closed || this._subs.size === 0) return;
     if (conn.openedAt) {
       if (Date.now() - conn.openedAt >= STABLE_MS) this._attempt = 0;
-      this._schedule(this._retryDelay(Math.max(retryAfterMs, backoff(this._attempt++))));
+      this._retry(Math.max(retryAfterMs, backoff(this._attempt++)));
       return;
     }
     if (offline()) {
       // Nothing can connect: retry (`online` will retry at once), but do
       // not take it against the transport.
-      this._schedule(this._retryDelay(backoff(this._attempt++)));
+      this._retry(backoff(this._attempt++));
       return;
     }
     this._failures += 1;
@@ -461,10 +464,11 @@ export class Herald {
       this._index = (this._index + 1) % this.transports.length;
       this._failures = 0;
       // Straight to the next transport, unless every one has failed.
-      this._schedule(this._index === 0 ? this._retryDelay(backoff(this._attempt++)) : 0);
+      if (this._index === 0) this._retry(backoff(this._attempt++));
+      else this._schedule(0);
       return;
     }
-    this._schedule(this._retryDelay(Math.max(retryAfterMs, backoff(this._attempt++))));
+    this._retry(Math.max(retryAfterMs, backoff(this._attempt++)));
   }
 
   // The token went stale on a live connection (expired, refused): close
