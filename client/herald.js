@@ -5,6 +5,7 @@
 //   import { Herald } from "/herald.js";
 //   const herald = new Herald("http://127.0.0.1:8080", {
 //     transports: ["ws", "sse", "poll"],
+//     storage: sessionStorage, // or localStorage, or your own; off by default
 //     token: async () => (await fetch("/herald-token")).text(), // or a string, or none
 //   });
 //   const sub = herald.subscribe("news", { onMessage(msg) { console.log(msg.data); } });
@@ -13,11 +14,19 @@
 //   sub.close(); herald.close();
 //   await herald.push.subscribe(["news"]); // Web Push: notifications, no page open
 //
+// Every subscription of a Herald shares one connection, on every
+// transport: one WebSocket, or one SSE stream, or one long-poll loop (the
+// `sub=` form of /sse and /poll), each subscription with its own cursor.
+// With `storage` (sessionStorage, localStorage or a custom store) each
+// cursor is kept for the next page, so a reload continues exactly.
+//
 // Transports are tried in the order of `transports`: WebSocket first; when
 // it cannot connect (a proxy that drops Upgrade, a refused /ws) SSE, then
 // long polling. Reconnects use exponential backoff with full jitter and
 // resume every subscription from its own cursor, across reconnects and
 // transport switches. A message is never handed to the application twice.
+// Back online, or back from the back/forward cache, it reconnects at once;
+// a hidden tab keeps its connection but spreads its reconnects out.
 //
 // A `token` function is called before the first connection, again ahead of
 // the token's `exp`, and whenever Herald refuses or expires the token; the
@@ -38,6 +47,9 @@ const ATTEMPTS_BEFORE_FALLBACK = 2;
 const ATTEMPTS_BEFORE_FALLBACK_PROVEN = 5;
 // A connection that lived this long resets the backoff.
 const STABLE_MS = 5000;
+// A hidden tab waits at least this long (and up to twice as long) before
+// reconnecting, so that background tabs do not come back all at once.
+const HIDDEN_RETRY_MIN_MS = 5000;
 // Herald's SSE stream opens with a `subscribed` event at once; if it does
 // not arrive, something (a buffering proxy) is in the way.
 const SSE_OPEN_TIMEOUT_MS = 10000;
@@ -73,6 +85,27 @@ const RETRYABLE = new Set([
 // be accepted.
 const TOKEN_REFUSED = new Set(["invalid_token", "token_expired", "token_revoked"]);
 
+// Whether the page is hidden (a background tab), or the browser says it
+// is offline; false outside a browser.
+function hidden() {
+  return typeof document !== "undefined" && document.visibilityState === "hidden";
+}
+
+function offline() {
+  return typeof navigator !== "undefined" && navigator.onLine === false;
+}
+
+// Adds (or removes) the page-lifecycle handlers: `online`, `offline` and
+// `pageshow` on the window, `resume` and `visibilitychange` on the
+// document.
+function listen(handlers, on) {
+  const method = on ? "addEventListener" : "removeEventListener";
+  for (const [event, handler] of Object.entries(handlers)) {
+    const target = event === "resume" || event === "visibilitychange" ? globalThis.document : globalThis;
+    if (target && typeof target[method] === "function") target[method](event, handler);
+  }
+}
+
 function backoff(attempt) {
   const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
   return Math.random() * cap; // full jitter
@@ -82,7 +115,8 @@ class Subscription {
   constructor(herald, channel, options) {
     this._herald = herald;
     this.channel = channel;
-    this.cursor = options.cursor || null;
+    // A cursor given wins over one stored by an earlier page (`storage`).
+    this.cursor = options.cursor || herald._storedCursor(channel) || null;
     this._since = options.since ?? null;
     this._onMessage = options.onMessage || (() => {});
     this._onGap = options.onGap || (() => {});
@@ -91,10 +125,28 @@ class Subscription {
     this.closed = false;
   }
 
+  // Ends the subscription; a cursor kept in `storage` is forgotten (a
+  // page that reloads does not close its subscriptions, so it keeps them).
   close() {
     if (this.closed) return;
     this.closed = true;
+    this._herald._forgetCursor(this.channel);
     this._herald._remove(this);
+  }
+
+  _setCursor(cursor) {
+    if (!cursor || this.closed || cursor === this.cursor) return;
+    this.cursor = cursor;
+    this._herald._storeCursor(this.channel, cursor);
+  }
+
+  // This subscription in Herald's `sub=` form (SSE and polling): the
+  // channel, then after an `@` where it starts, an `@` always, so that a
+  // channel holding one is read as it is.
+  _subParam() {
+    if (this.cursor) return `${this.channel}@${this.cursor}`;
+    if (this._since != null) return `${this.channel}@since:${this._since}`;
+    return `${this.channel}@`;
   }
 
   // Where to (re)start: the cursor once there is one, else `since`, else
@@ -111,13 +163,13 @@ class Subscription {
     const last = this._last.get(key);
     if (last !== undefined && msg.offset <= last) return; // never twice
     this._last.set(key, msg.offset);
-    if (msg.cursor) this.cursor = msg.cursor;
+    this._setCursor(msg.cursor);
     call(this._onMessage, msg);
   }
 
   _gap(gap) {
     if (this.closed) return;
-    if (gap.cursor) this.cursor = gap.cursor;
+    this._setCursor(gap.cursor);
     // A reset partition's offsets started over (its topic was deleted and
     // created again): the new, lower offsets are not repeats.
     for (const p of gap.partitions || []) if (p.reset) this._last.delete(`${p.topic}/${p.partition}`);
@@ -125,7 +177,7 @@ class Subscription {
   }
 
   _started(cursor) {
-    if (cursor && !this.cursor) this.cursor = cursor;
+    if (!this.cursor) this._setCursor(cursor);
   }
 
   // A refusal that retrying cannot fix: tell the application and end.
@@ -135,7 +187,10 @@ class Subscription {
   _fail(err) {
     if (this.closed) return;
     call(this._onError, { ...err, fatal: true, cursor: this.cursor });
-    this.close();
+    // Closed, but a stored cursor stays: the position is the application's.
+    if (this.closed) return;
+    this.closed = true;
+    this._herald._remove(this);
   }
 
   // Something went wrong but herald.js retries by itself.
@@ -201,6 +256,12 @@ export class Herald {
     this.transports = (options.transports || ALL_TRANSPORTS).filter((t) => ALL_TRANSPORTS.includes(t));
     if (this.transports.length === 0) throw new Error("herald: no usable transport in options.transports");
     this.pollWait = options.pollWait ?? DEFAULT_POLL_WAIT_S;
+    const storage = options.storage ?? null;
+    if (storage !== null && !["getItem", "setItem", "removeItem"].every((m) => typeof storage[m] === "function")) {
+      throw new TypeError("herald: options.storage must be sessionStorage, localStorage or an object with getItem, setItem and removeItem");
+    }
+    // Where each subscription's cursor is kept for the next page: null, off.
+    this._storage = storage;
     this.transport = null;
     this._subs = new Map(); // channel -> Subscription
     this._index = 0; // position in this.transports
@@ -209,14 +270,32 @@ export class Herald {
     this._proven = new Set(); // transports that have connected
     this._conn = null;
     this._timer = null;
+    this._retryAt = 0; // when a visible tab would reconnect
     this._closed = false;
     // Web Push: subscriptions held by the browser's push service, which
     // reach a service worker with no page open.
     this.push = new HeraldPush(this);
-    this._online = () => {
-      if (!this._conn && this._timer) this._schedule(0);
+    // The page's lifecycle (nothing of it at import: herald.js loads
+    // outside browsers too). Back online, or back from the back/forward
+    // cache or a frozen state: reconnect at once, not after a backoff.
+    // Offline: the connection is dropped (it cannot work) and no attempt
+    // counts toward falling back to another transport.
+    this._lifecycle = {
+      online: () => this._reconnectNow(),
+      offline: () => {
+        if (this._conn) this._lost(this._conn, 0);
+      },
+      pageshow: (e) => {
+        if (e.persisted) this._reconnectNow();
+      },
+      resume: () => this._reconnectNow(),
+      visibilitychange: () => {
+        // Visible again while waiting to retry: retry when a visible tab
+        // would have (at once, if that time has passed).
+        if (!hidden() && !this._conn && this._timer) this._schedule(Math.max(0, this._retryAt - Date.now()));
+      },
     };
-    if (typeof addEventListener === "function") addEventListener("online", this._online);
+    listen(this._lifecycle, true);
   }
 
   subscribe(channel, options = {}) {
@@ -240,7 +319,57 @@ export class Herald {
     for (const sub of this._subs.values()) sub.closed = true;
     this._subs.clear();
     this._teardown();
-    if (typeof removeEventListener === "function") removeEventListener("online", this._online);
+    listen(this._lifecycle, false);
+  }
+
+  // Connects again now, with nothing to wait out: the network or the page
+  // is back, and what failed before says nothing about now.
+  _reconnectNow() {
+    if (this._closed || this._subs.size === 0) return;
+    this._attempt = 0;
+    this._failures = 0;
+    const conn = this._conn;
+    this._conn = null;
+    this.transport = null;
+    if (conn) conn.close();
+    this._schedule(0);
+  }
+
+  // Reconnects after `delay`, or in a hidden tab after at least
+  // HIDDEN_RETRY_MIN_MS and spread over as much again, so that a server
+  // restart does not bring back every background tab at once (the tab
+  // keeps its connection while it works: notifications are the point).
+  _retry(delay) {
+    this._schedule(delay, Math.max(delay, HIDDEN_RETRY_MIN_MS * (1 + Math.random())));
+  }
+
+  _storageKey(channel) {
+    return `herald:${this.url}:${channel}`;
+  }
+
+  _storedCursor(channel) {
+    if (!this._storage) return null;
+    try {
+      return this._storage.getItem(this._storageKey(channel)) || null;
+    } catch {
+      return null;
+    }
+  }
+
+  _storeCursor(channel, cursor) {
+    if (!this._storage) return;
+    try {
+      this._storage.setItem(this._storageKey(channel), cursor);
+    } catch (e) {
+      console.warn("herald: cannot store the cursor:", e && e.message);
+    }
+  }
+
+  _forgetCursor(channel) {
+    if (!this._storage) return;
+    try {
+      this._storage.removeItem(this._storageKey(channel));
+    } catch {}
   }
 
   _remove(sub) {
@@ -261,12 +390,14 @@ export class Herald {
     if (conn) conn.close();
   }
 
-  _schedule(delay) {
+  // Connects after `delay`, or `hiddenDelay` while the tab is hidden.
+  _schedule(delay, hiddenDelay = delay) {
     clearTimeout(this._timer);
+    this._retryAt = Date.now() + delay;
     this._timer = setTimeout(() => {
       this._timer = null;
       this._connect();
-    }, delay);
+    }, hidden() ? hiddenDelay : delay);
   }
 
   _connect() {
@@ -322,7 +453,13 @@ export class Herald {
     if (this._closed || this._subs.size === 0) return;
     if (conn.openedAt) {
       if (Date.now() - conn.openedAt >= STABLE_MS) this._attempt = 0;
-      this._schedule(Math.max(retryAfterMs, backoff(this._attempt++)));
+      this._retry(Math.max(retryAfterMs, backoff(this._attempt++)));
+      return;
+    }
+    if (offline()) {
+      // Nothing can connect: retry (`online` will retry at once), but do
+      // not take it against the transport.
+      this._retry(backoff(this._attempt++));
       return;
     }
     this._failures += 1;
@@ -331,10 +468,11 @@ export class Herald {
       this._index = (this._index + 1) % this.transports.length;
       this._failures = 0;
       // Straight to the next transport, unless every one has failed.
-      this._schedule(this._index === 0 ? backoff(this._attempt++) : 0);
+      if (this._index === 0) this._retry(backoff(this._attempt++));
+      else this._schedule(0);
       return;
     }
-    this._schedule(Math.max(retryAfterMs, backoff(this._attempt++)));
+    this._retry(Math.max(retryAfterMs, backoff(this._attempt++)));
   }
 
   // The token went stale on a live connection (expired, refused): close
@@ -468,23 +606,20 @@ function withToken(token, headers = {}) {
   return headers;
 }
 
-function query(params) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) q.append(k, v);
-  return q.toString();
-}
-
-// An HTTP refusal's `{"error":{"code","message"}}`, with the status.
+// An HTTP refusal's `{"error":{"code","message"[,"channel"]}}`, with the status.
 async function httpError(response) {
   let error = null;
   try {
     error = (await response.json()).error;
   } catch {}
-  return {
+  const err = {
     status: response.status,
     code: (error && error.code) || `http_${response.status}`,
     message: (error && error.message) || response.statusText || `HTTP ${response.status}`,
   };
+  // Which of a request's subscriptions the refusal is about (`sub=`).
+  if (error && typeof error.channel === "string") err.channel = error.channel;
+  return err;
 }
 
 // Whether an HTTP error is worth retrying, and after how long at least.
@@ -673,30 +808,49 @@ function openWs(herald, hooks) {
   };
 }
 
-// SSE and polling hold one request loop per subscription, each with its own
-// AbortController. This keeps that set, ends every loop when one fails (the
-// transport is then reconnected as a whole), and hands `run(sub,
-// controller, loops)` what it needs: `end(retryAfter)`, `refused(sub,
-// response, token)` for an HTTP error to a request that carried `token`,
-// `tokenRefused(err, token)`, and `live(sub, controller)`.
-function perSubscription(herald, hooks, run) {
-  const controllers = new Map(); // sub -> AbortController
+// SSE and polling hold one request for every subscription of the Herald
+// (Herald's `sub=` form: one subscription per channel, each from its own
+// cursor): a browser allows six connections per origin on HTTP/1.1, and a
+// page may have more subscriptions than that. Adding or removing a
+// subscription ends the request and opens the next one with every
+// subscription's cursor: what the old one had not delivered yet is read
+// back from the cursors, and the old one's events are ignored once it is
+// replaced, so nothing is lost or comes twice. Changes made together (in
+// one task) reopen once.
+//
+// `run(subs, controller, loops)` makes the request for `subs` (channel ->
+// Subscription, a snapshot: a subscription added later is not the
+// request's); `loops` has `end(retryAfter)`, `refused(subs, response,
+// token)` for an HTTP error to a request that carried `token`,
+// `tokenRefused(err, token)`, and `live(controller)`.
+function sharedRequest(herald, hooks, run) {
+  let controller = null;
   let ended = false;
-  const abortAll = () => {
-    for (const c of controllers.values()) c.abort();
-    controllers.clear();
+  let reopening = false;
+  const start = () => {
+    if (ended) return;
+    if (controller) controller.abort();
+    controller = new AbortController();
+    const subs = new Map(herald._subs);
+    if (subs.size > 0) run(subs, controller, loops);
+  };
+  const stop = () => {
+    ended = true;
+    if (controller) controller.abort();
+    controller = null;
   };
   const loops = {
     end(retryAfter) {
       if (ended) return;
-      ended = true;
-      abortAll();
+      stop();
       hooks.lost(retryAfter);
     },
-    // Herald refused the request (so the transport itself works): a
-    // refusal retrying cannot fix ends this subscription only; any other
-    // ends the loops, to be retried after Retry-After or backoff.
-    async refused(sub, response, token) {
+    // Herald refused the request (so the transport itself works). A
+    // refusal about one subscription (its `channel`) that retrying cannot
+    // fix ends that one, and the others go on in a new request; one about
+    // the whole request ends them all. Any other is retried after
+    // Retry-After or backoff.
+    async refused(subs, response, token) {
       const err = await httpError(response);
       if (ended) return;
       hooks.opened();
@@ -704,57 +858,57 @@ function perSubscription(herald, hooks, run) {
         loops.tokenRefused(err, token);
         return;
       }
+      const one = err.channel != null ? subs.get(err.channel) : undefined;
+      const hit = one ? [one] : [...subs.values()];
       if (!retryable(response)) {
-        controllers.delete(sub);
-        sub._fail(err);
+        for (const sub of hit) sub._fail(err); // each one's close reopens with the rest
         return;
       }
-      sub._warn(err);
+      for (const sub of hit) sub._warn(err);
       loops.end(retryAfterMs(response));
     },
-    // The token is stale: every loop ends, to be reopened with a fresh one.
+    // The token is stale: the request ends, to be reopened with a fresh one.
     tokenRefused(err, token) {
       if (ended) return;
-      ended = true;
-      abortAll();
+      stop();
       hooks.tokenRefused(err, token);
     },
-    live(sub, controller) {
-      return !ended && controllers.get(sub) === controller;
+    live(c) {
+      return !ended && controller === c;
     },
   };
-  const add = (sub) => {
-    const controller = new AbortController();
-    controllers.set(sub, controller);
-    run(sub, controller, loops);
+  const changed = () => {
+    if (reopening || ended) return;
+    reopening = true;
+    queueMicrotask(() => {
+      reopening = false;
+      start();
+    });
   };
-  for (const sub of herald._subs.values()) add(sub);
-  return {
-    add,
-    remove: (sub) => {
-      const c = controllers.get(sub);
-      if (c) c.abort();
-      controllers.delete(sub);
-    },
-    close: () => {
-      ended = true;
-      abortAll();
-    },
-  };
+  start();
+  return { add: changed, remove: changed, close: stop };
 }
 
-// ---- SSE: one stream per subscription (each has its own cursor) --------
+// The delivery of a request's event to `sub`, if it is still the one the
+// Herald holds for its channel.
+function current(herald, sub) {
+  return sub && !sub.closed && herald._subs.get(sub.channel) === sub ? sub : undefined;
+}
+
+// ---- SSE: one stream for every subscription ------------------------------
 //
 // Read with fetch rather than EventSource, so a refusal's status and JSON
 // error are visible (EventSource only reports "error") and reconnects stay
 // under herald.js's own backoff and transport fallback.
 function openSse(herald, hooks) {
-  return perSubscription(herald, hooks, async (sub, controller, loops) => {
-    const url = `${herald.url}/sse?${query({ channel: sub.channel, ...sub._startParams() })}`;
+  return sharedRequest(herald, hooks, async (subs, controller, loops) => {
+    const q = new URLSearchParams();
+    for (const sub of subs.values()) q.append("sub", sub._subParam());
+    const url = `${herald.url}/sse?${q}`;
     const token = herald._token;
     let opened = false;
     const timer = setTimeout(() => {
-      if (!opened && !controller.signal.aborted) loops.end(); // no `subscribed` in time: a proxy is buffering
+      if (!opened && loops.live(controller)) loops.end(); // no `subscribed` in time: a proxy is buffering
     }, SSE_OPEN_TIMEOUT_MS);
     try {
       const response = await fetch(url, {
@@ -764,39 +918,40 @@ function openSse(herald, hooks) {
       });
       if (!response.ok) {
         clearTimeout(timer);
-        await loops.refused(sub, response, token);
+        if (loops.live(controller)) await loops.refused(subs, response, token);
         return;
       }
       const reason = await readEvents(response.body, (ev) => {
-        // Replaced (a fresh token, a reconnect): its successor reads on
-        // from the cursor.
-        if (!loops.live(sub, controller)) return "aborted";
+        // Replaced (a subscription added or removed, a fresh token, a
+        // reconnect): its successor reads on from the cursors.
+        if (!loops.live(controller)) return "aborted";
         if (ev.event === "subscribed") {
           opened = true;
           clearTimeout(timer);
           hooks.opened();
           hooks.authorized();
-          try {
-            sub._started(JSON.parse(ev.data).cursor || ev.id);
-          } catch {
-            sub._started(ev.id);
-          }
+          const cursors = JSON.parse(ev.data).cursors || {};
+          for (const [channel, cursor] of Object.entries(cursors)) current(herald, subs.get(channel))?._started(cursor);
         } else if (ev.event === "message") {
-          sub._deliver(JSON.parse(ev.data));
+          const msg = JSON.parse(ev.data);
+          current(herald, subs.get(msg.channel))?._deliver(msg);
         } else if (ev.event === "gap") {
-          sub._gap({ ...JSON.parse(ev.data), cursor: ev.id || undefined });
+          const gap = JSON.parse(ev.data);
+          current(herald, subs.get(gap.channel))?._gap(gap);
         } else if (ev.event === "reconnect") {
           let why = {};
           try {
             why = JSON.parse(ev.data);
           } catch {}
-          if (why.reason === "replay_failed") sub._warn({ code: why.reason, message: why.message || why.reason });
+          if (why.reason === "replay_failed") {
+            for (const sub of subs.values()) current(herald, sub)?._warn({ code: why.reason, message: why.message || why.reason });
+          }
           if (why.reason === "token_expired" || why.reason === "token_revoked") return why.reason;
           return "reconnect";
         }
       });
       clearTimeout(timer);
-      if (controller.signal.aborted || reason === "aborted") return;
+      if (!loops.live(controller) || reason === "aborted") return;
       if (reason === "token_revoked") {
         loops.tokenRefused({ code: "token_revoked", message: "the token was revoked and Herald ended the stream" }, token);
       } else if (reason === "token_expired" && herald._tokenSource) {
@@ -806,7 +961,7 @@ function openSse(herald, hooks) {
       }
     } catch (e) {
       clearTimeout(timer);
-      if (!controller.signal.aborted) loops.end();
+      if (loops.live(controller)) loops.end();
     }
   });
 }
@@ -854,38 +1009,45 @@ async function readEvents(body, onEvent) {
   }
 }
 
-// ---- Long polling: one loop per subscription ----------------------------
+// ---- Long polling: one loop for every subscription -----------------------
 
 function openPoll(herald, hooks) {
-  return perSubscription(herald, hooks, async (sub, controller, loops) => {
-    while (!sub.closed && loops.live(sub, controller)) {
-      const params = { channel: sub.channel, ...sub._startParams() };
-      // The first poll without a cursor returns the live end's cursor at once.
-      if (sub.cursor) params.wait = String(herald.pollWait);
+  return sharedRequest(herald, hooks, async (subs, controller, loops) => {
+    while (loops.live(controller)) {
+      const q = new URLSearchParams();
+      let all = true;
+      for (const sub of subs.values()) {
+        q.append("sub", sub._subParam());
+        if (!sub.cursor) all = false;
+      }
+      // A poll with a subscription that has no cursor yet returns at once,
+      // with the live end's cursor for it.
+      if (all) q.set("wait", String(herald.pollWait));
       const token = herald._token;
       let response;
       let body;
       try {
-        response = await fetch(`${herald.url}/poll?${query(params)}`, {
+        response = await fetch(`${herald.url}/poll?${q}`, {
           signal: controller.signal,
           headers: withToken(token),
           cache: "no-store",
         });
         if (!response.ok) {
-          await loops.refused(sub, response, token);
+          if (loops.live(controller)) await loops.refused(subs, response, token);
           return;
         }
         body = await response.json();
       } catch (e) {
-        if (!controller.signal.aborted) loops.end();
+        if (loops.live(controller)) loops.end();
         return;
       }
-      if (controller.signal.aborted || !loops.live(sub, controller)) return;
+      // Replaced meanwhile: its successor polls again from the cursors.
+      if (!loops.live(controller)) return;
       hooks.opened();
       hooks.authorized();
-      for (const gap of [].concat(body.gap || [])) sub._gap(gap);
-      for (const msg of body.messages || []) sub._deliver(msg);
-      if (body.cursor && !sub.closed) sub.cursor = body.cursor;
+      for (const gap of [].concat(body.gap || [])) current(herald, subs.get(gap.channel))?._gap(gap);
+      for (const msg of body.messages || []) current(herald, subs.get(msg.channel))?._deliver(msg);
+      for (const [channel, cursor] of Object.entries(body.cursors || {})) current(herald, subs.get(channel))?._setCursor(cursor);
     }
   });
 }

@@ -41,7 +41,7 @@ setup_browser() {
   fi
   local stamp=tests/browser/node_modules/.package-lock.stamp
   if [[ ! -f $stamp ]] || ! cmp -s tests/browser/package-lock.json "$stamp"; then
-    log "npm ci in tests/browser (playwright-core, ws)"
+    log "npm ci in tests/browser (playwright-core, ws, typescript)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     cp tests/browser/package-lock.json "$stamp"
   fi

@@ -1066,8 +1066,15 @@ impl Config {
             (
                 "[publish]",
                 differ(&self.publish, &new.publish)
-                    || keys(self.publish.as_ref().map(|p| (&p.api_keys, &p.api_keys_file)))
-                        != keys(new.publish.as_ref().map(|p| (&p.api_keys, &p.api_keys_file))),
+                    || keys(
+                        self.publish
+                            .as_ref()
+                            .map(|p| (&p.api_keys, &p.api_keys_file)),
+                    ) != keys(
+                        new.publish
+                            .as_ref()
+                            .map(|p| (&p.api_keys, &p.api_keys_file)),
+                    ),
             ),
             ("[push]", differ(&self.push, &new.push)),
             ("[log]", differ(&self.log, &new.log)),

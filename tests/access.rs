@@ -501,3 +501,39 @@ async fn without_auth_every_channel_is_public_and_tokens_are_ignored() {
     assert_eq!(ns_json(&ws.messages(3).await), vec![0, 1, 2]);
     herald.stop().await;
 }
+
+#[tokio::test]
+async fn each_sub_channel_is_checked_against_the_token() {
+    let (_topic, herald) = secured("auth-subs", &hmac_auth(), "").await;
+    let addr = herald.local_addr();
+    let team7 = token_for(&["team.7.*"], 300);
+    let allowed = format!("sub=team.7.a&sub=public.x&sub=team.7.b&token={team7}");
+    let sse = Sse::connect(addr, &allowed, None).await;
+    assert_eq!(sse.status, 200);
+    let (status, body) = poll(addr, &allowed).await;
+    assert_eq!(status, 200, "{body}");
+    // One channel the token does not allow refuses the request, naming it.
+    let one_forbidden = format!("sub=team.7.a&sub=team.8.x&token={team7}");
+    let body = Sse::connect(addr, &one_forbidden, None)
+        .await
+        .error_body()
+        .await;
+    assert_eq!(body["error"]["code"], "forbidden_channel", "{body}");
+    assert_eq!(body["error"]["channel"], "team.8.x", "{body}");
+    let (status, body) = poll(addr, &one_forbidden).await;
+    assert_eq!(
+        (status, &body["error"]["code"], &body["error"]["channel"]),
+        (403, &json!("forbidden_channel"), &json!("team.8.x")),
+        "{body}"
+    );
+    // Without a token only the public channels may be read.
+    let (status, body) = poll(addr, "sub=public.x&sub=team.7.a").await;
+    assert_eq!(
+        (status, &body["error"]["code"], &body["error"]["channel"]),
+        (401, &json!("invalid_token"), &json!("team.7.a")),
+        "{body}"
+    );
+    let (status, _) = poll(addr, "sub=public.x&sub=public.y").await;
+    assert_eq!(status, 200);
+    herald.stop().await;
+}

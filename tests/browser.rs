@@ -10,6 +10,12 @@
 //!   produced, across a restart;
 //! - `herald.js` falls back from a refused WebSocket to SSE and resumes
 //!   without loss or duplicates;
+//! - ten subscriptions of one `herald.js` share one connection on SSE and
+//!   on polling, and adding or closing one loses or repeats nothing;
+//! - a reload with `storage: sessionStorage` continues exactly, and coming
+//!   back online reconnects at once;
+//! - `herald.d.ts` passes `tsc --strict` on a typed example, and the
+//!   `npm pack`ed package installs and works in a scratch project;
 //! - `herald.js` with a token function handing out 3-second tokens (minted
 //!   in the page with WebCrypto) renews them on every transport, records
 //!   arriving exactly once across the renewals;
@@ -766,8 +772,12 @@ fn token_page_js() -> String {
     const bearer = init.headers && init.headers.authorization;
     const w = wireOf(bearer ? subOf(bearer.slice("Bearer ".length)) : "none");
     const u = new URL(url, location.href);
-    const what = `${u.pathname}?${u.searchParams.get("channel")}`;
-    w.requests[what] = (w.requests[what] || 0) + 1;
+    // Each channel the request asks for (`sub=CHANNEL@…`, one request
+    // for all of a Herald's subscriptions).
+    for (const sub of u.searchParams.getAll("sub")) {
+      const what = `${u.pathname}?${sub.slice(0, sub.lastIndexOf("@"))}`;
+      w.requests[what] = (w.requests[what] || 0) + 1;
+    }
     if (bearer) used(w, bearer.slice("Bearer ".length));
     const response = await nativeFetch(url, init);
     w.statuses[response.status] = (w.statuses[response.status] || 0) + 1;
@@ -952,7 +962,8 @@ async fn herald_js_renews_three_second_tokens_on_every_transport_and_delivers_ex
     assert_eq!(ws["closes"], json!([]), "{ws}");
     assert_eq!(ws["authenticated"], ws["auths"], "{ws}");
     // SSE reopened its stream with each fresh token; both HTTP transports
-    // asked for `other` once.
+    // asked for `other` once (in a request with `feed`, which went on
+    // alone after `other` was refused).
     let sse = &wire["sse"]["requests"];
     assert!(count(&sse["/sse?feed"]) >= 8, "{sse}");
     assert_eq!(sse["/sse?other"], 1, "{sse}");
@@ -1905,4 +1916,470 @@ async fn herald_push_in_firefox_delivers_each_record_once_reads_truncated_ones_b
     firefox.close().await;
     node.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Installs herald.js for the page-lifecycle tests: `window.herald` with
+/// `options` (and `storage: sessionStorage` when `persist`),
+/// `track(channel)` subscribing into `subs[channel]` and
+/// `received[channel]`, and each of `channels` tracked. With `persist`
+/// the envelopes received are kept in sessionStorage too, so a reloaded
+/// page still has what it received before. `firstAfterOnline` is when the
+/// first message came after the last `online` event (`onlineAt`), and
+/// `firstAfterShown` after the test last made the tab visible (`shownAt`).
+fn page_js(options: Value, persist: bool, channels: &[&str]) -> String {
+    format!(
+        r#"(async () => {{
+  const {{ Herald }} = await import("/herald.js");
+  const persist = {persist};
+  window.received = {{}}; window.subs = {{}}; window.gaps = []; window.errors = [];
+  const kept = (ch) => (persist ? JSON.parse(sessionStorage.getItem("test:" + ch) || "[]") : []);
+  window.herald = new Herald(location.origin, {{ ...{options}, storage: persist ? sessionStorage : null }});
+  addEventListener("online", () => {{ window.onlineAt = performance.now(); window.firstAfterOnline = null; }});
+  window.track = (ch) => {{
+    received[ch] = kept(ch);
+    subs[ch] = herald.subscribe(ch, {{
+      onMessage(msg) {{
+        received[ch].push(msg);
+        if (persist) sessionStorage.setItem("test:" + ch, JSON.stringify(received[ch]));
+        if (window.onlineAt && !window.firstAfterOnline) window.firstAfterOnline = performance.now();
+        if (window.shownAt && !window.firstAfterShown) window.firstAfterShown = performance.now();
+      }},
+      onGap(gap) {{ gaps.push(gap); }},
+      onError(err) {{ errors.push(err); console.warn("onError", JSON.stringify(err)); }},
+    }});
+  }};
+  for (const ch of {channels}) track(ch);
+  return true;
+}})()"#,
+        channels = json!(channels),
+    )
+}
+
+/// Produces the records `ns` with the keys `k0`…`k9` (`n % 10`), noting
+/// each one's `n` under the channels it maps to (`key.kN`, and `all`).
+async fn produce_keyed(
+    producer: &Producer,
+    topic: &str,
+    ns: std::ops::Range<u64>,
+    expected: &mut BTreeMap<String, Vec<u64>>,
+) {
+    for n in ns {
+        let key = format!("k{}", n % 10);
+        producer.send_n(topic, &key, n).await;
+        expected.entry(format!("key.{key}")).or_default().push(n);
+        expected.entry("all".into()).or_default().push(n);
+    }
+}
+
+/// The page's connections to Herald now and the most at once since the
+/// last reset, from the browser's network log; resets the count.
+async fn streams(browser: &mut Browser) -> (usize, u64) {
+    let s = browser
+        .call("streams", json!({"reset": true}), TIMEOUT)
+        .await;
+    (
+        s["open"].as_array().unwrap().len(),
+        s["max"].as_u64().unwrap(),
+    )
+}
+
+/// Until `received[channel]` holds as many records as `expected` has for
+/// it.
+async fn wait_for_expected(
+    browser: &mut Browser,
+    expected: &BTreeMap<String, Vec<u64>>,
+    what: &str,
+) {
+    let js = expected
+        .iter()
+        .map(|(ch, ns)| format!("(received[{}]?.length ?? 0) >= {}", json!(ch), ns.len()))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    browser.wait(what, &js, RECEIVE_TIMEOUT).await;
+}
+
+/// The `n`s each tracked channel received, in arrival order.
+async fn received_ns(browser: &mut Browser) -> BTreeMap<String, Vec<u64>> {
+    let value = browser
+        .eval("Object.fromEntries(Object.entries(received).map(([c, ms]) => [c, ms.map((m) => m.data.n)]))")
+        .await;
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_holds_one_connection_for_ten_subscriptions_on_sse_and_polling() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browser-shared");
+    create_topic(&topic, 3).await;
+    let node = Node::start(
+        config(&[(&topic, "all"), (&topic, "key.{key}")]),
+        &[(&topic, 3)],
+    )
+    .await;
+    let mut browser = Browser::launch().await;
+    browser.open_herald_origin(&node).await;
+    let producer = Producer::new();
+    let keys: Vec<String> = (0..10).map(|k| format!("key.k{k}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut next = 0u64;
+    for transport in ["sse", "poll"] {
+        let gauge = format!("herald_connections{{transport=\"{transport}\"}}");
+        browser
+            .eval(&page_js(json!({ "transports": [transport] }), false, &keys))
+            .await;
+        browser.wait("ten subscribed", SUBSCRIBED_JS, TIMEOUT).await;
+        streams(&mut browser).await;
+        let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        produce_keyed(&producer, &topic, next..next + 50, &mut expected).await;
+        expected.remove("all");
+        wait_for_expected(&mut browser, &expected, "ten subscriptions, 50 records").await;
+        // One connection: as Herald counts it, and in the browser's log.
+        wait_until_metric(node.addr(), &gauge, 1.0).await;
+        let (open, max) = streams(&mut browser).await;
+        assert!(
+            open <= 1 && max <= 1,
+            "{transport}: {open} open, {max} at once"
+        );
+
+        // An eleventh subscription, added mid-stream, gets its records from
+        // its start; the other ten lose and repeat none.
+        browser.eval("track('all'), true").await;
+        browser.wait("the eleventh", SUBSCRIBED_JS, TIMEOUT).await;
+        let mut from_all = BTreeMap::new();
+        produce_keyed(&producer, &topic, next + 50..next + 100, &mut from_all).await;
+        for (ch, ns) in from_all {
+            expected.entry(ch).or_default().extend(ns);
+        }
+        wait_for_expected(&mut browser, &expected, "eleven subscriptions").await;
+        assert!(
+            metric(node.addr(), &gauge).await <= 1.0,
+            "{transport}: one connection"
+        );
+
+        // One removed: the others go on exactly, and it gets no more.
+        browser.eval("subs['key.k9'].close(), true").await;
+        let k9 = expected["key.k9"].clone();
+        let mut rest = BTreeMap::new();
+        produce_keyed(&producer, &topic, next + 100..next + 150, &mut rest).await;
+        rest.remove("key.k9");
+        for (ch, ns) in rest {
+            expected.entry(ch).or_default().extend(ns);
+        }
+        // A fence: the last record for every channel left.
+        produce_keyed(&producer, &topic, next + 150..next + 159, &mut expected).await;
+        expected.insert("key.k9".into(), k9);
+        wait_for_expected(&mut browser, &expected, "after one was removed").await;
+        let (open, _) = streams(&mut browser).await;
+        assert!(open <= 1, "{transport}: {open} open");
+        assert!(
+            metric(node.addr(), &gauge).await <= 1.0,
+            "{transport}: one connection"
+        );
+
+        let got = received_ns(&mut browser).await;
+        for (ch, want) in &expected {
+            let mut got = got[ch].clone();
+            let mut want = want.clone();
+            if ch == "all" {
+                // Three partitions: in order within each, not across.
+                got.sort_unstable();
+                want.sort_unstable();
+            }
+            assert_eq!(got, want, "{transport}: {ch} exactly, in order");
+        }
+        assert_eq!(browser.eval("errors.length + gaps.length").await, 0);
+        assert_eq!(browser.eval("herald.transport").await, transport);
+        browser.eval("herald.close(), true").await;
+        wait_until_metric(node.addr(), &gauge, 0.0).await;
+        next += 159;
+    }
+    browser.close().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_resumes_across_a_reload_and_reconnects_when_back_online() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browser-lifecycle");
+    create_topic(&topic, 3).await;
+    let mut node = Node::start(
+        config(&[(&topic, "all"), (&topic, "key.{key}")]),
+        &[(&topic, 3)],
+    )
+    .await;
+    let mut browser = Browser::launch().await;
+    browser.open_herald_origin(&node).await;
+    let producer = Producer::new();
+    let channels = ["all", "key.k1"];
+
+    // A reload with `storage: sessionStorage`: the records produced while
+    // the page reloads arrive after it, each once.
+    let install = page_js(json!({ "transports": ["sse"] }), true, &channels);
+    browser.eval(&install).await;
+    browser.wait("subscribed", SUBSCRIBED_JS, TIMEOUT).await;
+    let mut expected = BTreeMap::new();
+    produce_keyed(&producer, &topic, 0..20, &mut expected).await;
+    expected.retain(|ch, _| channels.contains(&ch.as_str()));
+    wait_for_expected(&mut browser, &expected, "before the reload").await;
+    let during = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let mut during = BTreeMap::new();
+            produce_keyed(&Producer::new(), &topic, 20..40, &mut during).await;
+            during
+        })
+    };
+    browser.call("reload", json!({}), TIMEOUT).await;
+    browser.eval(&install).await;
+    for (ch, ns) in during.await.unwrap() {
+        expected.entry(ch).or_default().extend(ns);
+    }
+    let mut after = BTreeMap::new();
+    produce_keyed(&producer, &topic, 40..60, &mut after).await;
+    for (ch, ns) in after {
+        expected.entry(ch).or_default().extend(ns);
+    }
+    expected.retain(|ch, _| channels.contains(&ch.as_str()));
+    wait_for_expected(&mut browser, &expected, "after the reload").await;
+    let got = received_ns(&mut browser).await;
+    let mut all = got["all"].clone();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..60).collect::<Vec<_>>(),
+        "all: every record once across the reload"
+    );
+    assert_eq!(
+        got["key.k1"], expected["key.k1"],
+        "key.k1: exactly, in order"
+    );
+    browser
+        .eval("herald.close(), sessionStorage.clear(), true")
+        .await;
+
+    // Offline, then online: reconnected at once, on the same transport,
+    // nothing lost. (Chromium's emulation stalls an open WebSocket rather
+    // than closing it; herald.js drops it at `offline` and connects anew at
+    // `online`.) Offline for 2 s: time for failed attempts, which must not
+    // move herald.js off its WebSocket.
+    browser.eval(&page_js(json!({}), false, &["all"])).await;
+    browser.wait("subscribed", SUBSCRIBED_JS, TIMEOUT).await;
+    assert_eq!(browser.eval("herald.transport").await, "ws");
+    let mut expected = BTreeMap::new();
+    produce_keyed(&producer, &topic, 100..110, &mut expected).await;
+    expected.retain(|ch, _| ch == "all");
+    wait_for_expected(&mut browser, &expected, "before going offline").await;
+    browser
+        .call("offline", json!({"offline": true}), TIMEOUT)
+        .await;
+    produce_keyed(&producer, &topic, 110..130, &mut expected).await;
+    expected.retain(|ch, _| ch == "all");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        browser.eval("received.all.length").await,
+        10,
+        "nothing while offline"
+    );
+    streams(&mut browser).await;
+    browser
+        .call("offline", json!({"offline": false}), TIMEOUT)
+        .await;
+    wait_for_expected(&mut browser, &expected, "back online").await;
+    // On a new connection: the one from before may have died with the
+    // network it went over (a page moving from Wi-Fi to a phone's network)
+    // without the browser knowing for minutes.
+    let back = browser
+        .call("streams", json!({"reset": true}), TIMEOUT)
+        .await;
+    assert!(back["opened"].as_u64().unwrap() >= 1, "reconnected: {back}");
+    let took = browser
+        .eval("firstAfterOnline === null ? null : firstAfterOnline - onlineAt")
+        .await
+        .as_f64()
+        .expect("a record after the `online` event");
+    eprintln!("browser: first record {took:.0} ms after `online`");
+    assert!(
+        (0.0..1000.0).contains(&took),
+        "reconnected {took} ms after online"
+    );
+    assert_eq!(browser.eval("herald.transport").await, "ws");
+    let mut all = received_ns(&mut browser).await["all"].clone();
+    all.sort_unstable();
+    assert_eq!(all, (100..130).collect::<Vec<_>>());
+
+    // A hidden tab whose Herald restarts waits at least 5 s to reconnect (a
+    // visible one would within a second); shown again, it reconnects at
+    // once, nothing lost.
+    const VISIBILITY: &str = r#"(state) => {
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
+  if (state === "visible") {
+    window.shownAt = performance.now();
+    window.firstAfterShown = null;
+  }
+  document.dispatchEvent(new Event("visibilitychange"));
+  return true;
+}"#;
+    browser.eval(&format!("({VISIBILITY})('hidden')")).await;
+    node.stop().await;
+    node.restart().await;
+    streams(&mut browser).await;
+    produce_keyed(&producer, &topic, 130..140, &mut expected).await;
+    expected.retain(|ch, _| ch == "all");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hidden = browser
+        .call("streams", json!({"reset": true}), TIMEOUT)
+        .await;
+    assert_eq!(hidden["opened"], 0, "a hidden tab waits: {hidden}");
+    assert_eq!(browser.eval("herald.transport").await, Value::Null);
+    browser.eval(&format!("({VISIBILITY})('visible')")).await;
+    wait_for_expected(&mut browser, &expected, "shown again").await;
+    let took = browser
+        .eval("firstAfterShown === null ? null : firstAfterShown - shownAt")
+        .await
+        .as_f64()
+        .expect("a record after the tab was shown");
+    eprintln!("browser: first record {took:.0} ms after the tab was shown");
+    assert!(
+        (0.0..1000.0).contains(&took),
+        "reconnected {took} ms after shown"
+    );
+    let mut all = received_ns(&mut browser).await["all"].clone();
+    all.sort_unstable();
+    assert_eq!(all, (100..140).collect::<Vec<_>>());
+    browser.close().await;
+    node.shutdown().await;
+}
+
+/// Runs `program args` in `dir`, asserting it succeeds; its stdout.
+async fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        RECEIVE_TIMEOUT,
+        Command::new(program).args(args).current_dir(dir).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {args:?} timed out"))
+    .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {}: {}\n{stdout}\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The package as a user installs it: `npm pack` of `client/`, installed
+/// from the tarball into a scratch project with no registry; the typed
+/// example (`tests/browser/typed/example.ts`) passes `tsc --strict`
+/// against it; and Node imports it by its name and receives a record from
+/// Herald through it over SSE and polling (herald.js touches no browser
+/// global at import, and Node has fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_types_check_and_its_package_installs_and_works() {
+    let tsc = browser_dir().join("node_modules/typescript/bin/tsc");
+    assert!(
+        tsc.exists(),
+        "typescript is missing from tests/browser/node_modules: run scripts/test.sh, which runs `npm ci` there"
+    );
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("client");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(client.join("package.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["version"],
+        env!("CARGO_PKG_VERSION"),
+        "client/package.json has Herald's version"
+    );
+    let scratch = std::env::temp_dir().join(unique_topic("herald-package"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch_arg = scratch.to_str().unwrap();
+    let packed: Value = serde_json::from_str(
+        &run_in(
+            &client,
+            "npm",
+            &["pack", "--json", "--pack-destination", scratch_arg],
+        )
+        .await,
+    )
+    .unwrap();
+    let mut files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        ["herald-sw.js", "herald.d.ts", "herald.js", "package.json"],
+        "the package holds the client, its types and the service worker"
+    );
+    let tarball = format!("./{}", packed[0]["filename"].as_str().unwrap());
+    std::fs::write(
+        scratch.join("package.json"),
+        r#"{"name":"scratch","private":true,"type":"module"}"#,
+    )
+    .unwrap();
+    run_in(
+        &scratch,
+        "npm",
+        &["install", "--offline", "--no-audit", "--no-fund", &tarball],
+    )
+    .await;
+
+    std::fs::copy(
+        browser_dir().join("typed/example.ts"),
+        scratch.join("example.ts"),
+    )
+    .unwrap();
+    let tsc = tsc.to_str().unwrap();
+    run_in(
+        &scratch,
+        "node",
+        &[
+            tsc,
+            "--strict",
+            "--noEmit",
+            "--target",
+            "es2022",
+            "--module",
+            "nodenext",
+            "--moduleResolution",
+            "nodenext",
+            "--lib",
+            "es2022,dom",
+            "example.ts",
+        ],
+    )
+    .await;
+
+    let topic = unique_topic("browser-package");
+    create_topic(&topic, 1).await;
+    let node = Node::start(config(&[(&topic, "feed")]), &[(&topic, 1)]).await;
+    let script = format!(
+        r#"import {{ Herald }} from "herald-client";
+const got = {{}};
+for (const transport of ["sse", "poll"]) {{
+  const herald = new Herald({url:?}, {{ transports: [transport], pollWait: 5 }});
+  got[transport] = await new Promise((resolve) => {{
+    const sub = herald.subscribe("feed", {{ since: 0, onMessage: (m) => resolve(m.data) }});
+    herald.subscribe("other", {{ onError: () => {{}} }});
+  }});
+  herald.close();
+}}
+console.log(JSON.stringify(got));"#,
+        url = node.url(),
+    );
+    std::fs::write(scratch.join("use.mjs"), script).unwrap();
+    Producer::new().send_n(&topic, "k", 7).await;
+    let out = run_in(&scratch, "node", &["use.mjs"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap(),
+        json!({"sse": {"n": 7}, "poll": {"n": 7}}),
+        "{out}"
+    );
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scratch);
 }

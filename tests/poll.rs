@@ -253,3 +253,101 @@ async fn polls_read_back_from_kafka_honour_limit_and_stay_exact() {
     assert!(metric(addr, "herald_replay_records_total").await >= 100.0);
     herald.stop().await;
 }
+
+/// A `sub=` poll's messages and cursors, checked: at most `limit`
+/// messages, each channel's cursor its last message's.
+async fn poll_subs(
+    addr: std::net::SocketAddr,
+    query: &str,
+    limit: usize,
+) -> (Vec<serde_json::Value>, HashMap<String, String>) {
+    let (status, body) = poll(addr, query).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    assert!(
+        body.get("cursor").is_none(),
+        "one cursor per channel: {body}"
+    );
+    let messages = body["messages"].as_array().expect("messages").clone();
+    assert!(messages.len() <= limit, "limit {limit}: {body}");
+    let cursors: HashMap<String, String> = body["cursors"]
+        .as_object()
+        .expect("cursors")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("a cursor").to_owned()))
+        .collect();
+    for m in &messages {
+        let channel = m["channel"].as_str().unwrap();
+        let last = messages
+            .iter()
+            .rev()
+            .find(|l| l["channel"] == channel)
+            .unwrap();
+        assert_eq!(cursors[channel], last["cursor"].as_str().unwrap(), "{body}");
+    }
+    (messages, cursors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_polls_keep_a_cursor_per_channel() {
+    let (topic, herald) = herald_with_topic("poll-subs", 3, "user.{key}").await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+
+    // The live end: no messages, a cursor for each channel.
+    let (messages, mut cursors) = poll_subs(addr, "sub=user.k1&sub=user.k2", 100).await;
+    assert!(messages.is_empty());
+    assert_eq!(cursors.len(), 2);
+    for cursor in cursors.values() {
+        assert_eq!(Cursor::decode(cursor).unwrap().iter().count(), 3);
+    }
+    producer.send_keyed(&topic, 0..100, 10).await;
+    let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut polls = 0;
+    while got.values().map(Vec::len).sum::<usize>() < 20 {
+        let query = format!(
+            "sub=user.k1@{}&sub=user.k2@{}&limit=7&wait=5",
+            cursors["user.k1"], cursors["user.k2"]
+        );
+        let (messages, next) = poll_subs(addr, &query, 7).await;
+        assert!(!messages.is_empty(), "stalled");
+        for m in &messages {
+            got.entry(m["channel"].as_str().unwrap().into())
+                .or_default()
+                .push(m["data"]["n"].as_u64().unwrap());
+        }
+        cursors = next;
+        polls += 1;
+    }
+    assert_eq!(polls, 3, "7 + 7 + 6");
+    assert_eq!(
+        got["user.k1"],
+        (0..100).filter(|n| n % 10 == 1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got["user.k2"],
+        (0..100).filter(|n| n % 10 == 2).collect::<Vec<_>>()
+    );
+
+    // A third channel joins at the live end; a long poll returns as soon
+    // as any of them has a record, with exactly the new ones.
+    let query = format!(
+        "sub=user.k1@{}&sub=user.k2@{}&sub=user.k3",
+        cursors["user.k1"], cursors["user.k2"]
+    );
+    let (messages, joined) = poll_subs(addr, &query, 100).await;
+    assert!(messages.is_empty(), "nothing new yet");
+    let query = format!(
+        "sub=user.k1@{}&sub=user.k2@{}&sub=user.k3@{}&wait=10",
+        joined["user.k1"], joined["user.k2"], joined["user.k3"]
+    );
+    let waiting = tokio::spawn(async move { poll_subs(addr, &query, 100).await });
+    // Waiting: counted once subscribed, so the record is the live one.
+    wait_until_metric(addr, "herald_connections{transport=\"poll\"}", 1.0).await;
+    let started = Instant::now();
+    producer.send_n(&topic, "k3", 1003).await;
+    let (messages, _) = waiting.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(ns_json(&messages), [1003]);
+    assert_eq!(messages[0]["channel"], "user.k3");
+    herald.stop().await;
+}

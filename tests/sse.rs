@@ -345,3 +345,178 @@ async fn a_malformed_or_huge_stream_request_is_refused_with_a_reason() {
     assert_eq!(sse.status, 200);
     herald.stop().await;
 }
+
+/// The `n`s of `events` on `channel`, in the order they came.
+fn ns_on(events: &[Event], channel: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.json()["channel"] == channel)
+        .map(|e| e.json()["data"]["n"].as_u64().expect("n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_streams_resume_each_channel_from_its_own_cursor() {
+    let (topic, herald) = herald_with_topic("subs", 3, "user.{key}").await;
+    let addr = herald.local_addr();
+    let producer = Producer::new();
+
+    let mut first = Sse::connect(addr, "sub=user.k1&sub=user.k2", None).await;
+    let opening = first.last_id.clone().expect("the opening position");
+    producer.send_keyed(&topic, 0..100, 10).await;
+    let seen = first.messages(20).await;
+    assert_eq!(
+        ns_on(&seen, "user.k1"),
+        (0..100).filter(|n| n % 10 == 1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ns_on(&seen, "user.k2"),
+        (0..100).filter(|n| n % 10 == 2).collect::<Vec<_>>()
+    );
+    // Each envelope's cursor is its own channel's; `id:` is the stream's
+    // position: both subscriptions' cursors, in `sub=` order.
+    let opening = opening.split('.').map(str::to_owned).collect::<Vec<_>>();
+    let mut at: HashMap<String, String> = [
+        ("user.k1".to_owned(), opening[0].clone()),
+        ("user.k2".to_owned(), opening[1].clone()),
+    ]
+    .into();
+    for e in &seen {
+        let v = e.json();
+        at.insert(
+            v["channel"].as_str().unwrap().into(),
+            v["cursor"].as_str().unwrap().into(),
+        );
+        let id = e.id.as_deref().unwrap();
+        assert_eq!(id, format!("{}.{}", at["user.k1"], at["user.k2"]));
+    }
+    // Resume mid-way by Last-Event-ID: after the 7th event, exactly the rest.
+    let mid = seen[6].id.clone().unwrap();
+    assert_eq!(mid.split('.').count(), 2, "{mid}");
+    drop(first);
+    let mut by_id = Sse::connect(addr, "sub=user.k1&sub=user.k2", Some(&mid)).await;
+    let rest = by_id.messages(13).await;
+    for channel in ["user.k1", "user.k2"] {
+        assert_eq!(
+            ns_on(&seen[7..], channel),
+            ns_on(&rest, channel),
+            "{channel} resumes exactly"
+        );
+    }
+    drop(by_id);
+
+    // Each from its own cursor: k1 from its fifth message, k2 from its last,
+    // k3 (new) from the live end.
+    let k1_fifth = seen
+        .iter()
+        .filter(|e| e.json()["channel"] == "user.k1")
+        .nth(4)
+        .unwrap()
+        .json();
+    let query = format!(
+        "sub=user.k1@{}&sub=user.k2@{}&sub=user.k3",
+        k1_fifth["cursor"].as_str().unwrap(),
+        at["user.k2"]
+    );
+    let mut own = Sse::connect(addr, &query, None).await;
+    let k1_rest: Vec<u64> = (0..100).filter(|n| n % 10 == 1).skip(5).collect();
+    let caught_up = own.messages(k1_rest.len()).await;
+    assert_eq!(ns_on(&caught_up, "user.k1"), k1_rest);
+    producer.send_keyed(&topic, 100..200, 10).await;
+    let live = own.messages(30).await;
+    for (channel, key) in [("user.k1", 1), ("user.k2", 2), ("user.k3", 3)] {
+        assert_eq!(
+            ns_on(&live, channel),
+            (100..200).filter(|n| n % 10 == key).collect::<Vec<_>>(),
+            "{channel}"
+        );
+    }
+    assert_eq!(own.last_id.as_deref().unwrap().split('.').count(), 3);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sub_requests_get_400_naming_the_problem() {
+    let (_topic, herald) = herald_with_topic("subbad", 3, "user.{key}").await;
+    let addr = herald.local_addr();
+    let many: Vec<String> = (0..65).map(|k| format!("sub=user.k{k}")).collect();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "sub=user.k1&channel=user.k2".into(),
+            "conflicting_parameters",
+            "channel=",
+        ),
+        (
+            "sub=user.k1&cursor=hAA".into(),
+            "conflicting_parameters",
+            "cursor=",
+        ),
+        (
+            "sub=user.k1&since=5".into(),
+            "conflicting_parameters",
+            "since=",
+        ),
+        (
+            "sub=user.k1&sub=user.k1@hAA".into(),
+            "conflicting_parameters",
+            "\"user.k1\" twice",
+        ),
+        (
+            "sub=user.k1@garbage".into(),
+            "invalid_cursor",
+            "sub=\"user.k1\"",
+        ),
+        (
+            "sub=user.k2@since:yesterday".into(),
+            "invalid_since",
+            "sub=\"user.k2\"",
+        ),
+        ("sub=nope".into(), "unknown_channel", "\"nope\""),
+        (
+            many.join("&"),
+            "too_many_channels",
+            "limits.max_channels_per_connection",
+        ),
+    ];
+    for (query, code, needle) in cases {
+        let sse = Sse::connect(addr, &query, None).await;
+        assert_eq!(sse.status, 400, "{query}");
+        let body = sse.error_body().await;
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{query}: {message:?} should mention {needle}"
+        );
+    }
+    // A refusal of one `sub=` names its channel, for the client to tell
+    // which subscription is refused.
+    for (query, channel) in [
+        ("sub=user.k0&sub=user.k1@garbage", "user.k1"),
+        ("sub=user.k0&sub=nope", "nope"),
+    ] {
+        let body = Sse::connect(addr, query, None).await.error_body().await;
+        assert_eq!(body["error"]["channel"], channel, "{query}: {body}");
+    }
+    // A Last-Event-ID must hold one cursor per `sub=`.
+    let opened = Sse::connect(addr, "sub=user.k1", None).await;
+    let one = opened.last_id.clone().unwrap();
+    let sse = Sse::connect(addr, "sub=user.k1&sub=user.k2", Some(&one)).await;
+    assert_eq!(sse.status, 400);
+    let body = sse.error_body().await;
+    assert_eq!(body["error"]["code"], "invalid_cursor", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 cursors for 2"),
+        "{body}"
+    );
+    // A poll refuses the same way.
+    let (status, body) = poll(addr, "sub=user.k1&sub=user.k1").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("conflicting_parameters"))
+    );
+    herald.stop().await;
+}

@@ -78,6 +78,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The channel the refusal is about, in a request for several channels
+    /// each on its own (`sub=`): rendered as `"channel"` beside `code`, so
+    /// a client can tell which of its subscriptions is refused.
+    pub channel: Option<String>,
 }
 
 impl ApiError {
@@ -90,7 +94,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            channel: None,
         }
+    }
+
+    /// This refusal, about `channel` (see [`ApiError::channel`]).
+    pub fn for_channel(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_owned());
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -104,8 +115,11 @@ impl ApiError {
             .http_errors
             .with_label_values(&[self.status.as_str(), self.code])
             .inc();
-        let body =
-            serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string();
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(channel) = self.channel {
+            error["channel"] = channel.into();
+        }
+        let body = serde_json::json!({ "error": error }).to_string();
         let mut response = full(self.status, "application/json", body);
         if self.status == StatusCode::UNAUTHORIZED {
             response

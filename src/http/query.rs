@@ -22,9 +22,10 @@ pub struct Accepts {
     pub channel_required: bool,
 }
 
-/// `/sse`: a stream needs its channels up front.
+/// `/sse`: a stream needs its channels up front (`channel=`, or `sub=`
+/// for one cursor per channel).
 pub const SSE_PARAMS: Accepts = Accepts {
-    names: &["channel", "cursor", "since", "token"],
+    names: &["channel", "cursor", "since", "token", "sub"],
     channel_required: true,
 };
 
@@ -37,7 +38,9 @@ pub const WS_PARAMS: Accepts = Accepts {
 
 /// `/poll`: as SSE, plus `limit` and `wait`.
 pub const POLL_PARAMS: Accepts = Accepts {
-    names: &["channel", "cursor", "since", "token", "limit", "wait"],
+    names: &[
+        "channel", "cursor", "since", "token", "limit", "wait", "sub",
+    ],
     channel_required: true,
 };
 
@@ -73,6 +76,55 @@ pub struct StreamParams {
     pub limit: Option<String>,
     /// Polling: seconds to wait for a first message (a long poll).
     pub wait: Option<String>,
+    /// The `sub=` values, in their order: one subscription each, with its
+    /// own cursor (SSE and polling; see [`SubParam`]). Never given together
+    /// with `channel=`, `cursor=` or `since=`.
+    pub subs: Vec<SubParam>,
+}
+
+/// One `sub=CHANNEL[@CURSOR|@since:SINCE]` value: a channel, and where its
+/// own subscription starts. The value is split at its last `@` (a cursor
+/// never holds one); without an `@`, or with nothing after it, the
+/// subscription starts at the live end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubParam {
+    pub channel: String,
+    pub cursor: Option<String>,
+    pub since: Option<String>,
+}
+
+impl SubParam {
+    fn parse(value: &str) -> SubParam {
+        let (channel, position) = value.rsplit_once('@').unwrap_or((value, ""));
+        let (cursor, since) = match position.strip_prefix("since:") {
+            Some(since) => (None, Some(since.to_owned())),
+            None if position.is_empty() => (None, None),
+            None => (Some(position.to_owned()), None),
+        };
+        SubParam {
+            channel: channel.to_owned(),
+            cursor,
+            since,
+        }
+    }
+}
+
+/// What separates the subscriptions' cursors in the position of a `sub=`
+/// stream (its SSE `id:`, which `Last-Event-ID` brings back): a character
+/// no cursor holds.
+const POSITION_SEPARATOR: char = '.';
+
+/// The position of a `sub=` stream: its subscriptions' cursors, in the
+/// order of its `sub=` values, joined by `.`.
+pub fn stream_position<'a>(cursors: impl IntoIterator<Item = &'a str>) -> String {
+    let mut position = String::new();
+    for (i, cursor) in cursors.into_iter().enumerate() {
+        if i > 0 {
+            position.push(POSITION_SEPARATOR);
+        }
+        position.push_str(cursor);
+    }
+    position
 }
 
 impl StreamParams {
@@ -130,6 +182,30 @@ impl StreamParams {
                     params.channels.push(value.into_owned());
                     continue;
                 }
+                "sub" => {
+                    let sub = SubParam::parse(&value);
+                    if params.subs.iter().any(|s| s.channel == sub.channel) {
+                        return Err(ApiError::bad_request(
+                            "conflicting_parameters",
+                            format!(
+                                "sub= names the channel {:?} twice; give each channel once, with one cursor",
+                                sub.channel
+                            ),
+                        )
+                        .for_channel(&sub.channel));
+                    }
+                    if params.subs.len() == limits.max_channels {
+                        return Err(ApiError::bad_request(
+                            "too_many_channels",
+                            format!(
+                                "more than {} channels requested (limits.max_channels_per_connection)",
+                                limits.max_channels
+                            ),
+                        ));
+                    }
+                    params.subs.push(sub);
+                    continue;
+                }
                 "cursor" => Some(&mut params.cursor),
                 "since" => Some(&mut params.since),
                 "token" => Some(&mut params.token),
@@ -155,7 +231,15 @@ impl StreamParams {
             }
             *slot = Some(value.into_owned());
         }
-        if accepts.channel_required && params.channels.is_empty() {
+        if !params.subs.is_empty()
+            && (!params.channels.is_empty() || params.cursor.is_some() || params.since.is_some())
+        {
+            return Err(ApiError::bad_request(
+                "conflicting_parameters",
+                "sub= is given with channel=, cursor= or since=: give every channel as sub=CHANNEL[@CURSOR], each with its own cursor, or use channel= with one cursor for all",
+            ));
+        }
+        if accepts.channel_required && params.channels.is_empty() && params.subs.is_empty() {
             return Err(ApiError::bad_request(
                 "missing_channel",
                 "at least one channel= parameter is required",
@@ -172,6 +256,47 @@ impl StreamParams {
         }
         start_at(self.cursor.as_deref(), self.since.as_deref())
     }
+
+    /// Where each `sub=` subscription starts, in their order. `resume` (the
+    /// `Last-Event-ID` header for SSE), when given, is a stream position
+    /// (see [`stream_position`]) and wins over every `sub=` value's own:
+    /// it must hold one cursor per `sub=`.
+    pub fn sub_starts(&self, resume: Option<&str>) -> Result<Vec<(String, Start)>, ApiError> {
+        if let Some(resume) = resume.filter(|c| !c.is_empty()) {
+            let cursors: Vec<&str> = resume.split(POSITION_SEPARATOR).collect();
+            if cursors.len() != self.subs.len() {
+                return Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    format!(
+                        "Last-Event-ID holds {} cursors for {} sub= subscriptions: it must be the id: of an event of a stream with these sub= values",
+                        cursors.len(),
+                        self.subs.len()
+                    ),
+                ));
+            }
+            return self
+                .subs
+                .iter()
+                .zip(cursors)
+                .map(|(sub, cursor)| Ok((sub.channel.clone(), sub_start(sub, Some(cursor), None)?)))
+                .collect();
+        }
+        self.subs
+            .iter()
+            .map(|sub| {
+                let start = sub_start(sub, sub.cursor.as_deref(), sub.since.as_deref())?;
+                Ok((sub.channel.clone(), start))
+            })
+            .collect()
+    }
+}
+
+/// [`start_at`], with the channel named in a refusal.
+fn sub_start(sub: &SubParam, cursor: Option<&str>, since: Option<&str>) -> Result<Start, ApiError> {
+    start_at(cursor, since).map_err(|mut e| {
+        e.message = format!("sub={:?}: {}", sub.channel, e.message);
+        e.for_channel(&sub.channel)
+    })
 }
 
 /// Where a subscription starts, from a cursor or a `since` (at most one
@@ -288,6 +413,42 @@ mod tests {
             assert_eq!(e.code, "conflicting_parameters", "{name}");
             assert!(e.message.starts_with(&format!("{name}=")), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_sub_is_split_at_its_last_at_sign() {
+        let sub = |channel: &str, cursor: Option<&str>, since: Option<&str>| SubParam {
+            channel: channel.into(),
+            cursor: cursor.map(Into::into),
+            since: since.map(Into::into),
+        };
+        let p = StreamParams::parse(
+            Some("sub=a&sub=b@hAA&sub=c@&sub=d@since:5&sub=e%40x@hBB&sub=f@g@"),
+            QueryLimits {
+                max_channels: 8,
+                ..LIMITS
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.subs,
+            [
+                sub("a", None, None),
+                sub("b", Some("hAA"), None),
+                sub("c", None, None),
+                sub("d", None, Some("5")),
+                sub("e@x", Some("hBB"), None),
+                sub("f@g", None, None),
+            ]
+        );
+        assert!(p.channels.is_empty());
+        // A stream position holds one cursor per `sub=`, in order.
+        let starts = p.sub_starts(Some("hAA.hAA.hAA.hAA.hAA.hAA")).unwrap();
+        assert!(starts.iter().all(|(_, s)| matches!(s, Start::Cursor(_))));
+        assert_eq!(stream_position(["hA", "hB"]), "hA.hB");
+        let e = p.sub_starts(Some("hAA.hAA")).unwrap_err();
+        assert_eq!(e.code, "invalid_cursor");
+        assert!(e.message.contains("2 cursors for 6"), "{}", e.message);
     }
 
     #[test]

@@ -2,12 +2,18 @@
 //! to a wire format. Cursor rules, history and resume live in the hub; the
 //! query parameters, errors and bodies they share live in `http`.
 //!
-//! - [`sse`] — `GET /sse`: one stream, one cursor for all its channels.
+//! - [`sse`] — `GET /sse`: one stream, one cursor for all its channels
+//!   (`channel=`), or one per channel (`sub=`).
 //! - [`ws`] — `GET /ws`: JSON frames, one subscription (and cursor) per channel.
-//! - [`poll`] — `GET /poll`: short and long polls, one cursor per request.
+//! - [`poll`] — `GET /poll`: short and long polls, one cursor per request
+//!   (`channel=`), or one per channel (`sub=`).
+//!
+//! A connection holding one hub subscription per channel (a WebSocket, a
+//! `sub=` stream or poll) keeps them in the table of `subscriptions`.
 
 pub mod poll;
 pub mod sse;
+mod subscriptions;
 pub mod ws;
 
 use std::time::{SystemTime, UNIX_EPOCH};

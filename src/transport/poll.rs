@@ -8,6 +8,12 @@
 //! waits (a long poll) until a first message arrives, `wait` runs out or
 //! the server shuts down or drains (a revoked token's subject: `401
 //! token_revoked`).
+//!
+//! `GET /poll?sub=CHANNEL[@CURSOR]&sub=…` polls several channels at once,
+//! each a subscription of its own from its own cursor (the WebSocket's
+//! table, `Multiplexed`): the answer is
+//! `{"messages":[…],"cursors":{"CHANNEL":"…",…}}`, each envelope's
+//! `cursor` its channel's, and `limit` counts the messages of all of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +21,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
+use super::subscriptions::{Event, Multiplexed};
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::access;
@@ -34,7 +41,11 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         QueryLimits::of(&app.config()),
     )?;
     let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
-    reader.authorize(app, &params.channels)?;
+    if params.subs.is_empty() {
+        reader.authorize(app, &params.channels)?;
+    } else {
+        Multiplexed::authorize(app, &reader, &params.subs)?;
+    }
     let config = &app.config().poll;
     let limit = match params.limit.as_deref() {
         None => config.default_limit,
@@ -46,7 +57,17 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
     };
     // A long poll returns when its token expires; the next one is refused.
     let wait = reader.time_left().map_or(wait, |left| wait.min(left));
-    let start = params.start(None)?;
+    // Checked before a place is taken, as `start` is below.
+    let sub_starts = if params.subs.is_empty() {
+        None
+    } else {
+        Some(params.sub_starts(None)?)
+    };
+    let start = if sub_starts.is_none() {
+        params.start(None)?
+    } else {
+        crate::hub::Start::Live
+    };
     // A long poll holds a place for as long as it waits.
     let _long_poll = if wait.is_zero() {
         None
@@ -62,6 +83,11 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
             )
         })?)
     };
+    if let Some(starts) = sub_starts {
+        let many =
+            Multiplexed::subscribe(app, starts, ClientAddr::of(req), SubscriberKind::Poll).await?;
+        return poll_many(app, &reader, many, limit, wait).await;
+    }
     let mut subscription = app
         .hub
         .subscribe_from(&params.channels, start, ClientAddr::of(req))
@@ -100,15 +126,75 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         return Err(replay_failed(subscription.failure()));
     }
     observe_delivered(&app.metrics, TRANSPORT, &taken.messages);
-    let mut response = full(
-        StatusCode::OK,
-        "application/json",
-        taken.encode(&subscription.cursor()),
-    );
+    Ok(answer(taken.encode(&subscription.cursor())))
+}
+
+/// A `sub=` poll: what its subscriptions can deliver now, up to `limit`
+/// messages in all; with `wait` and nothing yet, what the first of them
+/// to get something delivers, then what the others have by then.
+async fn poll_many(
+    app: &Arc<App>,
+    reader: &access::Reader,
+    mut many: Multiplexed,
+    limit: usize,
+    wait: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let _gauge = ConnectionGauge::new(&app.metrics, TRANSPORT);
+    let mut taken = Taken::default();
+    let mut closed = taken.ready_many(&mut many, limit).await;
+    if taken.is_empty() && closed.is_none() && !wait.is_zero() {
+        // As for one channel: shutdown and a drain answer the poll now; a
+        // revoked token refuses it.
+        let end = app.ends.watch(reader.subject());
+        tokio::select! {
+            biased;
+            reason = end.ended() => {
+                if reason == EndReason::Revoked {
+                    return Err(token_revoked());
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            outbound = std::future::poll_fn(|cx| many.table.poll_next_up_to(cx, limit)) => {
+                match outbound.event {
+                    Event::Batch { gaps, .. } => {
+                        taken.gaps.extend(gaps);
+                        taken.messages.append(&mut many.table.batch);
+                        closed = taken.ready_many(&mut many, limit).await;
+                    }
+                    Event::Ended { reason, failure } => {
+                        closed = Some((reason, failure.map(|f| format!("sub={:?}: {f}", outbound.channel))));
+                    }
+                    // Every subscription was made before the poll began.
+                    Event::Subscribed(_) | Event::Refused(_) => {}
+                }
+            }
+        }
+    }
+    if taken.is_empty()
+        && let Some((CloseReason::ReplayFailed, failure)) = closed
+    {
+        return Err(replay_failed(failure.as_deref()));
+    }
+    observe_delivered(&app.metrics, TRANSPORT, &taken.messages);
+    // Every subscription's cursor now, which covers exactly what was taken.
+    let live: Vec<(Arc<str>, String)> = many
+        .table
+        .live_mut()
+        .map(|(channel, subscription)| (channel.clone(), subscription.cursor()))
+        .collect();
+    for (channel, cursor) in &live {
+        many.advance(channel, cursor);
+    }
+    Ok(answer(taken.encode_many(&many.cursors_json())))
+}
+
+/// A poll's `200`, never cached.
+fn answer(body: bytes::Bytes) -> Response<Body> {
+    let mut response = full(StatusCode::OK, "application/json", body);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// What one poll hands back.
@@ -151,9 +237,61 @@ impl Taken {
         None
     }
 
+    /// [`Taken::ready`] for each of a `sub=` poll's subscriptions in turn,
+    /// up to `limit` messages in all. Returns why one ended, if one did (and
+    /// the failure, naming its channel).
+    async fn ready_many(
+        &mut self,
+        many: &mut Multiplexed,
+        limit: usize,
+    ) -> Option<(CloseReason, Option<String>)> {
+        for (channel, subscription) in many.table.live_mut() {
+            if self.messages.len() >= limit {
+                break;
+            }
+            if let Some(reason) = self.ready(subscription, limit).await {
+                let failure = subscription
+                    .failure()
+                    .map(|f| format!("sub={channel:?}: {f}"));
+                return Some((reason, failure));
+            }
+        }
+        None
+    }
+
+    /// `{"messages":[…],"cursors":{…}[,"gap":[…]]}`, a `sub=` poll's answer.
+    fn encode_many(&self, cursors: &serde_json::Value) -> bytes::Bytes {
+        let mut buf = BytesMut::from(&self.encode_messages()[..]);
+        buf.put_slice(b",\"cursors\":");
+        buf.put_slice(cursors.to_string().as_bytes());
+        self.put_gaps(&mut buf);
+        buf.put_u8(b'}');
+        buf.freeze()
+    }
+
     /// `{"messages":[…],"cursor":"…"[,"gap":[…]]}`, the envelopes copied
     /// from their shared encoding.
     fn encode(&self, cursor: &str) -> bytes::Bytes {
+        let mut buf = self.encode_messages();
+        buf.put_slice(b",\"cursor\":\"");
+        // Cursors are URL-safe ASCII: nothing to escape.
+        buf.put_slice(cursor.as_bytes());
+        buf.put_u8(b'"');
+        self.put_gaps(&mut buf);
+        buf.put_u8(b'}');
+        buf.freeze()
+    }
+
+    fn put_gaps(&self, buf: &mut BytesMut) {
+        if !self.gaps.is_empty() {
+            let gaps: Vec<serde_json::Value> = self.gaps.iter().map(Gap::to_json).collect();
+            buf.put_slice(b",\"gap\":");
+            buf.put_slice(serde_json::Value::from(gaps).to_string().as_bytes());
+        }
+    }
+
+    /// `{"messages":[…]`, the envelopes copied from their shared encoding.
+    fn encode_messages(&self) -> BytesMut {
         let size: usize = self
             .messages
             .iter()
@@ -162,7 +300,7 @@ impl Taken {
                 e.head.len() + d.cursor.len() + e.tail.len() + 1
             })
             .sum();
-        let mut buf = BytesMut::with_capacity(size + cursor.len() + 64);
+        let mut buf = BytesMut::with_capacity(size + 128);
         buf.put_slice(b"{\"messages\":[");
         for (i, d) in self.messages.iter().enumerate() {
             if i > 0 {
@@ -173,17 +311,8 @@ impl Taken {
             buf.put_slice(d.cursor.as_bytes());
             buf.put_slice(&e.tail);
         }
-        buf.put_slice(b"],\"cursor\":\"");
-        // Cursors are URL-safe ASCII: nothing to escape.
-        buf.put_slice(cursor.as_bytes());
-        buf.put_u8(b'"');
-        if !self.gaps.is_empty() {
-            let gaps: Vec<serde_json::Value> = self.gaps.iter().map(Gap::to_json).collect();
-            buf.put_slice(b",\"gap\":");
-            buf.put_slice(serde_json::Value::from(gaps).to_string().as_bytes());
-        }
-        buf.put_u8(b'}');
-        buf.freeze()
+        buf.put_u8(b']');
+        buf
     }
 }
 

@@ -1,4 +1,5 @@
-//! Server-Sent Events: `GET /sse?channel=…[&cursor=…]`.
+//! Server-Sent Events: `GET /sse?channel=…[&cursor=…]`, or
+//! `GET /sse?sub=CHANNEL[@CURSOR]&sub=…` for one cursor per channel.
 //!
 //! The stream opens with `retry:` and a `subscribed` event carrying the
 //! starting cursor as its `id:` (so a browser that reconnects before any
@@ -8,6 +9,13 @@
 //! too far behind, or the operator disconnects its token's subject, a
 //! final `event: reconnect` says why and the stream ends; the browser
 //! reconnects by itself with `Last-Event-ID`.
+//!
+//! In the `sub=` form each channel is a hub subscription of its own (the
+//! WebSocket's table of subscriptions, `Multiplexed`), so a page shares
+//! one stream between subscriptions that each keep their own cursor: an
+//! envelope's `cursor` is its channel's, and `id:` is the stream's
+//! position, every subscription's cursor in `sub=` order (see
+//! `docs/protocol.md`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,6 +27,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 
+use super::subscriptions::{Event, Multiplexed};
 use super::{ConnectionGauge, observe_delivered};
 use crate::app::App;
 use crate::http::access;
@@ -26,7 +35,7 @@ use crate::http::error::ApiError;
 use crate::http::limits::ClientAddr;
 use crate::http::query::{QueryLimits, StreamParams};
 use crate::http::response::Body;
-use crate::hub::{CloseReason, Delivery, SubscriberKind, Subscription};
+use crate::hub::{CloseReason, Delivery, Gap, SubscriberKind, Subscription};
 use crate::metrics::Metrics;
 use crate::stream_ends::EndSignal;
 
@@ -39,7 +48,6 @@ const TRANSPORT: &str = "sse";
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config()))?;
     let reader = access::authenticate(app, req.headers(), params.token.as_deref()).await?;
-    reader.authorize(app, &params.channels)?;
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -48,23 +56,32 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
                 .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not ASCII"))
         })
         .transpose()?;
-    let start = params.start(last_event_id)?;
-    let subscription = app
-        .hub
-        .subscribe_from(&params.channels, start, ClientAddr::of(req))
-        .await?;
-    subscription.count_as(SubscriberKind::Sse);
+    let retry_ms = app.config().sse.retry.as_millis();
+    let (source, opening) = if params.subs.is_empty() {
+        reader.authorize(app, &params.channels)?;
+        let start = params.start(last_event_id)?;
+        let subscription = app
+            .hub
+            .subscribe_from(&params.channels, start, ClientAddr::of(req))
+            .await?;
+        subscription.count_as(SubscriberKind::Sse);
+        let opening = opening(retry_ms, subscription.channels(), &subscription.cursor());
+        (Source::One(subscription), opening)
+    } else {
+        Multiplexed::authorize(app, &reader, &params.subs)?;
+        let starts = params.sub_starts(last_event_id)?;
+        let many =
+            Multiplexed::subscribe(app, starts, ClientAddr::of(req), SubscriberKind::Sse).await?;
+        let opening = opening_many(retry_ms, &many);
+        (Source::Many(many), opening)
+    };
 
     let mut heartbeat = tokio::time::interval(app.config().sse.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.reset();
     let stream = SseStream {
-        opening: Some(opening(
-            app.config().sse.retry.as_millis(),
-            subscription.channels(),
-            &subscription.cursor(),
-        )),
-        subscription,
+        opening: Some(opening),
+        source,
         heartbeat,
         expiry: reader.time_left().map(|d| Box::pin(tokio::time::sleep(d))),
         end: app.ends.watch(reader.subject()),
@@ -107,8 +124,40 @@ fn opening(retry_ms: u128, channels: &[Arc<str>], cursor: &str) -> Bytes {
     ))
 }
 
+/// The `sub=` form's opening: as [`opening`], with the stream's position
+/// as `id:` and `cursor`, and each subscription's own cursor in `cursors`.
+fn opening_many(retry_ms: u128, many: &Multiplexed) -> Bytes {
+    let position = many.position();
+    let data = serde_json::json!({
+        "channels": many.channels().collect::<Vec<_>>(),
+        "cursor": position,
+        "cursors": many.cursors_json(),
+    });
+    Bytes::from(format!(
+        "retry: {retry_ms}\nevent: subscribed\nid: {position}\ndata: {data}\n\n"
+    ))
+}
+
+/// What a stream delivers from: one subscription for all its channels
+/// (`channel=`), or one per channel (`sub=`).
+// Most streams are `One`: boxing it would add an allocation per stream
+// to save a `Many` stream a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    One(Subscription),
+    Many(Multiplexed),
+}
+
+/// How a source's next batch went.
+enum Next {
+    /// A chunk to write.
+    Chunk(Bytes),
+    /// The stream ends, after this last chunk if any.
+    End(Option<Bytes>),
+}
+
 struct SseStream {
-    subscription: Subscription,
+    source: Source,
     opening: Option<Bytes>,
     heartbeat: Interval,
     /// When the token the stream was opened with expires; only a stream
@@ -151,53 +200,125 @@ impl SseStream {
                 self.done = true;
                 Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"token_expired\"}\n\n"))
             }
-            closed = self.subscription.next_batch(&mut self.batch, MAX_BATCH) => match closed {
-                Ok(()) => Some(self.encode_batch()),
-                Err(CloseReason::Slow) => {
+            next = Self::next_batch(&mut self.source, &mut self.batch, &self.metrics) => match next {
+                Next::Chunk(chunk) => Some(chunk),
+                Next::End(last) => {
                     self.done = true;
-                    Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"slow_consumer\"}\n\n"))
+                    last
                 }
-                Err(CloseReason::ReplayFailed) => {
-                    self.done = true;
-                    let data = serde_json::json!({
-                        "reason": "replay_failed",
-                        "message": self.subscription.failure().unwrap_or_default(),
-                    });
-                    Some(Bytes::from(format!("event: reconnect\ndata: {data}\n\n")))
-                }
-                Err(CloseReason::Gone) => None,
             },
             _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
         }
     }
 
-    fn encode_batch(&mut self) -> Bytes {
-        let mut buf = BytesMut::new();
-        // Gaps come before the messages after them, with the cursor that
-        // steps over the lost offsets.
-        let gaps = self.subscription.take_gaps();
-        if !gaps.is_empty() {
-            let cursor = self.subscription.cursor();
-            for gap in gaps {
-                buf.put_slice(
-                    format!("event: gap\nid: {cursor}\ndata: {}\n\n", gap.to_json()).as_bytes(),
-                );
+    /// Waits for the source's next batch and encodes it.
+    async fn next_batch(source: &mut Source, batch: &mut Vec<Delivery>, metrics: &Metrics) -> Next {
+        match source {
+            Source::One(subscription) => match subscription.next_batch(batch, MAX_BATCH).await {
+                Ok(()) => Next::Chunk(encode_one(subscription, batch, metrics)),
+                Err(reason) => Next::End(ended(reason, subscription.failure(), None)),
+            },
+            Source::Many(many) => {
+                let outbound = std::future::poll_fn(|cx| many.table.poll_next(cx)).await;
+                match outbound.event {
+                    Event::Batch { gaps, cursor } => {
+                        let batch = std::mem::take(&mut many.table.batch);
+                        let chunk = encode_many(many, &outbound.channel, gaps, &cursor, &batch);
+                        observe_delivered(metrics, TRANSPORT, &batch);
+                        many.table.batch = batch;
+                        Next::Chunk(chunk)
+                    }
+                    Event::Ended { reason, failure } => {
+                        many.ended_slow |= reason == CloseReason::Slow;
+                        Next::End(ended(reason, failure.as_deref(), Some(&outbound.channel)))
+                    }
+                    // Every subscription is made before the stream opens,
+                    // and announced by its opening.
+                    Event::Subscribed(_) | Event::Refused(_) => Next::Chunk(Bytes::new()),
+                }
             }
         }
-        for d in &self.batch {
-            let env = d.publication.envelope();
-            buf.reserve(2 * d.cursor.len() + env.head.len() + env.tail.len() + 16);
-            buf.put_slice(b"id: ");
-            buf.put_slice(d.cursor.as_bytes());
-            buf.put_slice(b"\ndata: ");
-            buf.put_slice(&env.head);
-            buf.put_slice(d.cursor.as_bytes());
-            buf.put_slice(&env.tail);
-            buf.put_slice(b"\n\n");
-        }
-        observe_delivered(&self.metrics, TRANSPORT, &self.batch);
-        buf.freeze()
     }
+}
+
+/// The last event of a stream whose subscription (of `channel`, in the
+/// `sub=` form) ended for `reason`; `None` when the hub is gone.
+fn ended(reason: CloseReason, failure: Option<&str>, channel: Option<&str>) -> Option<Bytes> {
+    match reason {
+        CloseReason::Slow => Some(Bytes::from_static(
+            b"event: reconnect\ndata: {\"reason\":\"slow_consumer\"}\n\n",
+        )),
+        CloseReason::ReplayFailed => {
+            let failure = failure.unwrap_or_default();
+            let message = match channel {
+                Some(channel) => format!("sub={channel:?}: {failure}"),
+                None => failure.to_owned(),
+            };
+            let data = serde_json::json!({"reason": "replay_failed", "message": message});
+            Some(Bytes::from(format!("event: reconnect\ndata: {data}\n\n")))
+        }
+        CloseReason::Gone => None,
+    }
+}
+
+/// A `channel=` stream's batch: gaps first, with the cursor that steps
+/// over the lost offsets, then each message with its cursor as `id:`.
+fn encode_one(subscription: &mut Subscription, batch: &[Delivery], metrics: &Metrics) -> Bytes {
+    let mut buf = BytesMut::new();
+    let gaps = subscription.take_gaps();
+    if !gaps.is_empty() {
+        let cursor = subscription.cursor();
+        for gap in gaps {
+            buf.put_slice(
+                format!("event: gap\nid: {cursor}\ndata: {}\n\n", gap.to_json()).as_bytes(),
+            );
+        }
+    }
+    for d in batch {
+        put_message(&mut buf, d.cursor.as_bytes(), d);
+    }
+    observe_delivered(metrics, TRANSPORT, batch);
+    buf.freeze()
+}
+
+/// A `sub=` stream's batch for `channel`: gaps first (their data carrying
+/// the channel's cursor after them), then each message; every event's
+/// `id:` is the stream's position after it.
+fn encode_many(
+    many: &mut Multiplexed,
+    channel: &str,
+    gaps: Vec<Gap>,
+    gap_cursor: &str,
+    batch: &[Delivery],
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    if !gaps.is_empty() {
+        many.advance(channel, gap_cursor);
+        let position = many.position();
+        for gap in gaps {
+            let mut data = gap.to_json();
+            data["cursor"] = gap_cursor.into();
+            buf.put_slice(format!("event: gap\nid: {position}\ndata: {data}\n\n").as_bytes());
+        }
+    }
+    for d in batch {
+        many.advance(channel, &d.cursor);
+        put_message(&mut buf, many.position().as_bytes(), d);
+    }
+    buf.freeze()
+}
+
+/// `id: ID`, then the envelope with this subscriber's cursor as `data:`.
+fn put_message(buf: &mut BytesMut, id: &[u8], d: &Delivery) {
+    let env = d.publication.envelope();
+    buf.reserve(id.len() + d.cursor.len() + env.head.len() + env.tail.len() + 16);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id);
+    buf.put_slice(b"\ndata: ");
+    buf.put_slice(&env.head);
+    buf.put_slice(d.cursor.as_bytes());
+    buf.put_slice(&env.tail);
+    buf.put_slice(b"\n\n");
 }
 
 /// A stream whose subscriber the hub cut off as slow is counted once, when it
@@ -205,7 +326,11 @@ impl SseStream {
 /// connection was closed for taking no data at all (`http.write_timeout`).
 impl Drop for SseStream {
     fn drop(&mut self) {
-        if self.subscription.is_cut_off_as_slow() {
+        let slow = match &self.source {
+            Source::One(subscription) => subscription.is_cut_off_as_slow(),
+            Source::Many(many) => many.is_cut_off_as_slow(),
+        };
+        if slow {
             self.metrics
                 .slow_disconnects
                 .with_label_values(&[TRANSPORT])

@@ -19,6 +19,13 @@
 //                             headers are recorded
 //   release_requests {}       let held (and later) requests through
 //   requests {}               the recorded [{url, headers}]
+//   streams {reset}           the page's requests to /sse, /poll and /ws
+//                             from the browser's own network log: those
+//                             open now, the most open at once and how many
+//                             were opened since the last reset ({open:
+//                             [url], max, opened})
+//   reload {}                 reload the page and wait for the load event
+//   offline {offline}         Chromium's network emulation: offline or not
 //   viewport {width, height}
 //   screenshot {path}
 //   close {}                  close the browser and exit
@@ -77,6 +84,26 @@ const page = context.pages()[0] || (await context.newPage());
 page.on("console", (m) => log(`console.${m.type()}: ${m.text()}`));
 page.on("pageerror", (e) => log(`pageerror: ${e.message}`));
 
+// The page's connections to Herald's transports as the network log shows
+// them: a request counts from its start until it finished or failed, a
+// WebSocket until it closed.
+const STREAM = /\/(sse|poll|ws)(\?|$)/;
+const open = new Set();
+let maxOpen = 0;
+let openedCount = 0;
+const opened = (key) => {
+  open.add(key);
+  openedCount += 1;
+  maxOpen = Math.max(maxOpen, open.size);
+};
+page.on("request", (r) => STREAM.test(new URL(r.url()).pathname + "?") && opened(r));
+page.on("requestfinished", (r) => open.delete(r));
+page.on("requestfailed", (r) => open.delete(r));
+page.on("websocket", (ws) => {
+  opened(ws);
+  ws.on("close", () => open.delete(ws));
+});
+
 let held = []; // resolve functions of held requests
 let holding = false;
 let recorded = [];
@@ -123,6 +150,22 @@ const ops = {
   },
   async requests() {
     return recorded.map((r) => ({ url: r.url(), headers: r.headers() }));
+  },
+  async streams({ reset }) {
+    const answer = { open: [...open].map((r) => r.url()), max: maxOpen, opened: openedCount };
+    if (reset) {
+      maxOpen = open.size;
+      openedCount = 0;
+    }
+    return answer;
+  },
+  async reload() {
+    await page.reload({ waitUntil: "load" });
+    return page.url();
+  },
+  async offline({ offline }) {
+    await context.setOffline(!!offline);
+    return true;
   },
   async viewport({ width, height }) {
     await page.setViewportSize({ width, height });

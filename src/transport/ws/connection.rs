@@ -22,7 +22,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::TRANSPORT;
 use super::frame::{message_frame, text_frame, truncate};
 use super::protocol::{ClientMessage, error_json};
-use super::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::app::App;
 use crate::http::access::{self, Reader};
 use crate::http::access_log::AccessEntry;
@@ -30,6 +29,7 @@ use crate::http::error::replay_failed;
 use crate::http::query::start_at;
 use crate::hub::{CloseReason, SubscriberKind};
 use crate::stream_ends::{EndReason, EndSignal};
+use crate::transport::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::transport::{ConnectionGauge, observe_delivered};
 
 /// The output buffer keeps its allocation between rounds up to this size,

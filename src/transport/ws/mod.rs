@@ -28,15 +28,15 @@
 
 //!
 //! The module's parts: [`handshake`] checks the upgrade request,
-//! [`protocol`] parses the client's messages, [`subscriptions`] is the
-//! connection's table of subscriptions, [`connection`] the loop that owns
+//! [`protocol`] parses the client's messages, the transports' shared
+//! [`subscriptions`](super::subscriptions) table holds the connection's
+//! subscriptions, [`connection`] the loop that owns
 //! the socket, and [`frame`] encodes Herald's own frames.
 
 mod connection;
 mod frame;
 mod handshake;
 mod protocol;
-mod subscriptions;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use self::connection::Connection;
-use self::subscriptions::EntryState;
+use super::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::access::{self, Reader};
 use crate::http::access_log::{AccessEntry, AccessHandover};
