@@ -327,56 +327,86 @@ impl Connection {
         if permit.is_none() {
             http.keep_alive(false);
         }
-        let app2 = app.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let app = app2.clone();
-            // Each request's own: a proxy may send several clients'
-            // requests over one connection.
-            let client = trusted.client_of(hop, req.headers());
-            req.extensions_mut().insert(ClientAddr(client));
-            if let Some(permit) = &permit {
-                req.extensions_mut().insert(permit.clone());
-            }
-            let access = app.config().log.access.then(|| {
-                let handover = AccessHandover::new(AccessEntry::begin(&req, client, Some(peer)));
-                req.extensions_mut().insert(handover.clone());
-                handover
-            });
-            async move {
-                let response =
-                    super::routes::route(&app, req, super::routes::Surface::Public).await;
-                // Unless a WebSocket took its line for the connection's life.
-                let entry = access.as_ref().and_then(AccessHandover::take);
-                Ok::<_, Infallible>(match entry {
-                    Some(entry) => entry.finish(response),
-                    None => response,
-                })
-            }
-        });
+        let service = service(app.clone(), trusted, hop, peer, permit);
         let writes = Arc::new(WriteWatch::default());
         let io = WatchedIo {
             inner: Replayed::new(read, TokioIo::new(stream)),
             watch: writes.clone(),
         };
         let conn = http.serve_connection(io, service).with_upgrades();
-        let mut conn = std::pin::pin!(conn);
+        // An upgraded socket lives on in its own task (with its own ping
+        // timeout).
+        drive!(&app, conn, &writes, peer);
+    }
+}
+
+/// What serves each request of a connection from `peer`: its client
+/// address (`hop`, or whom a trusted proxy's header names) and `permit` in
+/// its extensions, routed, and access-logged when `log.access` is on. The
+/// plain and the TLS listener alike.
+pub(super) fn service(
+    app: Arc<App>,
+    trusted: Arc<TrustedProxies>,
+    hop: IpAddr,
+    peer: SocketAddr,
+    permit: Option<ConnectionPermit>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<super::response::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<super::response::Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |mut req: Request<Incoming>| {
+        let app = app.clone();
+        // Each request's own: a proxy may send several clients'
+        // requests over one connection.
+        let client = trusted.client_of(hop, req.headers());
+        req.extensions_mut().insert(ClientAddr(client));
+        if let Some(permit) = &permit {
+            req.extensions_mut().insert(permit.clone());
+        }
+        let access = app.config().log.access.then(|| {
+            let handover = AccessHandover::new(AccessEntry::begin(&req, client, Some(peer)));
+            req.extensions_mut().insert(handover.clone());
+            handover
+        });
+        async move {
+            let response = super::routes::route(&app, req, super::routes::Surface::Public).await;
+            // Unless a WebSocket took its line for the connection's life.
+            let entry = access.as_ref().and_then(AccessHandover::take);
+            Ok::<_, Infallible>(match entry {
+                Some(entry) => entry.finish(response),
+                None => response,
+            })
+        }
+    })
+}
+
+/// Runs a hyper connection (`conn`, HTTP/1.1 with upgrades or HTTP/2)
+/// to its end: closed when its socket takes no data for
+/// `http.write_timeout` while Herald has some to send; on shutdown, the
+/// request in flight is finished (streams end themselves) and the
+/// connection closed (HTTP/2: GOAWAY). A macro: hyper's two connection
+/// types share the methods, not a trait.
+macro_rules! drive {
+    ($app:expr, $conn:expr, $writes:expr, $peer:expr) => {{
+        let (app, writes, peer) = ($app, $writes, $peer);
+        let mut conn = std::pin::pin!($conn);
         let write_timeout = app.config().http.write_timeout;
-        // On shutdown, finish the request in flight (streams end themselves)
-        // and close; an upgraded socket lives on in its own task (with its own
-        // ping timeout).
         let ended = tokio::select! {
-            ended = conn.as_mut() => ended,
+            ended = conn.as_mut() => Some(ended),
             _ = writes.stalled_for(write_timeout) => {
                 tracing::debug!(%peer, "closing a connection that took no data for {write_timeout:?}");
-                return;
+                None
             }
             _ = app.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                Some(conn.await)
             }
         };
-        if let Err(e) = ended {
+        if let Some(Err(e)) = ended {
             tracing::debug!(%peer, "connection ended: {e}");
         }
-    }
+    }};
 }
+pub(super) use drive;

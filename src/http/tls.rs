@@ -13,22 +13,18 @@
 //! connection refused before or at the handshake is closed without an
 //! answer: there is no TLS session yet to write one in.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::Request;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::limits::{ClientAddr, ConnectionLimits, ConnectionPermit, PendingPlace};
-use super::listener::{hyper_builder, next_connection};
-use super::routes::{Surface, route};
+use super::forwarded::TrustedProxies;
+use super::limits::{ConnectionLimits, PendingPlace};
+use super::listener::{drive, hyper_builder, next_connection, service};
 use super::write_watch::{WatchedIo, WriteWatch};
 use crate::app::App;
 use crate::tls::ALPN_H2;
@@ -116,62 +112,28 @@ async fn connection(
     };
     drop(pending);
     let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-    let client = ClientAddr(peer.ip());
-    let app2 = app.clone();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let app = app2.clone();
-        req.extensions_mut().insert(client);
-        req.extensions_mut()
-            .insert::<ConnectionPermit>(permit.clone());
-        async move { Ok::<_, Infallible>(route(&app, req, Surface::Public).await) }
-    });
+    // The peer is the client: a TLS listener faces browsers, and a proxy
+    // header is taken only from `http.trusted_proxies` as on `http.listen`.
+    let trusted = Arc::new(TrustedProxies::new(&app.config().http));
+    let service = service(app.clone(), trusted, peer.ip(), peer, Some(permit));
     let writes = Arc::new(WriteWatch::default());
     let io = WatchedIo {
         inner: TokioIo::new(stream),
         watch: writes.clone(),
     };
     let config = app.config();
-    let write_timeout = config.http.write_timeout;
-    let ended = if h2 {
+    if h2 {
         let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http.timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_KEEPALIVE))
             .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
             .max_concurrent_streams(config.limits.max_streams_per_connection)
             .max_header_list_size(config.http.max_head_bytes as u32);
-        let conn = http.serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            ended = conn.as_mut() => ended,
-            _ = writes.stalled_for(write_timeout) => {
-                tracing::debug!(%peer, "closing an HTTP/2 connection that took no data for {write_timeout:?}");
-                return;
-            }
-            _ = app.shutdown.cancelled() => {
-                // GOAWAY: streams in flight end themselves (SSE with
-                // `reconnect`), then the connection closes.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        drive!(&app, http.serve_connection(io, service), &writes, peer);
     } else {
         let conn = hyper_builder(&config.http)
             .serve_connection(io, service)
             .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            ended = conn.as_mut() => ended,
-            _ = writes.stalled_for(write_timeout) => {
-                tracing::debug!(%peer, "closing a connection that took no data for {write_timeout:?}");
-                return;
-            }
-            _ = app.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, "TLS connection ended: {e}");
+        drive!(&app, conn, &writes, peer);
     }
 }
