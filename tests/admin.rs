@@ -5,27 +5,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a test secret of at least thirty-two bytes!";
 const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 
 fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp, "channels": ["room.*"]}),
-        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    hs256(
+        SECRET,
+        &json!({"sub": sub, "exp": now_secs() + 600, "channels": ["room.*"]}),
     )
-    .unwrap()
 }
 
 /// An admin request: the status and the JSON body.

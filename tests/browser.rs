@@ -1074,7 +1074,7 @@ async fn demo_page_shows_live_messages_and_is_screenshotted() {
         .kill_on_drop(true)
         .spawn()
         .expect("start herald dev");
-    let info = dev_info(&addr).await;
+    let info = dev_info(addr.parse().unwrap()).await;
     let brokers = info["brokers"].as_str().expect("brokers").to_owned();
 
     // The client the page imports: the file in the repo, as a module
@@ -1246,27 +1246,6 @@ const PUSH_BOX_JS: &str = r#"!document.getElementById("push-result").textContent
   disabled: document.getElementById("push-on").disabled,
   reason: document.getElementById("push-result").textContent,
 }"#;
-
-/// Waits for `herald dev` on `addr` to be ready; returns its `/dev/info`.
-async fn dev_info(addr: &str) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "herald dev never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let body = reqwest::get(format!("http://{addr}/dev/info"))
-        .await
-        .expect("/dev/info")
-        .bytes()
-        .await
-        .expect("/dev/info body");
-    serde_json::from_slice(&body).expect("/dev/info is JSON")
-}
 
 // ---- Web Push in Firefox ESR --------------------------------------------
 

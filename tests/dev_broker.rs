@@ -61,16 +61,7 @@ async fn herald_dev_says_why_a_record_reaches_no_channel() {
         .spawn()
         .expect("start herald dev");
     let mut log = tokio::io::BufReader::new(dev.stderr.take().unwrap()).lines();
-    wait_readyz(addr, 200, TIMEOUT).await;
-    let info: serde_json::Value = serde_json::from_slice(
-        &reqwest::get(format!("http://{addr}/dev/info"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let info = dev_info(addr).await;
     let producer = Producer::with_brokers(info["brokers"].as_str().unwrap());
     for _ in 0..3 {
         producer

@@ -473,16 +473,7 @@ async fn start_dev() -> (Dev, String) {
     .expect("the banner");
     // The rest of stdout is not read; keep the pipe drained.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    wait_readyz(addr, 200, TIMEOUT).await;
-    let info: Value = serde_json::from_slice(
-        &reqwest::get(format!("http://{addr}/dev/info"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let info = dev_info(addr).await;
     let dev = Dev {
         addr,
         key: info["publish"]["api_key"].as_str().unwrap().to_owned(),

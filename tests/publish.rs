@@ -723,16 +723,7 @@ async fn herald_dev_publishes_with_the_printed_key() {
     })
     .await
     .expect("the banner");
-    wait_readyz(addr, 200, TIMEOUT).await;
-    let info: Value = serde_json::from_slice(
-        &reqwest::get(format!("http://{addr}/dev/info"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let info = dev_info(addr).await;
     let key = info["publish"]["api_key"]
         .as_str()
         .expect("the key in /dev/info");

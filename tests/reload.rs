@@ -6,27 +6,18 @@
 mod common;
 
 use std::io::BufRead;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 
 const SECRET_1: &str = "the first secret, of at least thirty-two bytes";
 const SECRET_2: &str = "the second secret, of at least thirty-two bytes";
 
 fn token(secret: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "u1", "exp": exp, "channels": ["a.*", "b.*"]}),
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    hs256(
+        secret,
+        &json!({"sub": "u1", "exp": now_secs() + 600, "channels": ["a.*", "b.*"]}),
     )
-    .unwrap()
 }
 
 /// A config over the shared broker: `[auth]` with `secret`, `extra` lines

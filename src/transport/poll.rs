@@ -104,11 +104,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         let end = app.ends.watch(reader.subject());
         tokio::select! {
             biased;
-            reason = end.ended() => {
-                if reason == EndReason::Revoked {
-                    return Err(token_revoked());
-                }
-            }
+            reason = end.ended() => ended_early(reason)?,
             _ = tokio::time::sleep(wait) => {}
             got = subscription.next_batch(&mut taken.messages, limit) => {
                 taken.gaps.extend(subscription.take_gaps());
@@ -132,6 +128,15 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
 /// A `sub=` poll: what its subscriptions can deliver now, up to `limit`
 /// messages in all; with `wait` and nothing yet, what the first of them
 /// to get something delivers, then what the others have by then.
+/// A waiting long poll the node ended: answered at once (shutdown, a
+/// drain), or refused when its token's subject was disconnected.
+fn ended_early(reason: EndReason) -> Result<(), ApiError> {
+    match reason {
+        EndReason::Revoked => Err(token_revoked()),
+        _ => Ok(()),
+    }
+}
+
 async fn poll_many(
     app: &Arc<App>,
     reader: &access::Reader,
@@ -148,11 +153,7 @@ async fn poll_many(
         let end = app.ends.watch(reader.subject());
         tokio::select! {
             biased;
-            reason = end.ended() => {
-                if reason == EndReason::Revoked {
-                    return Err(token_revoked());
-                }
-            }
+            reason = end.ended() => ended_early(reason)?,
             _ = tokio::time::sleep(wait) => {}
             outbound = std::future::poll_fn(|cx| many.table.poll_next_up_to(cx, limit)) => {
                 match outbound.event {

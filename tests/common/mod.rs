@@ -753,3 +753,35 @@ pub fn assert_exactly_produced(
         );
     }
 }
+
+/// `herald dev` on `addr` once ready (its `/readyz` answers 200): its
+/// `/dev/info` (brokers, topics, the publish key).
+pub async fn dev_info(addr: std::net::SocketAddr) -> serde_json::Value {
+    wait_readyz(addr, 200, TIMEOUT).await;
+    let body = reqwest::get(format!("http://{addr}/dev/info"))
+        .await
+        .expect("/dev/info")
+        .bytes()
+        .await
+        .expect("/dev/info body");
+    serde_json::from_slice(&body).expect("/dev/info is JSON")
+}
+
+/// An HS256 JWT over `claims` with `secret`, made by jsonwebtoken (not
+/// Herald's own code).
+pub fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Seconds since the epoch, for token claims.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
