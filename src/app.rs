@@ -37,6 +37,10 @@ pub struct App {
     /// The TLS listener's certificate and ALPN (`[tls]`), read again by
     /// each reload; every handshake takes the one in force.
     tls: ArcSwapOption<tokio_rustls::rustls::ServerConfig>,
+    /// Reads the config again as at start (`herald serve`'s file and
+    /// command-line overrides), for `POST /admin/reload`; `None` for a
+    /// node started from a config value (a library user, `herald dev`).
+    source: parking_lot::Mutex<Option<ConfigSource>>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     /// The brokers' watermarks, written by the ingest, read for
@@ -70,6 +74,10 @@ pub struct Publishing {
     pub keys: ApiKeys,
 }
 
+/// How to read the config again: the file and overrides `herald serve`
+/// started from, validated.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// Why a reload was refused; the running config stays as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -80,6 +88,8 @@ pub enum ReloadError {
         .0.join(", ")
     )]
     NeedsRestart(Vec<&'static str>),
+    #[error("this node was started from a config value, not a file: there is nothing to re-read")]
+    NoSource,
 }
 
 impl App {
@@ -103,6 +113,7 @@ impl App {
         App {
             tls: ArcSwapOption::new(tls),
             ends: StreamEnds::new(&shutdown),
+            source: parking_lot::Mutex::new(None),
             admin_keys,
             long_polls: Places::new(config.limits.max_long_polls),
             config: ArcSwap::from_pointee(config),
@@ -144,6 +155,41 @@ impl App {
     /// another key changed ([`Config::restart_keys_changed`]) or the new
     /// routes or token keys cannot be built; the message says which.
     pub fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let result = self.apply(new);
+        match &result {
+            Ok(()) => tracing::info!(
+                "config reloaded: routes, [auth], [limits], [sse], [ws], [poll], \
+                 http.allowed_origins and the TLS certificate apply to new connections; \
+                 open ones keep going"
+            ),
+            Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+        }
+        result
+    }
+
+    /// Where [`App::reload_from_source`] reads the config from.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        *self.source.lock() = Some(source);
+    }
+
+    /// Reads the config again from where the node started from and
+    /// reloads it (SIGHUP, `POST /admin/reload`); logged either way.
+    pub fn reload_from_source(&self) -> Result<(), ReloadError> {
+        let source = self.source.lock().clone();
+        let loaded = match source {
+            None => Err(ReloadError::NoSource),
+            Some(load) => load().map_err(ReloadError::Invalid),
+        };
+        match loaded {
+            Ok(config) => self.reload(config),
+            Err(e) => {
+                tracing::error!("config reload refused, the running config stays: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&self, new: Config) -> Result<(), ReloadError> {
         let changed = self.config().restart_keys_changed(&new);
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed));

@@ -255,15 +255,7 @@ impl Herald {
     /// Applies a new config to the running node, or refuses it whole
     /// (see [`App::reload`]); logs either way.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let result = self.app.reload(config);
-        match &result {
-            Ok(()) => tracing::info!(
-                "config reloaded: routes, [auth], [limits], [sse], [ws], [poll] and \
-                 http.allowed_origins apply to new connections; open ones keep going"
-            ),
-            Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
-        }
-        result
+        self.app.reload(config)
     }
 
     /// Shuts down in phases: stop accepting, tell streaming clients to
@@ -294,21 +286,19 @@ impl Herald {
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    load: impl Fn() -> Result<Config, String> + Send + 'static,
+    load: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let mut hangups = crate::shutdown::hangups();
     let herald = Herald::start(config).await?;
+    herald.app.set_config_source(Arc::new(load));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(()) = hangups.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
-                match load() {
-                    Ok(config) => {
-                        let _ = herald.reload(config);
-                    }
-                    Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
-                }
+                let app = herald.app.clone();
+                // Reads files: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || app.reload_from_source()).await;
             }
         }
     }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 const SECRET_1: &str = "the first secret, of at least thirty-two bytes";
 const SECRET_2: &str = "the second secret, of at least thirty-two bytes";
+const ADMIN_KEY: &str = "the-admin-key-of-this-test-0123";
 
 fn token(secret: &str) -> String {
     hs256(
@@ -168,7 +169,7 @@ fn hang_up(child: &std::process::Child) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_rereads_the_file_and_a_broken_file_keeps_the_running_config() {
+async fn sighup_and_the_admin_api_reread_the_file_and_a_broken_file_keeps_the_running_config() {
     let (a, b) = (unique_topic("huppa"), unique_topic("huppb"));
     create_topic(&a, 1).await;
     create_topic(&b, 1).await;
@@ -179,14 +180,21 @@ async fn sighup_rereads_the_file_and_a_broken_file_keeps_the_running_config() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // With the admin API, for POST /admin/reload.
+    let file = |routes: &[(&str, &str)]| {
+        config_text(SECRET_1, "", routes, &listen).replace(
+            "[auth]",
+            &format!("admin_listen = \"{admin_addr}\"\n[auth]"),
+        ) + &format!("[admin]\napi_keys = [\"{ADMIN_KEY}\"]\n")
+    };
     let dir = std::env::temp_dir().join(unique_topic("herald-reload"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("herald.toml");
-    std::fs::write(
-        &path,
-        config_text(SECRET_1, "", &[(&a, "a.{key}")], &listen),
-    )
-    .unwrap();
+    std::fs::write(&path, file(&[(&a, "a.{key}")])).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--config", path.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -204,11 +212,7 @@ async fn sighup_rereads_the_file_and_a_broken_file_keeps_the_running_config() {
         (400, &json!("unknown_channel"))
     );
 
-    std::fs::write(
-        &path,
-        config_text(SECRET_1, "", &[(&a, "a.{key}"), (&b, "b.{key}")], &listen),
-    )
-    .unwrap();
+    std::fs::write(&path, file(&[(&a, "a.{key}"), (&b, "b.{key}")])).unwrap();
     hang_up(&child);
     lines.wait_for("config reloaded");
     assert_eq!(poll(addr, &b_query).await.0, 200, "the new route");
@@ -221,6 +225,42 @@ async fn sighup_rereads_the_file_and_a_broken_file_keeps_the_running_config() {
         poll(addr, &b_query).await.0,
         200,
         "the running config stays"
+    );
+
+    // The admin API does the same, and answers with the outcome.
+    let admin_reload = || async {
+        let response = reqwest::Client::new()
+            .post(format!("http://{admin_addr}/admin/reload"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        (status, body)
+    };
+    let (status, body) = admin_reload().await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("reload_refused")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("herald.toml"),
+        "{body}"
+    );
+    std::fs::write(&path, file(&[(&a, "a.{key}")])).unwrap();
+    let (status, body) = admin_reload().await;
+    assert_eq!((status, &body), (200, &json!({"status": "reloaded"})));
+    let (status, body) = poll(addr, &b_query).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("unknown_channel")),
+        "the route is gone again"
     );
     child.kill().ok();
     child.wait().ok();

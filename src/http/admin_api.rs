@@ -7,6 +7,7 @@
 //! - `POST /admin/disconnect?sub=…`: ends every stream opened with a token
 //!   of that subject (SSE `event: reconnect` with reason `token_revoked`,
 //!   WebSocket close `4003`, a waiting long poll `401 token_revoked`);
+//! - `POST /admin/reload`: re-reads the config file, as SIGHUP does;
 //! - `POST /admin/drain`: ends every stream with "reconnect elsewhere" as
 //!   at shutdown, refuses new subscriptions (`503 draining`) and makes
 //!   `/readyz` answer `503 draining`, without stopping the node.
@@ -38,13 +39,16 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
             (&Method::GET, "/admin/channels") => channels(app, req),
             (&Method::POST, "/admin/disconnect") => disconnect(app, req),
             (&Method::POST, "/admin/drain") => Ok(drain(app)),
+            (&Method::POST, "/admin/reload") => reload(app),
             (_, "/admin/channels") => Err(wrong_method(req, "GET")),
-            (_, "/admin/disconnect" | "/admin/drain") => Err(wrong_method(req, "POST")),
+            (_, "/admin/disconnect" | "/admin/drain" | "/admin/reload") => {
+                Err(wrong_method(req, "POST"))
+            }
             (_, path) => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "no such admin endpoint: {path} (there are GET /admin/channels, POST /admin/disconnect, POST /admin/drain)"
+                    "no such admin endpoint: {path} (there are GET /admin/channels, POST /admin/disconnect, POST /admin/drain, POST /admin/reload)"
                 ),
             )),
         }
@@ -209,6 +213,15 @@ fn disconnect<B>(app: &App, req: &Request<B>) -> Result<Response<Body>, ApiError
 }
 
 /// `POST /admin/drain`: `{"status":"draining","already"}`.
+/// Re-reads the config file as SIGHUP does; a refusal says why, and the
+/// running config stays.
+fn reload(app: &App) -> Result<Response<Body>, ApiError> {
+    app.reload_from_source()
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "reload_refused", e.to_string()))?;
+    let body = serde_json::json!({"status": "reloaded"});
+    Ok(full(StatusCode::OK, "application/json", body.to_string()))
+}
+
 fn drain(app: &App) -> Response<Body> {
     app.hub.drain();
     let already = app.ends.drain();

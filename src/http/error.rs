@@ -43,6 +43,7 @@ pub const CODES: &[(u16, &str)] = &[
     (408, "body_timeout"),
     (408, "head_timeout"),
     (409, "cursor_expired"),
+    (409, "reload_refused"),
     (409, "replay_too_large"),
     (409, "too_many_subscriptions"),
     (413, "body_too_large"),
