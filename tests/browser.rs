@@ -2362,3 +2362,89 @@ console.log(JSON.stringify(got));"#,
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// Established TCP connections whose local port is `port`, from the
+/// kernel's table (`/proc/net/tcp`): the server side of each client
+/// connection to a listener of this process.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "01"
+        })
+        .count()
+}
+
+/// Over the TLS listener Chromium negotiates HTTP/2 and holds ten SSE
+/// streams to one origin on one connection; over HTTP/1.1 it would open
+/// six and leave four waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_holds_ten_sse_streams_over_one_http2_connection() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browserh2");
+    create_topic(&topic, 1).await;
+    let dir = std::env::temp_dir().join(unique_topic("herald-h2"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, cert, key) = test_certs(&dir, "browser");
+    let mut config = common::config(&[(&topic, "c")]);
+    config.tls = Some(herald::config::TlsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert_file: cert,
+        key_file: key,
+    });
+    let herald = start(config, &[(&topic, 1)]).await;
+    let tls = herald.tls_addr().expect("a TLS listener");
+    let mut browser = Browser::launch().await;
+    browser
+        .goto(&format!("https://127.0.0.1:{}/healthz", tls.port()))
+        .await;
+    let protocol = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await;
+    assert_eq!(protocol, "h2", "the page itself came over HTTP/2");
+    browser
+        .eval(
+            "window.got = Array.from({ length: 10 }, () => []); window.opened = 0; \
+             window.streams = got.map((g, i) => { \
+               const es = new EventSource(`/sse?channel=c&_=${i}`); \
+               es.onopen = () => { opened += 1; }; \
+               es.onmessage = (m) => g.push(JSON.parse(m.data).data.n); \
+               return es; }); true",
+        )
+        .await;
+    browser
+        .wait("ten streams open", "opened === 10", TIMEOUT)
+        .await;
+    let producer = Producer::new();
+    for n in 0..3 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    browser
+        .wait(
+            "every stream has the three records",
+            "got.every((g) => g.length >= 3)",
+            TIMEOUT,
+        )
+        .await;
+    let got = browser.eval("got").await;
+    assert_eq!(got, json!(vec![vec![0, 1, 2]; 10]), "each stream, exactly");
+    assert_eq!(
+        metric(herald.local_addr(), "herald_connections{transport=\"sse\"}").await,
+        10.0
+    );
+    assert_eq!(
+        established_to(tls.port()),
+        1,
+        "one connection for the page and its ten streams"
+    );
+    browser
+        .eval("streams.forEach((s) => s.close()), true")
+        .await;
+    browser.close().await;
+    herald.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}

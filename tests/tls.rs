@@ -4,39 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::AsyncBufReadExt;
-
-/// A CA and a server certificate for `herald.test` it signed, as PEM files
-/// in `dir`: (ca.pem, cert.pem, key.pem).
-fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("Herald test CA {name}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["herald.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = (
-        dir.join(format!("{name}-ca.pem")),
-        dir.join(format!("{name}-cert.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
 
 fn tls_config(topic: &str, cert: &Path, key: &Path) -> herald::config::Config {
     let text = format!(
@@ -119,7 +91,7 @@ async fn sse_streams_over_tls_on_http2_and_http1_and_a_reload_takes_a_new_certif
     create_topic(&topic, 1).await;
     let dir = std::env::temp_dir().join(unique_topic("herald-tls"));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = make_certs(&dir, "first");
+    let (ca, cert, key) = test_certs(&dir, "first");
     let herald = start(tls_config(&topic, &cert, &key), &[(&topic, 1)]).await;
     let addr = herald.tls_addr().expect("a TLS listener");
 
@@ -130,7 +102,7 @@ async fn sse_streams_over_tls_on_http2_and_http1_and_a_reload_takes_a_new_certif
 
     // A renewed certificate (another CA here, so that the test can tell):
     // new connections get it after a reload.
-    let (ca2, cert2, key2) = make_certs(&dir, "second");
+    let (ca2, cert2, key2) = test_certs(&dir, "second");
     herald
         .reload(tls_config(&topic, &cert2, &key2))
         .expect("reloaded");
