@@ -252,6 +252,12 @@ impl Herald {
         &self.app.hub
     }
 
+    /// Where `POST /admin/reload` (and [`run`]'s SIGHUP) read the config
+    /// again from.
+    pub fn set_config_source(&self, source: crate::app::ConfigSource) {
+        self.app.set_config_source(source);
+    }
+
     /// Applies a new config to the running node, or refuses it whole
     /// (see [`App::reload`]); logs either way.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
@@ -290,7 +296,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut hangups = crate::shutdown::hangups();
     let herald = Herald::start(config).await?;
-    herald.app.set_config_source(Arc::new(load));
+    herald.set_config_source(Arc::new(load));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
