@@ -38,9 +38,10 @@ async fn partitions_added_later_are_read_from_their_beginning() {
         .unwrap()
         .into_iter()
         .for_each(|r| r.map(|_| ()).unwrap());
-    // Produced right away — possibly before Herald has noticed the new
-    // partitions; it must still arrive.
+    // Produced as soon as the producer knows the new partitions —
+    // possibly before Herald has noticed them; it must still arrive.
     let producer = Producer::new();
+    producer.wait_for_partitions(&topic, 3).await;
     producer
         .send(&topic, Some(2), Some(b"k"), Some(b"{\"n\":2}"), None)
         .await;
@@ -182,6 +183,7 @@ async fn a_cursor_naming_a_partition_added_a_moment_ago_is_served_on_a_node_not_
         .into_iter()
         .for_each(|r| r.map(|_| ()).unwrap());
     let producer = Producer::new();
+    producer.wait_for_partitions(&topic, 2).await;
     for n in 0..3 {
         producer
             .send(

@@ -127,6 +127,35 @@ impl Producer {
         Producer { inner }
     }
 
+    /// Waits until the brokers tell this producer that `topic` has
+    /// `partitions` partitions: right after CreatePartitions a producer's
+    /// metadata may still have the old count, and a record sent to a new
+    /// partition fails with UnknownPartition.
+    pub async fn wait_for_partitions(&self, topic: &str, partitions: usize) {
+        use rdkafka::producer::Producer as _;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (inner, name) = (self.inner.clone(), topic.to_owned());
+            let known = tokio::task::spawn_blocking(move || {
+                inner
+                    .client()
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+            })
+            .await
+            .unwrap();
+            if known == Some(partitions) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} still has {known:?} partitions, not {partitions}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Produces one record and returns its `(partition, offset)`.
     pub async fn send(
         &self,
