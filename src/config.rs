@@ -1046,11 +1046,16 @@ impl Config {
             format!("{a:?}") != format!("{b:?}")
         }
         // Keys are compared themselves: Debug shows only how many there are.
-        fn keys<'a>(
-            k: Option<(&'a Vec<String>, &'a Option<PathBuf>)>,
-        ) -> Option<(&'a Vec<String>, &'a Option<PathBuf>)> {
-            k
-        }
+        let publish_keys = |c: &Config| {
+            c.publish
+                .as_ref()
+                .map(|p| (p.api_keys.clone(), p.api_keys_file.clone()))
+        };
+        let admin_keys = |c: &Config| {
+            c.admin
+                .as_ref()
+                .map(|a| (a.api_keys.clone(), a.api_keys_file.clone()))
+        };
         let http = |c: &Config| HttpConfig {
             allowed_origins: Vec::new(),
             ..c.http.clone()
@@ -1065,24 +1070,11 @@ impl Config {
             ("[replay]", differ(&self.replay, &new.replay)),
             (
                 "[publish]",
-                differ(&self.publish, &new.publish)
-                    || keys(
-                        self.publish
-                            .as_ref()
-                            .map(|p| (&p.api_keys, &p.api_keys_file)),
-                    ) != keys(
-                        new.publish
-                            .as_ref()
-                            .map(|p| (&p.api_keys, &p.api_keys_file)),
-                    ),
+                differ(&self.publish, &new.publish) || publish_keys(self) != publish_keys(new),
             ),
             ("[push]", differ(&self.push, &new.push)),
             ("[log]", differ(&self.log, &new.log)),
-            (
-                "[admin]",
-                keys(self.admin.as_ref().map(|a| (&a.api_keys, &a.api_keys_file)))
-                    != keys(new.admin.as_ref().map(|a| (&a.api_keys, &a.api_keys_file))),
-            ),
+            ("[admin]", admin_keys(self) != admin_keys(new)),
             (
                 "tls.listen (or adding or removing [tls])",
                 differ(

@@ -32,7 +32,7 @@ use http::{Request, StatusCode};
 use tokio::sync::Notify;
 
 use super::error::ApiError;
-use crate::config::LimitsConfig;
+use crate::config::{Config, LimitsConfig};
 use crate::per_ip::{PerIpLimit, PerIpPlace, Place, Places};
 
 /// The node's connection limits, shared by the accept loop and the
@@ -46,6 +46,8 @@ pub struct ConnectionLimits {
     /// limit aside).
     connections: Arc<Places>,
     per_ip: Arc<PerIpLimit>,
+    /// The config whose `[limits]` are in force ([`ConnectionLimits::follow`]).
+    applied: parking_lot::Mutex<Option<Arc<Config>>>,
 }
 
 /// The connections waiting for their first head, by arrival: the first
@@ -65,12 +67,25 @@ impl ConnectionLimits {
             pending_per_ip: PerIpLimit::new(config.max_pending_connections_per_ip),
             connections: Places::new(config.max_connections),
             per_ip: PerIpLimit::new(config.max_connections_per_ip),
+            applied: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Takes `config`'s `[limits]` unless they are the ones in force. Each
+    /// listener calls it at every accept with the config as of then, so a
+    /// reload applies from the next connection of either listener.
+    pub fn follow(&self, config: &Arc<Config>) {
+        let mut applied = self.applied.lock();
+        if applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, config)) {
+            return;
+        }
+        self.reconfigure(&config.limits);
+        *applied = Some(config.clone());
     }
 
     /// Takes a reloaded `[limits]`: for connections from now on; those
     /// that hold a place keep it.
-    pub fn reconfigure(&self, config: &LimitsConfig) {
+    fn reconfigure(&self, config: &LimitsConfig) {
         self.max_pending
             .store(config.max_pending_connections, Ordering::Relaxed);
         self.pending_per_ip

@@ -45,12 +45,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
             break;
         };
         let accepted = Instant::now();
-        let latest = app.config();
-        if !Arc::ptr_eq(&config, &latest) {
-            // Reloaded: `[limits]` from this connection on.
-            limits.reconfigure(&latest.limits);
-            config = latest;
-        }
+        config = app.config();
+        limits.follow(&config);
         let _ = stream.set_nodelay(true);
         if let Some(bytes) = config.http.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);

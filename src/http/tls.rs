@@ -38,18 +38,12 @@ const H2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Accepts TLS connections until shutdown (the plain listener waits for
 /// every connection task, these included, under `http.shutdown_grace`).
 pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionLimits>) {
-    let mut seen = app.config();
     loop {
         let Some((stream, peer)) = next_connection(&app, &listener, "TLS accept").await else {
             break;
         };
         let config = app.config();
-        if !Arc::ptr_eq(&seen, &config) {
-            // Reloaded (the plain listener does the same; either may see
-            // it first).
-            limits.reconfigure(&config.limits);
-            seen = config.clone();
-        }
+        limits.follow(&config);
         let _ = stream.set_nodelay(true);
         if let Some(bytes) = config.http.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
