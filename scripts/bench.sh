@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs herald-bench's scenarios (issue 6's p1…p7, push: Web Push, issue
-# 12, and f1…f4: faults under load, issue 13) against a real Kafka broker.
+# 12, f1…f4: faults under load, issue 13, and issue 17's load curve,
+# write delay and noisy neighbours) against a real Kafka broker.
 #
 #   scripts/bench.sh SCENARIO [--duration S] [--clients N]
-#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 push f1 f2 f3 f4 smoke, or all (p6 p3
-#     p2 p7 p1 p4 p5 push f1 f2 f4 f3); any case, another name exits 64
+#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 push f1 f2 f3 f4 p2-noisy p3-noisy
+#     curve delay smoke, or all (curve delay p6 p3 p3-noisy p2 p2-noisy p7
+#     p1 p4 p5 push f1 f2 f4 f3); any case, another name exits 64
+#     curve: 10,000 and 2,000 WebSocket clients from 50k to 1M
+#     deliveries/s, Herald and the floor (--duration: seconds per point,
+#     default 10); delay: ws.write_delay 0/2/5/10 ms on that curve;
+#     p2-noisy, p3-noisy: P2 and P3 with a CPU hog on one core for 10 s
 #     f1 broker restart (a broker of its own on a spare port), f2 SIGKILL
 #     of one of two nodes, f3 a 30-minute soak (--duration 1800), f4 1%
 #     slow readers; --duration is seconds of records (f1, f2 40; f4 60)
@@ -19,10 +25,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
-[[ $# -ge 1 ]] || { sed -n '2,17p' "$0" >&2; exit 64; }
+[[ $# -ge 1 ]] || { sed -n '2,23p' "$0" >&2; exit 64; }
 scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}
+
+# Writes per delivery are counted by perf stat on the syscall tracepoints
+# (Debian's linux-perf); without perf they are reported as unknown.
+if ! command -v perf >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [[ $(id -u) == 0 ]] || sudo="sudo"
+  log "installing linux-perf (perf stat counts the writes per delivery)"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq linux-perf >/dev/null \
+    || log "could not install linux-perf: writes per delivery will be unknown"
+fi
 
 # Both land in target/release/: the suite starts the herald beside itself.
 log "cargo build --release -p herald -p herald-bench"

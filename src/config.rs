@@ -128,6 +128,10 @@ pub struct KafkaConfig {
 /// which a duration near `u64::MAX` seconds would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Longest `sse.write_delay` and `ws.write_delay`: each adds up to this
+/// much to every message's latency.
+pub const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
+
 impl Config {
     /// Every duration key is at most [`MAX_DURATION`].
     fn check_durations(&self) -> Result<(), ConfigError> {
@@ -140,7 +144,9 @@ impl Config {
             ("http.keepalive_timeout", self.http.keepalive_timeout),
             ("sse.heartbeat", self.sse.heartbeat),
             ("sse.retry", self.sse.retry),
+            ("sse.write_delay", self.sse.write_delay),
             ("ws.ping_interval", self.ws.ping_interval),
+            ("ws.write_delay", self.ws.write_delay),
             ("ws.pong_timeout", self.ws.pong_timeout),
             ("poll.max_wait", self.poll.max_wait),
             ("hub.history_age", self.hub.history_age),
@@ -537,6 +543,11 @@ pub struct SseConfig {
     /// before reconnecting.
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
+    /// A latency budget that buys CPU: what arrives for a stream within
+    /// this long of its first message is written at once, in one write.
+    /// 0 (the default): each batch is written as soon as it is ready.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -552,6 +563,10 @@ pub struct WsConfig {
     /// connection is dropped as slow.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// As `sse.write_delay`, for WebSocket connections: messages that
+    /// arrive within this long of the first are written together.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -964,6 +979,7 @@ impl Default for SseConfig {
         Self {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
+            write_delay: Duration::ZERO,
         }
     }
 }
@@ -973,6 +989,7 @@ impl Default for WsConfig {
         Self {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            write_delay: Duration::ZERO,
         }
     }
 }
@@ -1282,6 +1299,18 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        for (key, delay) in [
+            ("sse.write_delay", self.sse.write_delay),
+            ("ws.write_delay", self.ws.write_delay),
+        ] {
+            if delay > MAX_WRITE_DELAY {
+                return Err(invalid(
+                    key,
+                    delay,
+                    "must be at most 1s (it adds up to that much to every message's latency)",
+                ));
+            }
+        }
         if self.limits.max_message_size < 16 * 1024 {
             return Err(invalid(
                 "limits.max_message_size",
@@ -1464,6 +1493,8 @@ mod tests {
     fn transport_limits_are_checked() {
         for (extra, key) in [
             ("[ws]\nping_interval = \"10ms\"\n", "ws.ping_interval"),
+            ("[ws]\nwrite_delay = \"2s\"\n", "ws.write_delay"),
+            ("[sse]\nwrite_delay = \"1001ms\"\n", "sse.write_delay"),
             (
                 "[limits]\nmax_message_size = 100\n",
                 "limits.max_message_size",
@@ -1751,8 +1782,10 @@ mod tests {
         ("http", "max_query_bytes", Some((1, 32 * 1024 - 1))),
         ("sse", "heartbeat", None),
         ("sse", "retry", None),
+        ("sse", "write_delay", None),
         ("ws", "ping_interval", None),
         ("ws", "pong_timeout", None),
+        ("ws", "write_delay", None),
         ("poll", "max_wait", None),
         ("poll", "default_limit", Some((1, 1000))),
         ("poll", "max_limit", Some((1, i128::MAX))),

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 use herald::hub::cursor::Cursor;
@@ -517,6 +518,40 @@ async fn malformed_sub_requests_get_400_naming_the_problem() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("conflicting_parameters"))
+    );
+    herald.stop().await;
+}
+
+/// `sse.write_delay`, as `ws.write_delay`: held, then sent together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delay_holds_events_and_sends_them_together() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let (topic, herald) = herald_with_topic_and("sse-delay", 1, "feed", |c| {
+        c.sse.write_delay = DELAY;
+    })
+    .await;
+    let mut sse = Sse::connect(herald.local_addr(), "channel=feed", None).await;
+    let producer = Producer::new();
+    let produced = std::time::Instant::now();
+    for n in 0..5 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let first = sse.messages(1).await;
+    let first_at = produced.elapsed();
+    let rest = sse.messages(4).await;
+    let rest_at = produced.elapsed();
+    assert_eq!(
+        ns(&first.into_iter().chain(rest).collect::<Vec<_>>()),
+        [0, 1, 2, 3, 4]
+    );
+    assert!(
+        first_at >= DELAY,
+        "held for sse.write_delay ({DELAY:?}), came after {first_at:?}"
+    );
+    assert!(
+        rest_at - first_at < DELAY / 2,
+        "the other four came with the first ({:?} after it)",
+        rest_at - first_at
     );
     herald.stop().await;
 }

@@ -479,3 +479,41 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes_exactly() {
     assert_eq!(all, (0..N).collect::<Vec<_>>(), "none missing, none twice");
     herald.stop().await;
 }
+
+/// `ws.write_delay`: a message waits that long for company, and what
+/// arrives meanwhile goes out with it, in order, none missing: the
+/// first message comes no sooner than the delay after it was produced,
+/// and the rest right behind it, not one delay each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delay_holds_messages_and_sends_them_together() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let (topic, herald) = herald_with_topic_and("ws-delay", 1, "feed", |c| {
+        c.ws.write_delay = DELAY;
+    })
+    .await;
+    let mut ws = Ws::connect(herald.local_addr(), "").await;
+    ws.subscribe("feed", None).await;
+    let producer = Producer::new();
+    let produced = std::time::Instant::now();
+    for n in 0..5 {
+        producer.send_n(&topic, "k", n).await;
+    }
+    let first = ws.messages(1).await;
+    let first_at = produced.elapsed();
+    let rest = ws.messages(4).await;
+    let rest_at = produced.elapsed();
+    assert_eq!(
+        ns_json(&first.iter().chain(&rest).cloned().collect::<Vec<_>>()),
+        [0, 1, 2, 3, 4]
+    );
+    assert!(
+        first_at >= DELAY,
+        "the first message was held for ws.write_delay ({DELAY:?}), came after {first_at:?}"
+    );
+    assert!(
+        rest_at - first_at < DELAY / 2,
+        "the other four came with the first, not a delay later ({:?} after it)",
+        rest_at - first_at
+    );
+    herald.stop().await;
+}

@@ -14,6 +14,7 @@
 //! sockets that count events, so the client side stays cheap.
 
 mod client;
+mod curve;
 mod faults;
 mod floor;
 mod hist;
@@ -101,6 +102,23 @@ enum Scenario {
     FloorServer(floor::FloorArgs),
     /// The push scenario's local push service (spawned by `suite`).
     PushService(push_service::PushServiceArgs),
+    /// A noisy neighbour: spins one thread for `--seconds` (the suite runs
+    /// it under `taskset -c 0`).
+    Hog {
+        #[arg(long)]
+        seconds: f64,
+    },
+}
+
+/// Spins for `seconds`: all the CPU one thread can take.
+fn hog(seconds: f64) {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
 }
 
 /// A 100-byte JSON record carrying its send time (unix micros) and sequence.
@@ -139,6 +157,7 @@ fn main() {
         Scenario::Client(args) => return client::run(args),
         Scenario::FloorServer(args) => return floor::run(args),
         Scenario::PushService(args) => return push_service::run(args),
+        Scenario::Hog { seconds } => return hog(seconds),
         Scenario::Suite {
             scenario,
             duration,
@@ -176,7 +195,8 @@ fn main() {
         | Scenario::Report { .. }
         | Scenario::Client(_)
         | Scenario::FloorServer(_)
-        | Scenario::PushService(_) => unreachable!(),
+        | Scenario::PushService(_)
+        | Scenario::Hog { .. } => unreachable!(),
     }
 }
 

@@ -401,7 +401,7 @@ fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
+        .set("linger.ms", LINGER_MS.to_string())
         .create()
         .expect("producer");
     // Warm up (metadata, connection) with a record clients ignore, so the
@@ -434,9 +434,12 @@ pub struct FanoutResult {
     pub p999: f64,
     pub lost: u64,
     pub duplicates: u64,
+    pub cut_off: u64,
+    pub resumed: u64,
 }
 
-fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
+fn fanout_json(t: &Totals, publish_s: f64, done: &[Done], extra: Value) -> FanoutResult {
+    let (cut_off, resumed) = cut_off_resumed(done);
     let (p50, p99, p999) = (
         t.hist.quantile_ms(0.5),
         t.hist.quantile_ms(0.99),
@@ -447,6 +450,7 @@ fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
         "lost": t.lost, "duplicates": t.duplicates, "complete_clients": t.complete,
         "deliveries_per_s": t.received as f64 / publish_s.max(1e-9),
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+        "cut_off": cut_off, "resumed": resumed,
     });
     if let (Value::Object(a), Value::Object(b)) = (&mut json, extra) {
         a.extend(b);
@@ -458,7 +462,26 @@ fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
         p999,
         lost: t.lost,
         duplicates: t.duplicates,
+        cut_off,
+        resumed,
     }
+}
+
+/// Connections the server ended before the client was done (a slow
+/// consumer's close, an end of stream, a reset), and resumes: connections
+/// opened again from the client's last cursor. Churn (a client's own
+/// close) and going back to a home node are neither; failed attempts to
+/// resume are counted by the attempt that then succeeded.
+pub fn cut_off_resumed(done: &[Done]) -> (u64, u64) {
+    let cut_off = done
+        .iter()
+        .flat_map(|d| &d.endings)
+        .filter(|(label, _)| {
+            !matches!(label.as_str(), "churn" | "home") && !label.starts_with("retry")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    (cut_off, done.iter().map(|d| d.reconnects).sum())
 }
 
 /// Herald fan-out: `clients` on one channel over `transport`, `rate`
@@ -470,7 +493,14 @@ pub fn herald_fanout(
     rate: u64,
     duration: f64,
 ) -> FanoutResult {
-    herald_fanout_beside(brokers, transport, clients, rate, duration, None)
+    herald_fanout_with(
+        brokers,
+        transport,
+        clients,
+        rate,
+        duration,
+        &Opts::default(),
+    )
 }
 
 /// [`herald_fanout`], with `push` (when given) pushing on the same Herald
@@ -485,51 +515,242 @@ pub fn herald_fanout_beside(
     duration: f64,
     push: Option<&crate::push::Beside>,
 ) -> FanoutResult {
+    let opts = Opts {
+        push,
+        ..Opts::default()
+    };
+    herald_fanout_with(brokers, transport, clients, rate, duration, &opts)
+}
+
+/// What a fan-out run adds to the plain one.
+#[derive(Default)]
+pub struct Opts<'a> {
+    /// More of Herald's config (TOML tables), e.g. `[ws]` with `write_delay`.
+    pub config: String,
+    /// More flags for every client worker.
+    pub client_args: Vec<String>,
+    /// Web Push beside the clients ([`herald_fanout_beside`]).
+    pub push: Option<&'a crate::push::Beside>,
+    /// A noisy neighbour: a CPU hog on one core for this many seconds,
+    /// from the middle of the run ([`Hog`]).
+    pub hog_s: f64,
+}
+
+/// [`herald_fanout`] with [`Opts`].
+pub fn herald_fanout_with(
+    brokers: &str,
+    transport: &str,
+    clients: usize,
+    rate: u64,
+    duration: f64,
+    opts: &Opts,
+) -> FanoutResult {
+    let push = opts.push;
     let topic = crate::topic_name("fan");
     create_topic(brokers, &topic, 1);
-    let tables = bench_route(&topic) + &push.map_or(String::new(), |p| p.tables());
+    let tables = bench_route(&topic) + &opts.config + &push.map_or(String::new(), |p| p.tables());
     let herald = HeraldProc::start_with(brokers, "latest", "", &tables);
     if let Some(push) = push {
         push.ready(&herald);
     }
     let rss0 = herald.rss_kib();
     let records = (rate as f64 * duration).round() as u64;
+    let client_args: Vec<&str> = opts.client_args.iter().map(String::as_str).collect();
     let workers = Workers::spawn(
         transport,
         &herald.addr,
         clients,
         records,
         duration + 15.0,
-        &[],
+        &client_args,
         2,
     );
     let rss1 = herald.rss_kib();
-    let cpu0 = herald.cpu_s();
+    let c0 = Counters::read(herald.pid());
+    let writes = Writes::start(herald.pid());
     eprintln!(
         "bench: {clients} {transport} clients connected to Herald ({:.1}s); producing {records} records at {rate}/s",
         workers.connect_span_s()
     );
     let pushing = push.map(|p| p.start(duration));
+    let hog =
+        (opts.hog_s > 0.0).then(|| Hog::start_after(duration / 2.0 - opts.hog_s / 2.0, opts.hog_s));
     let publish_s = produce_paced(brokers, &topic, rate, records);
     let pushed = pushing.map(|p| p.join().expect("push producer"));
     let done = workers.finish();
-    let cpu = herald.cpu_s() - cpu0;
+    let used = Counters::read(herald.pid()).since(&c0, writes.finish());
     let rss2 = herald.rss_kib();
     let push_json = push
         .zip(pushed)
         .map(|(p, records)| p.finish(&herald, records));
     herald.stop();
+    let hogged = hog.map(Hog::finish);
     let t = totals(&done);
     let mut extra = json!({
         "transport": transport, "rate": rate, "records": records, "duration_s": duration,
         "herald_rss_kib_idle": rss0, "herald_rss_kib_connected": rss1, "herald_rss_kib_end": rss2,
         "rss_per_conn_kib": (rss1 - rss0) / clients as f64,
-        "herald_cpu_s": cpu, "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
+        "herald_cpu_s": used.cpu_s,
     });
+    used.per_delivery(&mut extra, t.received);
     if let Some(push) = push_json {
         extra["push"] = push;
     }
-    fanout_json(&t, publish_s, extra)
+    if let Some(s) = hogged {
+        extra["hog_s"] = s.into();
+    }
+    fanout_json(&t, publish_s, &done, extra)
+}
+
+/// What a server process has used so far: CPU (`utime+stime`) and
+/// context switches of all its threads; with [`Counters::since`], also
+/// the write system calls counted meanwhile ([`Writes`]).
+#[derive(Clone, Copy, Default)]
+pub struct Counters {
+    pub cpu_s: f64,
+    pub switches: u64,
+    /// Write system calls; NaN where `perf` could not count them.
+    pub writes: f64,
+}
+
+impl Counters {
+    pub fn read(pid: u32) -> Counters {
+        let mut switches = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let status =
+                    std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                switches += status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        Counters {
+            cpu_s: cpu_s(pid),
+            switches,
+            writes: f64::NAN,
+        }
+    }
+
+    /// What was used between `earlier` and this reading (context switches
+    /// of threads that ended meanwhile are not counted), with the writes
+    /// `writes` counted over the same time.
+    pub fn since(&self, earlier: &Counters, writes: f64) -> Counters {
+        Counters {
+            cpu_s: self.cpu_s - earlier.cpu_s,
+            switches: self.switches.saturating_sub(earlier.switches),
+            writes,
+        }
+    }
+
+    /// Adds `cpu_us_per_delivery`, `writes_per_delivery` and
+    /// `switches_per_delivery` to `json`.
+    pub fn per_delivery(&self, json: &mut Value, deliveries: u64) {
+        let d = deliveries.max(1) as f64;
+        json["cpu_us_per_delivery"] = (1e6 * self.cpu_s / d).into();
+        json["writes_per_delivery"] = (self.writes / d).into();
+        json["switches_per_delivery"] = (self.switches as f64 / d).into();
+    }
+}
+
+/// Counts a process's write system calls (`write`, `writev`, `sendto`,
+/// `sendmsg`: a socket write from tokio is a `send`) with `perf stat` on
+/// the syscall tracepoints, from [`Writes::start`] to [`Writes::finish`].
+/// `/proc/PID/io`'s `syscw` counts no `send`. Needs `perf` (Debian's
+/// linux-perf, which scripts/bench.sh installs) and root or
+/// `kernel.perf_event_paranoid` ≤ 1; without them the count is NaN.
+pub struct Writes {
+    perf: Option<Child>,
+}
+
+const WRITE_CALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
+
+impl Writes {
+    pub fn start(pid: u32) -> Writes {
+        let events: Vec<String> = WRITE_CALLS
+            .iter()
+            .map(|c| format!("syscalls:sys_enter_{c}"))
+            .collect();
+        let perf = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                &events.join(","),
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok();
+        if perf.is_none() {
+            eprintln!("bench: perf is not installed: writes per delivery not counted");
+        }
+        // perf attaches before the first count matters.
+        std::thread::sleep(Duration::from_millis(200));
+        Writes { perf }
+    }
+
+    /// Stops counting (SIGINT, as perf stat expects); the calls counted.
+    pub fn finish(self) -> f64 {
+        let Some(perf) = self.perf else {
+            return f64::NAN;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let Ok(out) = perf.wait_with_output() else {
+            return f64::NAN;
+        };
+        let text = String::from_utf8_lossy(&out.stderr);
+        let counts: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("syscalls:sys_enter_"))
+            .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+            .collect();
+        if counts.len() == WRITE_CALLS.len() {
+            counts.iter().sum()
+        } else {
+            eprintln!("bench: perf stat counted no write calls: {}", text.trim());
+            f64::NAN
+        }
+    }
+}
+
+/// A noisy neighbour: a process spinning on CPU 0 (`taskset`) for a while,
+/// started after a delay, as another tenant's batch job would.
+pub struct Hog {
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl Hog {
+    pub fn start_after(delay_s: f64, seconds: f64) -> Hog {
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(delay_s.max(0.0)));
+            eprintln!("bench: noisy neighbour: a CPU hog on CPU 0 for {seconds} s");
+            let started = Instant::now();
+            let status = Command::new("taskset")
+                .args(["-c", "0"])
+                .arg(std::env::current_exe().expect("exe"))
+                .args(["hog", "--seconds", &seconds.to_string()])
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "the CPU hog did not run (taskset, util-linux)"
+            );
+            started.elapsed().as_secs_f64()
+        });
+        Hog { thread }
+    }
+
+    /// Waits for the hog to end; how long it ran.
+    pub fn finish(self) -> f64 {
+        self.thread.join().expect("hog thread")
+    }
 }
 
 /// The fan-out floor: the same clients and rate against `floor-server`.
@@ -554,31 +775,41 @@ pub fn floor_fanout(clients: usize, rate: u64, duration: f64) -> FanoutResult {
     let addr = v["listen"].as_str().expect("listen").to_owned();
     let pid = child.id();
     let workers = Workers::spawn("floor", &addr, clients, records, duration + 15.0, &[], 2);
-    let cpu0 = cpu_s(pid);
+    let c0 = Counters::read(pid);
+    let writes = Writes::start(pid);
     line.clear();
     out.read_line(&mut line).expect("floor publishing line");
     let started = Instant::now();
     let done = workers.finish();
     let publish_s = started.elapsed().as_secs_f64().min(duration + 1.0);
-    let cpu = cpu_s(pid) - cpu0;
+    let used = Counters::read(pid).since(&c0, writes.finish());
     let rss = rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
     let t = totals(&done);
-    fanout_json(
-        &t,
-        publish_s,
-        json!({
-            "rate": rate, "records": records, "floor_rss_kib": rss, "floor_cpu_s": cpu,
-            "cpu_us_per_delivery": 1e6 * cpu / t.received.max(1) as f64,
-        }),
-    )
+    let mut extra = json!({
+        "rate": rate, "records": records, "floor_rss_kib": rss, "floor_cpu_s": used.cpu_s,
+    });
+    used.per_delivery(&mut extra, t.received);
+    fanout_json(&t, publish_s, &done, extra)
 }
 
 fn fanout_rows(
     name: &str,
     h: &FanoutResult,
     clients: usize,
+    p99_target: f64,
+    floor: Option<&FanoutResult>,
+) -> Vec<Row> {
+    fanout_rows_p50(name, h, clients, f64::NAN, p99_target, floor)
+}
+
+/// [`fanout_rows`] with a target for the median too (NaN: none).
+fn fanout_rows_p50(
+    name: &str,
+    h: &FanoutResult,
+    clients: usize,
+    p50_target: f64,
     p99_target: f64,
     floor: Option<&FanoutResult>,
 ) -> Vec<Row> {
@@ -596,8 +827,8 @@ fn fanout_rows(
             name,
             "p50 ms",
             h.p50,
-            "info",
-            f64::NAN,
+            if p50_target.is_nan() { "info" } else { "le" },
+            p50_target,
             floor.map(|f| f.p50),
             "ms",
         ),
@@ -655,6 +886,24 @@ fn fanout_rows(
             floor.and_then(|f| f.json["cpu_us_per_delivery"].as_f64()),
             "µs",
         ),
+        row(
+            name,
+            "cut off",
+            h.cut_off as f64,
+            "info",
+            f64::NAN,
+            floor.map(|f| f.cut_off as f64),
+            "conns",
+        ),
+        row(
+            name,
+            "resumed",
+            h.resumed as f64,
+            "ge",
+            h.cut_off as f64,
+            floor.map(|f| f.resumed as f64),
+            "conns",
+        ),
     ]
 }
 
@@ -675,12 +924,16 @@ pub enum Name {
     F2,
     F3,
     F4,
+    P2Noisy,
+    P3Noisy,
+    Curve,
+    Delay,
     Smoke,
 }
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 13] = [
+    const EVERY: [Name; 17] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -693,14 +946,22 @@ impl Name {
         Name::F2,
         Name::F3,
         Name::F4,
+        Name::P2Noisy,
+        Name::P3Noisy,
+        Name::Curve,
+        Name::Delay,
         Name::Smoke,
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 12] = [
+    const ALL: [Name; 16] = [
+        Name::Curve,
+        Name::Delay,
         Name::P6,
         Name::P3,
+        Name::P3Noisy,
         Name::P2,
+        Name::P2Noisy,
         Name::P7,
         Name::P1,
         Name::P4,
@@ -726,6 +987,10 @@ impl Name {
             Name::F2 => "f2",
             Name::F3 => "f3",
             Name::F4 => "f4",
+            Name::P2Noisy => "p2-noisy",
+            Name::P3Noisy => "p3-noisy",
+            Name::Curve => "curve",
+            Name::Delay => "delay",
             Name::Smoke => "smoke",
         }
     }
@@ -792,19 +1057,48 @@ pub fn run(
                 duration,
                 None,
             ),
-            Name::P3 | Name::Smoke => {
+            Name::P2Noisy => {
+                let c = clients_override.unwrap_or(10_000);
+                let opts = Opts {
+                    hog_s: HOG_S,
+                    ..Opts::default()
+                };
+                let h = herald_fanout_with(brokers, "ws", c, 50, duration, &opts);
+                (
+                    noisy_rows(name, &h, c),
+                    json!({"herald": h.json, "hog_s": HOG_S}),
+                )
+            }
+            Name::P3 | Name::P3Noisy | Name::Smoke => {
                 let (c, d) = if scenario == Name::Smoke {
                     (clients_override.unwrap_or(50), duration.min(3.0))
                 } else {
                     (clients_override.unwrap_or(1000), duration)
                 };
-                let h = herald_fanout(brokers, "ws", c, 1000, d);
-                let f = floor_fanout(c, 1000, d);
-                (
-                    fanout_rows(name, &h, c, 15.0, Some(&f)),
-                    json!({"herald": h.json, "floor": f.json}),
-                )
+                if scenario == Name::P3Noisy {
+                    let opts = Opts {
+                        hog_s: HOG_S,
+                        ..Opts::default()
+                    };
+                    let h = herald_fanout_with(brokers, "ws", c, 1000, d, &opts);
+                    (
+                        noisy_rows(name, &h, c),
+                        json!({"herald": h.json, "hog_s": HOG_S}),
+                    )
+                } else {
+                    let h = herald_fanout(brokers, "ws", c, 1000, d);
+                    let f = floor_fanout(c, 1000, d);
+                    // Targets as ratios of the floor in the same run: the
+                    // p99 at most the floor's, the median at most the
+                    // floor's plus the producer's linger (Kafka's part).
+                    (
+                        fanout_rows_p50(name, &h, c, f.p50 + LINGER_MS, f.p99, Some(&f)),
+                        json!({"herald": h.json, "floor": f.json, "linger_ms": LINGER_MS}),
+                    )
+                }
             }
+            Name::Curve => crate::curve::curve(brokers, duration_override.unwrap_or(10.0)),
+            Name::Delay => crate::curve::delay(brokers, duration_override.unwrap_or(10.0)),
             Name::P4 => {
                 let c = clients_override.unwrap_or(10_000);
                 let ws = herald_fanout(brokers, "ws", c, 50, duration);
@@ -871,6 +1165,19 @@ pub fn run(
         eprintln!("bench: smoke run lost or duplicated messages");
         std::process::exit(1);
     }
+}
+
+/// How long the noisy neighbour of `p2-noisy` and `p3-noisy` spins.
+const HOG_S: f64 = 10.0;
+
+/// The producer's `linger.ms` ([`produce_paced`]): part of every record's
+/// latency that is Kafka's batching, not Herald's.
+pub const LINGER_MS: f64 = 5.0;
+
+/// The rows of a noisy-neighbour run: nothing may be lost or duplicated
+/// while a core is taken away; the latency is reported, not judged.
+fn noisy_rows(name: &str, h: &FanoutResult, clients: usize) -> Vec<Row> {
+    fanout_rows(name, h, clients, f64::INFINITY, None)
 }
 
 /// `/proc/loadavg`'s 1-minute figure (NaN off Linux).
@@ -1151,6 +1458,7 @@ pub fn report(dir: &Path) {
     }
     std::fs::write(dir.join("summary.md"), &md).expect("summary.md");
     std::fs::write(dir.join("chart.svg"), svg(&rows)).expect("chart.svg");
+    crate::curve::plot(dir);
     print!("{md}");
 }
 

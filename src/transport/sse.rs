@@ -20,6 +20,8 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
@@ -44,6 +46,9 @@ use crate::stream_ends::EndSignal;
 const MAX_BATCH: usize = 256;
 
 const TRANSPORT: &str = "sse";
+
+/// A write delay gathers batches into one chunk up to about this size.
+const MAX_GATHER_BYTES: usize = crate::hub::subscription::MAX_BATCH_BYTES;
 
 pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let params = StreamParams::parse(req.uri().query(), QueryLimits::of(&app.config()))?;
@@ -87,6 +92,7 @@ pub async fn handle<B>(app: &Arc<App>, req: &Request<B>) -> Result<Response<Body
         end: app.ends.watch(reader.subject()),
         batch: Vec::new(),
         done: false,
+        write_delay: app.config().sse.write_delay,
         metrics: app.metrics.clone(),
         _connection: ConnectionGauge::new(&app.metrics, TRANSPORT),
     };
@@ -167,6 +173,9 @@ struct SseStream {
     end: EndSignal,
     batch: Vec<Delivery>,
     done: bool,
+    /// `sse.write_delay`: how long a first batch waits for more, so they
+    /// go out in one write.
+    write_delay: Duration,
     metrics: Arc<Metrics>,
     _connection: ConnectionGauge,
 }
@@ -201,7 +210,8 @@ impl SseStream {
                 Some(Bytes::from_static(b"event: reconnect\ndata: {\"reason\":\"token_expired\"}\n\n"))
             }
             next = Self::next_batch(&mut self.source, &mut self.batch, &self.metrics) => match next {
-                Next::Chunk(chunk) => Some(chunk),
+                Next::Chunk(chunk) if self.write_delay.is_zero() || chunk.is_empty() => Some(chunk),
+                Next::Chunk(chunk) => Some(self.gather(chunk).await),
                 Next::End(last) => {
                     self.done = true;
                     last
@@ -209,6 +219,37 @@ impl SseStream {
             },
             _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
         }
+    }
+
+    /// `sse.write_delay`: waits that long after `first`, then appends
+    /// every batch ready by then (up to [`MAX_GATHER_BYTES`]), so they
+    /// leave in one write. What arrives meanwhile stays in the inboxes,
+    /// waking no one.
+    async fn gather(&mut self, first: Bytes) -> Bytes {
+        tokio::time::sleep(self.write_delay).await;
+        let mut buf = BytesMut::from(first);
+        while buf.len() < MAX_GATHER_BYTES && !self.done {
+            self.batch.clear();
+            let ready = std::future::poll_fn(|cx| {
+                let next = Self::next_batch(&mut self.source, &mut self.batch, &self.metrics);
+                match std::pin::pin!(next).poll(cx) {
+                    Poll::Ready(next) => Poll::Ready(Some(next)),
+                    Poll::Pending => Poll::Ready(None),
+                }
+            })
+            .await;
+            match ready {
+                None => break,
+                Some(Next::Chunk(chunk)) => buf.put_slice(&chunk),
+                Some(Next::End(last)) => {
+                    self.done = true;
+                    if let Some(last) = last {
+                        buf.put_slice(&last);
+                    }
+                }
+            }
+        }
+        buf.freeze()
     }
 
     /// Waits for the source's next batch and encodes it.
