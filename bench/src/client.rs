@@ -259,7 +259,7 @@ async fn run_async(args: ClientArgs) {
             };
             drop(permit);
             ctx.connected.fetch_add(1, Ordering::Relaxed);
-            read_loop(stream, args.expect, args.count, &shared).await;
+            stream_client(stream, args, index, &shared).await;
         });
     }
     while ctx.connected.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < args.count {
@@ -456,28 +456,107 @@ impl Tracker {
     }
 }
 
-async fn read_loop(
-    (mut s, first): (tokio::net::TcpStream, Vec<u8>),
-    expect: u64,
-    _clients: usize,
+/// An SSE (or floor) client across its connections: reads events until
+/// it has every record; an SSE stream that ends before that (a slow
+/// consumer's `reconnect`, a reset) is opened again with `Last-Event-ID`
+/// of the last complete event, as a browser's EventSource does.
+async fn stream_client(
+    first: (tokio::net::TcpStream, Vec<u8>),
+    args: &ClientArgs,
+    index: usize,
     shared: &Mutex<Shared>,
 ) {
-    let mut tracker = Tracker::new(expect);
+    let mut tracker = Tracker::new(args.expect);
+    let mut last_id = args.cursor.clone();
+    let mut conn = first;
+    loop {
+        let ending = read_events(conn, &mut tracker, &mut last_id, shared).await;
+        if tracker.done() || args.transport != "sse" {
+            return;
+        }
+        shared
+            .lock()
+            .endings
+            .entry(ending.to_owned())
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+        let request = {
+            let mut again = args.clone();
+            again.cursor = last_id.clone();
+            request_for(&again)
+        };
+        let mut attempt = 0;
+        conn = loop {
+            match open(args, &request, index).await {
+                Ok(conn) => break conn,
+                Err(e) if attempt < 300 => {
+                    attempt += 1;
+                    *shared
+                        .lock()
+                        .endings
+                        .entry(format!("retry: {e}"))
+                        .or_insert(0) += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    let mut g = shared.lock();
+                    g.refused += 1;
+                    g.last_error = Some(e);
+                    return;
+                }
+            }
+        };
+        {
+            let mut g = shared.lock();
+            g.reconnects += 1;
+            g.last_reconnect_us = unix_us();
+        }
+    }
+}
+
+/// Reads one stream's events (`\n\n`-terminated) into `tracker`, keeping
+/// the `id:` of the last complete one, until the tracker is done (then
+/// the socket is held open, so the server sees no churn) or the stream
+/// ends; says how it ended.
+async fn read_events(
+    (mut s, first): (tokio::net::TcpStream, Vec<u8>),
+    tracker: &mut Tracker,
+    last_id: &mut Option<String>,
+    shared: &Mutex<Shared>,
+) -> &'static str {
     let mut acc = first;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        let keep_from = tracker.scan(&acc, shared);
-        if tracker.done() {
-            // Keep the socket open (so the server sees no churn) but stop counting.
-            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
-            return;
+        if let Some(end) = memchr::memmem::rfind(&acc, b"\n\n") {
+            let complete = &acc[..end + 2];
+            tracker.scan(complete, shared);
+            if let Some(id) = last_event_id(complete) {
+                *last_id = Some(id);
+            }
+            acc.drain(..end + 2);
         }
-        acc.drain(..keep_from.min(acc.len()));
+        if tracker.done() {
+            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+            return "done";
+        }
         match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return "eof",
+            Err(_) => return "error",
             Ok(k) => acc.extend_from_slice(&buf[..k]),
         }
     }
+}
+
+/// The value of the last `id:` line in `events`.
+fn last_event_id(events: &[u8]) -> Option<String> {
+    let at = memchr::memmem::rfind(events, b"id: ")?;
+    if at > 0 && events[at - 1] != b'\n' {
+        // Inside a data line: look before it.
+        return last_event_id(&events[..at]);
+    }
+    let rest = &events[at + 4..];
+    let line = &rest[..memchr::memchr(b'\n', rest)?];
+    Some(String::from_utf8_lossy(line).into_owned())
 }
 
 /// One keep-alive HTTP/1.1 GET; returns the status line and the body
