@@ -36,6 +36,7 @@ use super::limits::{ClientAddr, ConnectionPermit};
 use super::response::Body;
 use crate::app::App;
 use crate::transport;
+use crate::transport::gate::Gate;
 
 /// Whether a connection whose first request is `req` is served here.
 pub fn takes<B>(req: &Request<B>) -> bool {
@@ -141,10 +142,13 @@ fn response_head(response: http::Response<Body>) -> (Vec<u8>, Body, bool) {
 async fn send_body(stream: &mut TcpStream, mut body: Body, chunked: bool, write_timeout: Duration) {
     let (reader, mut stream) = stream.split();
     let mut gone = std::pin::pin!(closed(reader));
+    // The read side is polled only after it woke the task, not on every
+    // chunk (each poll takes the I/O driver's per-socket lock).
+    let read_gate = Gate::new();
     loop {
         let frame = tokio::select! {
             biased;
-            () = &mut gone => return,
+            () = std::future::poll_fn(|cx| read_gate.poll(cx, |cx| gone.as_mut().poll(cx))) => return,
             frame = body.frame() => frame,
         };
         let Some(Ok(frame)) = frame else {

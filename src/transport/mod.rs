@@ -11,6 +11,7 @@
 //! A connection holding one hub subscription per channel (a WebSocket, a
 //! `sub=` stream or poll) keeps them in the table of `subscriptions`.
 
+pub(crate) mod gate;
 pub mod poll;
 pub mod sse;
 mod subscriptions;

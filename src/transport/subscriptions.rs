@@ -183,17 +183,6 @@ impl Subscriptions {
         }
         Poll::Pending
     }
-
-    /// The next event if one is ready, registering the task's waker
-    /// otherwise (unlike `now_or_never`, which would leave a no-op waker
-    /// in the inboxes).
-    pub(super) async fn ready_now(&mut self) -> Option<Outbound> {
-        std::future::poll_fn(|cx| match self.poll_next(cx) {
-            Poll::Ready(outbound) => Poll::Ready(Some(outbound)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await
-    }
 }
 
 impl Subscriptions {

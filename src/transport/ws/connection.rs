@@ -29,6 +29,7 @@ use crate::http::error::replay_failed;
 use crate::http::query::start_at;
 use crate::hub::{CloseReason, SubscriberKind};
 use crate::stream_ends::{EndReason, EndSignal};
+use crate::transport::gate::Gate;
 use crate::transport::subscriptions::{EntryState, Event, Outbound, Subscribing, Subscriptions};
 use crate::transport::{ConnectionGauge, observe_delivered};
 
@@ -115,75 +116,15 @@ pub(super) struct Connection {
     /// The access-log line (`log.access`), counting the bytes Herald's own
     /// frames took; boxed, so a connection without one holds a pointer.
     access: Option<Box<AccessEntry>>,
-    /// Whether the socket's read side woke the task (see [`ReadGate`]).
-    read_gate: ReadGate,
+    /// The socket's read side is polled only after it woke the task, and
+    /// the subscriptions only after theirs did ([`Gate`]).
+    read_gate: Gate,
+    deliveries: Gate,
     /// A frame was read since tungstenite last flushed: it may hold a
     /// reply (a pong, a close) that must go out before Herald's own
     /// frames. Nothing else queues output in tungstenite.
     tungstenite_may_hold: bool,
     _gauge: ConnectionGauge,
-}
-
-/// Polls the socket's read side only after the socket woke the task.
-///
-/// A connection's task wakes for every delivery; before, each wake also
-/// polled tungstenite, hyper's upgraded I/O and tokio's readiness (which
-/// takes the I/O driver's per-socket lock) only to learn that the client
-/// had sent nothing: about 3% of Herald's CPU at 10,000 clients (perf,
-/// P2). The read side is polled with a waker of its own, which marks the
-/// gate open and wakes the task; after a frame it stays open, as more may
-/// be buffered.
-struct ReadGate {
-    state: Arc<GateState>,
-    waker: std::task::Waker,
-}
-
-#[derive(Default)]
-struct GateState {
-    open: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for GateState {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.open.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl ReadGate {
-    fn new() -> Self {
-        let state = Arc::new(GateState::default());
-        // Open at first: the socket has not been polled yet.
-        state.open.store(true, std::sync::atomic::Ordering::Relaxed);
-        ReadGate {
-            waker: std::task::Waker::from(state.clone()),
-            state,
-        }
-    }
-
-    /// The socket's next frame, polled only when the gate is open.
-    fn poll_next(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        socket: &mut Socket,
-    ) -> std::task::Poll<Option<Result<Message, WsError>>> {
-        use std::sync::atomic::Ordering;
-        self.state.task.register(cx.waker());
-        if !self.state.open.swap(false, Ordering::AcqRel) {
-            return std::task::Poll::Pending;
-        }
-        let mut own = std::task::Context::from_waker(&self.waker);
-        let next = socket.poll_next_unpin(&mut own);
-        if next.is_ready() {
-            self.state.open.store(true, Ordering::Release);
-        }
-        next
-    }
 }
 
 impl Connection {
@@ -207,7 +148,8 @@ impl Connection {
             expires: reader.time_left().map(|left| Instant::now() + left),
             reader,
             out: Vec::new(),
-            read_gate: ReadGate::new(),
+            read_gate: Gate::new(),
+            deliveries: Gate::new(),
             tungstenite_may_hold: false,
             _gauge: gauge,
         }
@@ -296,7 +238,7 @@ impl Connection {
                         break ending;
                     }
                 }
-                first = std::future::poll_fn(|cx| self.subscriptions.poll_next(cx)),
+                first = std::future::poll_fn(|cx| self.deliveries.poll(cx, |cx| self.subscriptions.poll_next(cx))),
                     if !self.subscriptions.is_empty() && streak < MAX_STREAK && !holding =>
                 {
                     streak += 1;
@@ -318,7 +260,7 @@ impl Connection {
                         holding = true;
                     }
                 }
-                frame = std::future::poll_fn(|cx| self.read_gate.poll_next(cx, &mut self.socket)) => {
+                frame = std::future::poll_fn(|cx| self.read_gate.poll(cx, |cx| self.socket.poll_next_unpin(cx))) => {
                     streak = 0;
                     // Any frame shows the client is alive.
                     keepalive = Keepalive::Idle;
@@ -357,7 +299,7 @@ impl Connection {
     async fn write_round(&mut self, first: Option<Outbound>) -> Result<(), Ending> {
         let mut next = match first {
             Some(first) => Some(first),
-            None => self.subscriptions.ready_now().await,
+            None => self.ready_now().await,
         };
         let mut taken = 0;
         let mut ended = Ok(());
@@ -365,7 +307,7 @@ impl Connection {
             ended = self.encode_event(outbound);
             taken += 1;
             if ended.is_ok() && taken < MAX_ROUND {
-                next = self.subscriptions.ready_now().await;
+                next = self.ready_now().await;
             }
         }
         // What was encoded before an ending (say, the messages before a
@@ -373,6 +315,21 @@ impl Connection {
         let deadline = Instant::now() + self.app.config().ws.pong_timeout;
         self.write_out(deadline).await?;
         ended
+    }
+
+    /// The subscriptions' next event if one is ready now (through the
+    /// gate, whose waker stays with them when none is).
+    async fn ready_now(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| {
+            match self
+                .deliveries
+                .poll(cx, |cx| self.subscriptions.poll_next(cx))
+            {
+                std::task::Poll::Ready(outbound) => std::task::Poll::Ready(Some(outbound)),
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+            }
+        })
+        .await
     }
 
     /// Encodes an event's frames into the output buffer; `Err` when it
@@ -517,6 +474,8 @@ impl Connection {
                 });
                 self.subscriptions
                     .add(Arc::from(channel), EntryState::Subscribing(answer));
+                // Polled at the next turn, though nothing woke the gate.
+                self.deliveries.open();
                 None
             }
             ClientMessage::Auth { token } => Some(self.on_auth(&token).await),
