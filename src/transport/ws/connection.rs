@@ -162,6 +162,10 @@ impl Connection {
         // (again only when an `auth` message changed it).
         let mut stopping = std::pin::pin!(self.end.ended_owned());
         let mut stopping_for = self.end_changes;
+        // Shutdown and the ping timer wake the task when they fire; polled
+        // through gates, a wake for a delivery does not poll them too.
+        let stop_gate = Gate::new();
+        let timer_gate = Gate::new();
         let mut keepalive = Keepalive::Idle;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
         let mut streak = 0u32;
@@ -179,6 +183,7 @@ impl Connection {
             if self.end_changes != stopping_for {
                 stopping.set(self.end.ended_owned());
                 stopping_for = self.end_changes;
+                stop_gate.open();
             }
             if self.expires != armed_for {
                 armed_for = self.expires;
@@ -200,7 +205,7 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = &mut stopping => match self.end.reason() {
+                () = std::future::poll_fn(|cx| stop_gate.poll(cx, |cx| stopping.as_mut().poll(cx))) => match self.end.reason() {
                     EndReason::Revoked => {
                         let reply = error_json(
                             "token_revoked",
@@ -265,11 +270,12 @@ impl Connection {
                     // Any frame shows the client is alive.
                     keepalive = Keepalive::Idle;
                     timer.as_mut().reset(Instant::now() + ping_interval);
+                    timer_gate.open();
                     if let Err(ending) = Box::pin(self.on_frame(frame)).await {
                         break ending;
                     }
                 }
-                _ = timer.as_mut() => {
+                () = std::future::poll_fn(|cx| timer_gate.poll(cx, |cx| timer.as_mut().poll(cx))) => {
                     streak = 0;
                     match keepalive {
                         Keepalive::Idle => {
@@ -278,6 +284,7 @@ impl Connection {
                             }
                             keepalive = Keepalive::AwaitingPong;
                             timer.as_mut().reset(Instant::now() + pong_timeout);
+                            timer_gate.open();
                         }
                         Keepalive::AwaitingPong => {
                             break Ending::Close(
