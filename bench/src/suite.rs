@@ -450,7 +450,9 @@ fn fanout_json(t: &Totals, publish_s: f64, done: &[Done], extra: Value) -> Fanou
         "lost": t.lost, "duplicates": t.duplicates, "complete_clients": t.complete,
         "deliveries_per_s": t.received as f64 / publish_s.max(1e-9),
         "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
-        "cut_off": cut_off, "resumed": resumed,
+        "cut_off": cut_off, "resumed": resumed, "endings": endings(done),
+        "refused": done.iter().map(|d| d.refused).sum::<u64>(),
+        "last_error": done.iter().find_map(|d| d.last_error.clone()),
     });
     if let (Value::Object(a), Value::Object(b)) = (&mut json, extra) {
         a.extend(b);
@@ -465,6 +467,15 @@ fn fanout_json(t: &Totals, publish_s: f64, done: &[Done], extra: Value) -> Fanou
         cut_off,
         resumed,
     }
+}
+
+/// How the clients' connections ended, summed over the workers.
+pub fn endings(done: &[Done]) -> std::collections::BTreeMap<String, u64> {
+    let mut all = std::collections::BTreeMap::new();
+    for (label, n) in done.iter().flat_map(|d| &d.endings) {
+        *all.entry(label.clone()).or_insert(0) += n;
+    }
+    all
 }
 
 /// Connections the server ended before the client was done (a slow
@@ -534,6 +545,9 @@ pub struct Opts<'a> {
     /// A noisy neighbour: a CPU hog on one core for this many seconds,
     /// from the middle of the run ([`Hog`]).
     pub hog_s: f64,
+    /// How long the clients may take, after the last record was produced,
+    /// to have every record (0: 15 s).
+    pub grace_s: f64,
 }
 
 /// [`herald_fanout`] with [`Opts`].
@@ -561,7 +575,12 @@ pub fn herald_fanout_with(
         &herald.addr,
         clients,
         records,
-        duration + 15.0,
+        duration
+            + if opts.grace_s > 0.0 {
+                opts.grace_s
+            } else {
+                15.0
+            },
         &client_args,
         2,
     );
@@ -1061,6 +1080,7 @@ pub fn run(
                 let c = clients_override.unwrap_or(10_000);
                 let opts = Opts {
                     hog_s: HOG_S,
+                    grace_s: HOG_GRACE_S,
                     ..Opts::default()
                 };
                 let h = herald_fanout_with(brokers, "ws", c, 50, duration, &opts);
@@ -1078,6 +1098,7 @@ pub fn run(
                 if scenario == Name::P3Noisy {
                     let opts = Opts {
                         hog_s: HOG_S,
+                        grace_s: HOG_GRACE_S,
                         ..Opts::default()
                     };
                     let h = herald_fanout_with(brokers, "ws", c, 1000, d, &opts);
@@ -1169,6 +1190,10 @@ pub fn run(
 
 /// How long the noisy neighbour of `p2-noisy` and `p3-noisy` spins.
 const HOG_S: f64 = 10.0;
+
+/// After a noisy neighbour, the clients cut off meanwhile resume and catch
+/// up from their cursors: they get this long after the last record.
+const HOG_GRACE_S: f64 = 90.0;
 
 /// The producer's `linger.ms` ([`produce_paced`]): part of every record's
 /// latency that is Kafka's batching, not Herald's.
