@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs herald-bench's scenarios (issue 6's p1…p7, push: Web Push, issue
-# 12, and f1…f4: faults under load, issue 13) against a real Kafka broker.
+# 12, f1…f4: faults under load, issue 13, and deflate: permessage-deflate,
+# issue 17) against a real Kafka broker.
 #
 #   scripts/bench.sh SCENARIO [--duration S] [--clients N]
-#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 push f1 f2 f3 f4 smoke, or all (p6 p3
-#     p2 p7 p1 p4 p5 push f1 f2 f4 f3); any case, another name exits 64
+#     SCENARIO: p1 p2 p3 p4 p5 p6 p7 push f1 f2 f3 f4 deflate smoke, or all
+#     (p6 p3 p2 p7 p1 p4 p5 push f1 f2 f4 f3 deflate); any case, another
+#     name exits 64; deflate: bytes and CPU per delivery with and without
+#     permessage-deflate
 #     f1 broker restart (a broker of its own on a spare port), f2 SIGKILL
 #     of one of two nodes, f3 a 30-minute soak (--duration 1800), f4 1%
 #     slow readers; --duration is seconds of records (f1, f2 40; f4 60)
@@ -19,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
-[[ $# -ge 1 ]] || { sed -n '2,17p' "$0" >&2; exit 64; }
+[[ $# -ge 1 ]] || { sed -n '2,20p' "$0" >&2; exit 64; }
 scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}

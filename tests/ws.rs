@@ -646,7 +646,7 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
 }
 
 /// The same payloads inflated by Python's zlib (another implementation
-/// than Herald's miniz_oxide): one hex payload a line in, one out.
+/// than Herald's zlib-rs): one hex payload a line in, one out.
 fn inflate_with_python(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
     use std::io::Write;
     let python = std::env::var("HERALD_PUSH_PYTHON").unwrap_or_else(|_| "python3".into());

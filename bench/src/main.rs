@@ -14,6 +14,7 @@
 //! sockets that count events, so the client side stays cheap.
 
 mod client;
+mod compression;
 mod faults;
 mod floor;
 mod hist;

@@ -396,7 +396,7 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// up to 5 ms of it. With `linger.ms` 1 the broker, on the same two cores,
 /// spent ~80% of a core answering a produce and a fetch per record, and the
 /// fan-out scenarios measured that instead of Herald.
-fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
+pub fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -675,12 +675,14 @@ pub enum Name {
     F2,
     F3,
     F4,
+    /// permessage-deflate against plain frames (compression.rs).
+    Deflate,
     Smoke,
 }
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 13] = [
+    const EVERY: [Name; 14] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -693,11 +695,12 @@ impl Name {
         Name::F2,
         Name::F3,
         Name::F4,
+        Name::Deflate,
         Name::Smoke,
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 12] = [
+    const ALL: [Name; 13] = [
         Name::P6,
         Name::P3,
         Name::P2,
@@ -710,6 +713,7 @@ impl Name {
         Name::F2,
         Name::F4,
         Name::F3,
+        Name::Deflate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -726,6 +730,7 @@ impl Name {
             Name::F2 => "f2",
             Name::F3 => "f3",
             Name::F4 => "f4",
+            Name::Deflate => "deflate",
             Name::Smoke => "smoke",
         }
     }
@@ -831,6 +836,9 @@ pub fn run(
             Name::F3 => crate::faults::f3(brokers, clients_override.unwrap_or(2000), 20, duration),
             Name::F4 => {
                 crate::faults::f4(brokers, clients_override.unwrap_or(10_000), 20, duration)
+            }
+            Name::Deflate => {
+                crate::compression::run(brokers, clients_override.unwrap_or(10_000), duration)
             }
         };
         for r in &rows {
