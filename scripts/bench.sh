@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Runs herald-bench's scenarios (issue 6's p1…p7, push: Web Push, issue
 # 12, f1…f4: faults under load, issue 13, and issue 17's load curve,
-# write delay and noisy neighbours) against a real Kafka broker.
+# write delay, noisy neighbours and permessage-deflate) against a real
+# Kafka broker.
 #
 #   scripts/bench.sh SCENARIO [--duration S] [--clients N]
 #     SCENARIO: p1 p2 p3 p4 p5 p6 p7 push f1 f2 f3 f4 p2-noisy p3-noisy
-#     curve delay smoke, or all (curve delay p6 p3 p3-noisy p2 p2-noisy p7
-#     p1 p4 p5 push f1 f2 f4 f3); any case, another name exits 64
+#     curve delay deflate smoke, or all (curve delay p6 p3 p3-noisy p2
+#     p2-noisy p7 p1 p4 p5 push f1 f2 f4 f3 deflate); any case, another
+#     name exits 64
 #     curve: 10,000 and 2,000 WebSocket clients from 50k to 1M
 #     deliveries/s, Herald and the floor (--duration: seconds per point,
 #     default 10); delay: ws.write_delay 0/2/5/10 ms on that curve;
-#     p2-noisy, p3-noisy: P2 and P3 with a CPU hog on one core for 10 s
+#     p2-noisy, p3-noisy: P2 and P3 with a CPU hog on one core for 10 s;
+#     deflate: bytes and CPU per delivery with and without permessage-deflate
 #     f1 broker restart (a broker of its own on a spare port), f2 SIGKILL
 #     of one of two nodes, f3 a 30-minute soak (--duration 1800), f4 1%
 #     slow readers; --duration is seconds of records (f1, f2 40; f4 60)
@@ -25,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
-[[ $# -ge 1 ]] || { sed -n '2,23p' "$0" >&2; exit 64; }
+[[ $# -ge 1 ]] || { sed -n '2,26p' "$0" >&2; exit 64; }
 scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}

@@ -20,6 +20,10 @@
 //!   in the page with WebCrypto) renews them on every transport, records
 //!   arriving exactly once across the renewals;
 //! - a screenshot of the demo page with live messages, `docs/demo.png`;
+//! - Chromium's own WebSocket negotiates permessage-deflate
+//!   (`ws.extensions`), its compressed subscribe messages are understood,
+//!   and every message arrives compressed (seen on the wire through a
+//!   recording proxy), exactly the records produced, in order;
 //! - in Firefox ESR (`tests/browser/firefox.mjs`, with a push service of
 //!   the test's own, `autopush.mjs`): `herald.push` subscribes, each record
 //!   is pushed once, a truncated one is read back from /poll, a renewed
@@ -2447,4 +2451,244 @@ async fn chromium_holds_ten_sse_streams_over_one_http2_connection() {
     browser.close().await;
     herald.stop().await;
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every byte of each connection through [`Recorder`], per direction.
+#[derive(Default)]
+struct Recorded {
+    from_client: Vec<u8>,
+    from_server: Vec<u8>,
+}
+
+/// A TCP proxy in front of Herald that keeps what each connection sent
+/// either way, to see the WebSocket frames themselves: Chromium shows a
+/// page neither RSV1 nor the compressed bytes.
+struct Recorder {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<Recorded>>>>>,
+}
+
+impl Recorder {
+    async fn start(upstream: SocketAddr) -> Recorder {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let recorded = std::sync::Arc::new(std::sync::Mutex::new(Recorded::default()));
+                all.lock().unwrap().push(recorded.clone());
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let up = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                        up.lock().unwrap().from_client.extend_from_slice(&buf[..n]);
+                        if server_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_tx.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        recorded
+                            .lock()
+                            .unwrap()
+                            .from_server
+                            .extend_from_slice(&buf[..n]);
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_tx.shutdown().await;
+                });
+            }
+        });
+        Recorder { addr, connections }
+    }
+
+    /// The WebSocket connection's bytes: (client's, server's), each after
+    /// its HTTP head, and the response head.
+    fn websocket(&self) -> (Vec<u8>, Vec<u8>, String) {
+        let all = self.connections.lock().unwrap();
+        let ws = all
+            .iter()
+            .find(|c| c.lock().unwrap().from_client.starts_with(b"GET /ws"))
+            .expect("a WebSocket connection through the recorder");
+        let ws = ws.lock().unwrap();
+        let after_head = |b: &[u8]| {
+            let end = b.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+            (
+                String::from_utf8_lossy(&b[..end]).into_owned(),
+                b[end..].to_vec(),
+            )
+        };
+        let (_, client) = after_head(&ws.from_client);
+        let (head, server) = after_head(&ws.from_server);
+        (client, server, head)
+    }
+}
+
+/// WebSocket frames off a byte stream: (first byte, payload unmasked).
+fn ws_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while b.len() >= 2 {
+        let (mut at, len) = match b[1] & 0x7F {
+            126 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+            ),
+            n => (2, n as usize),
+        };
+        let key = (b[1] & 0x80 != 0).then(|| {
+            at += 4;
+            [b[at - 4], b[at - 3], b[at - 2], b[at - 1]]
+        });
+        if b.len() < at + len {
+            break;
+        }
+        let mut payload = b[at..at + len].to_vec();
+        if let Some(key) = key {
+            payload
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x ^= key[i % 4]);
+        }
+        frames.push((b[0], payload));
+        b = &b[at + len..];
+    }
+    frames
+}
+
+/// A permessage-deflate message inflated (RFC 7692 §7.2.2).
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(64 * 1024);
+    flate2::Decompress::new(false)
+        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("valid DEFLATE");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_negotiates_permessage_deflate_and_gets_exactly_the_records_compressed() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique_topic("browser-deflate");
+    create_topic(&topic, 3).await;
+    let mut config = config(&[(&topic, "all"), (&topic, "key.{key}")]);
+    config.ws.compression = true;
+    let node = Node::start(config, &[(&topic, 3)]).await;
+    let recorder = Recorder::start(node.addr()).await;
+    let mut browser = Browser::launch().await;
+    // The page's origin is the recorder's, so its WebSocket is same-origin.
+    browser
+        .goto(&format!("http://{}/healthz", recorder.addr))
+        .await;
+    browser
+        .eval(
+            r#"(() => {
+  window.texts = []; window.received = [];
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  window.ws = ws;
+  ws.onopen = () => {
+    for (const channel of ["all", "key.k1"]) ws.send(JSON.stringify({ type: "subscribe", channel }));
+  };
+  ws.onmessage = (e) => {
+    texts.push(e.data);
+    const m = JSON.parse(e.data);
+    if (m.type === "message") received.push(m);
+  };
+  return true;
+})()"#,
+        )
+        .await;
+    let subscribed = r#"texts.filter((t) => JSON.parse(t).type === "subscribed").length === 2"#;
+    browser.wait("subscribed", subscribed, TIMEOUT).await;
+    assert_eq!(
+        browser.eval("ws.extensions").await,
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
+
+    let producer = Producer::new();
+    let mut produced = Produced::default();
+    produced.send(&producer, &topic, 0..60).await;
+    let all = 60 + produced.count_with_key("k1");
+    browser
+        .wait(
+            "every record on both channels",
+            &format!("received.length >= {all}"),
+            RECEIVE_TIMEOUT,
+        )
+        .await;
+    let received: Vec<Value> = browser.eval("received").await.as_array().unwrap().clone();
+    let on = |channel: &str| -> Vec<Value> {
+        let mine = received.iter().filter(|m| m["channel"] == channel);
+        mine.cloned().collect()
+    };
+    produced.assert_exact(&on("all"), None, "all, compressed");
+    produced.assert_exact(&on("key.k1"), Some("k1"), "key.k1, compressed");
+    let texts: Vec<String> = serde_json::from_value(browser.eval("texts").await).unwrap();
+    browser.eval("ws.close(), true").await;
+    browser.close().await;
+
+    // On the wire: Herald's answer, the browser's subscribe messages
+    // compressed, and every message frame compressed, inflating to what
+    // the page got, in its order.
+    let (client, server, head) = recorder.websocket();
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        ),
+        "{head}"
+    );
+    let sent: Vec<(u8, Vec<u8>)> = ws_frames(&client)
+        .into_iter()
+        .filter(|(b0, _)| b0 & 0x0F == 0x1)
+        .collect();
+    assert_eq!(sent.len(), 2, "the two subscribe messages");
+    for (b0, payload) in &sent {
+        assert_ne!(b0 & 0x40, 0, "Chromium compressed its message (RSV1)");
+        let m: Value = serde_json::from_slice(&inflate(payload)).unwrap();
+        assert_eq!(m["type"], "subscribe", "{m}");
+    }
+    let frames: Vec<(u8, Vec<u8>)> = ws_frames(&server)
+        .into_iter()
+        .filter(|(b0, _)| b0 & 0x0F == 0x1)
+        .collect();
+    let mut wire = Vec::new();
+    let (mut compressed, mut inflated) = (0, 0);
+    for (b0, payload) in &frames {
+        let text = match b0 & 0x40 != 0 {
+            true => {
+                let text = inflate(payload);
+                compressed += payload.len();
+                inflated += text.len();
+                text
+            }
+            false => payload.clone(),
+        };
+        let text = String::from_utf8(text).unwrap();
+        let m: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            b0 & 0x40 != 0,
+            m["type"] == "message",
+            "messages compressed, the rest plain: {m}"
+        );
+        wire.push(text);
+    }
+    assert_eq!(wire, texts, "the page got what Herald sent, in order");
+    eprintln!(
+        "browser: {} message bytes compressed to {compressed}",
+        inflated
+    );
+    node.shutdown().await;
 }

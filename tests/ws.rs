@@ -517,3 +517,339 @@ async fn a_write_delay_holds_messages_and_sends_them_together() {
     );
     herald.stop().await;
 }
+
+// ------------------------------------------------------ permessage-deflate
+
+/// A WebSocket client on a bare socket, to see what the frames are (RSV1,
+/// the bytes themselves) and to send compressed ones; compresses and
+/// inflates with flate2, the crate Herald uses. Python's zlib checks its
+/// bytes independently in the test.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+    input: Vec<u8>,
+}
+
+/// What Chromium offers.
+const CHROMIUM_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+impl RawWs {
+    /// Upgrades `/ws?{query}` offering `extensions`; returns the client and
+    /// the response's `Sec-WebSocket-Extensions`.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        query: &str,
+        extensions: Option<&str>,
+    ) -> (RawWs, Option<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let offer = extensions.map_or(String::new(), |e| {
+            format!("Sec-WebSocket-Extensions: {e}\r\n")
+        });
+        let request = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut input = Vec::new();
+        let end = loop {
+            if let Some(i) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+                .await
+                .expect("the response head")
+                .unwrap();
+            assert!(n > 0, "closed before the response head");
+            input.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8(input[..end].to_vec()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let answer = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_owned())
+        });
+        input.drain(..end + 4);
+        (RawWs { stream, input }, answer)
+    }
+
+    /// Sends one masked frame: `b0` (FIN, RSV1, opcode) and `payload`.
+    async fn send_frame(&mut self, b0: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![b0];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame: its first byte and its payload; `None` at the end.
+    async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let b = &self.input;
+            if b.len() >= 2 {
+                let (head, len) = match b[1] & 0x7F {
+                    126 if b.len() >= 4 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
+                    127 if b.len() >= 10 => (
+                        10,
+                        u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (2, n as usize),
+                };
+                if head != usize::MAX && b.len() >= head + len {
+                    assert_eq!(b[1] & 0x80, 0, "server frames are unmasked");
+                    let frame = (b[0], b[head..head + len].to_vec());
+                    self.input.drain(..head + len);
+                    return Some(frame);
+                }
+            }
+            let mut buf = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read(&mut buf))
+                .await
+                .expect("timed out waiting for a frame")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The next text frame (pings skipped): whether RSV1 was set, and its
+    /// payload as sent.
+    async fn next_text(&mut self) -> (bool, Vec<u8>) {
+        loop {
+            let (b0, payload) = self.next_frame().await.expect("a frame");
+            match b0 & 0x0F {
+                0x1 => {
+                    assert_ne!(b0 & 0x80, 0, "Herald does not fragment");
+                    return (b0 & 0x40 != 0, payload);
+                }
+                0x9 | 0xA => continue,
+                op => panic!("expected a text frame, got opcode {op}: {payload:?}"),
+            }
+        }
+    }
+
+    /// The server's close: code and reason.
+    async fn close(&mut self) -> (u16, String) {
+        loop {
+            let (b0, payload) = self.next_frame().await.expect("a close frame");
+            if b0 & 0x0F == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8(payload[2..].to_vec()).unwrap());
+            }
+        }
+    }
+}
+
+/// `bytes` compressed as one permessage-deflate message: raw DEFLATE, sync
+/// flushed, without the trailing `00 00 ff ff`.
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(bytes.len() + 1024);
+    c.compress_vec(bytes, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert_eq!(c.total_in() as usize, bytes.len());
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// A compressed message inflated: the trailer appended again (RFC 7692
+/// §7.2.2), a fresh inflater (no context takeover).
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(64 * 1024);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    assert_eq!(d.total_in() as usize, input.len());
+    out
+}
+
+/// The same payloads inflated by Python's zlib (another implementation
+/// than Herald's zlib-rs): one hex payload a line in, one out.
+fn inflate_with_python(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use std::io::Write;
+    let python = std::env::var("HERALD_PUSH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys, zlib\n\
+        for line in sys.stdin:\n\
+        \x20   d = zlib.decompressobj(-15)\n\
+        \x20   out = d.decompress(bytes.fromhex(line.strip()) + b'\\x00\\x00\\xff\\xff')\n\
+        \x20   print(out.hex())\n";
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e} (the test needs Python 3)"));
+    let mut stdin = child.stdin.take().unwrap();
+    for p in payloads {
+        let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(stdin, "{hex}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python's zlib failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_sends_the_same_compressed_bytes_to_every_client_that_offered_it() {
+    let (topic, herald) =
+        herald_with_topic_and("ws-deflate", 1, "z", |c| c.ws.compression = true).await;
+    let addr = herald.local_addr();
+    let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    let (mut a, a_answer) = RawWs::connect(addr, "", Some(CHROMIUM_OFFER)).await;
+    let (mut b, b_answer) = RawWs::connect(
+        addr,
+        "",
+        Some("permessage-deflate; server_max_window_bits=10, permessage-deflate"),
+    )
+    .await;
+    let (mut plain, plain_answer) = RawWs::connect(addr, "", None).await;
+    assert_eq!(a_answer.as_deref(), Some(answer));
+    assert_eq!(b_answer.as_deref(), Some(answer), "the second offer taken");
+    assert_eq!(plain_answer, None, "nothing offered, nothing taken");
+
+    // a subscribes with one compressed frame; b with a compressed message
+    // in two fragments and a ping between them; the plain client plainly.
+    let subscribe = br#"{"type":"subscribe","channel":"z"}"#;
+    a.send_frame(0xC1, &deflate(subscribe)).await;
+    let compressed = deflate(subscribe);
+    let (first, second) = compressed.split_at(compressed.len() / 2);
+    b.send_frame(0x41, first).await;
+    b.send_frame(0x89, b"between").await;
+    b.send_frame(0x80, second).await;
+    plain.send_frame(0x81, subscribe).await;
+    for client in [&mut a, &mut b, &mut plain] {
+        let (rsv1, payload) = client.next_text().await;
+        assert!(!rsv1, "only messages are compressed");
+        let reply: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+
+    let producer = Producer::new();
+    const N: u64 = 30;
+    let produced: HashMap<u64, (i32, i64)> = (0..N)
+        .zip(producer.send_keyed(&topic, 0..N, 1).await)
+        .collect();
+    let mut compressed = Vec::new();
+    let mut plain_frames = Vec::new();
+    for _ in 0..N {
+        let (rsv1, from_a) = a.next_text().await;
+        let (b_rsv1, from_b) = b.next_text().await;
+        let (plain_rsv1, from_plain) = plain.next_text().await;
+        assert!(rsv1 && b_rsv1, "messages go compressed");
+        assert!(!plain_rsv1, "and plain to a client that did not offer it");
+        assert_eq!(from_a, from_b, "the same compressed bytes to both");
+        assert!(from_a.len() < from_plain.len(), "and fewer of them");
+        assert_eq!(inflate(&from_a), from_plain);
+        compressed.push(from_a);
+        plain_frames.push(from_plain);
+    }
+    assert_eq!(
+        inflate_with_python(&compressed),
+        plain_frames,
+        "Python's zlib reads them alike"
+    );
+    let messages: Vec<serde_json::Value> = plain_frames
+        .iter()
+        .map(|f| serde_json::from_slice(f).unwrap())
+        .collect();
+    assert_exactly_produced(&messages, &produced, &topic, "z");
+    let (sum_z, sum_plain): (usize, usize) = (
+        compressed.iter().map(Vec::len).sum(),
+        plain_frames.iter().map(Vec::len).sum(),
+    );
+    eprintln!(
+        "permessage-deflate: {} bytes a message compressed, {} plain",
+        sum_z / N as usize,
+        sum_plain / N as usize
+    );
+
+    // Compressed requests keep being understood after the first.
+    a.send_frame(0xC1, &deflate(br#"{"type":"unsubscribe","channel":"z"}"#))
+        .await;
+    let (_, reply) = a.next_text().await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&reply).unwrap(),
+        json!({"type": "unsubscribed", "channel": "z"})
+    );
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_is_not_negotiated_when_compression_is_off() {
+    let (_topic, herald) = herald_with_topic("ws-deflate-off", 1, "z").await;
+    let (mut ws, answer) = RawWs::connect(herald.local_addr(), "", Some(CHROMIUM_OFFER)).await;
+    assert_eq!(answer, None, "ws.compression is off by default");
+    // A compressed frame is then a protocol error.
+    ws.send_frame(0xC1, &deflate(br#"{"type":"subscribe","channel":"z"}"#))
+        .await;
+    assert_eq!(ws.close().await.0, 1002);
+    herald.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_bomb_closes_with_1009_and_bad_deflate_with_1007() {
+    let (_topic, herald) =
+        herald_with_topic_and("ws-bomb", 1, "z", |c| c.ws.compression = true).await;
+    let addr = herald.local_addr();
+    // 4 MiB of spaces in a JSON string: about 4 KB compressed, far under
+    // the 64 KiB limit; inflated, 64 times over it. (Bigger only makes the
+    // test slower to compress in a debug build.)
+    let mut bomb = b"{\"type\":\"subscribe\",\"channel\":\"".to_vec();
+    bomb.resize(4 << 20, b' ');
+    let bomb = deflate(&bomb);
+    assert!(bomb.len() < 65536, "{} bytes compressed", bomb.len());
+    let (mut ws, _) = RawWs::connect(addr, "", Some(CHROMIUM_OFFER)).await;
+    ws.send_frame(0xC1, &bomb).await;
+    let (code, reason) = ws.close().await;
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.contains("65536 bytes once inflated"), "{reason}");
+    assert!(ws.next_frame().await.is_none(), "then the connection ends");
+
+    // Not DEFLATE at all (a reserved block type).
+    let (mut ws, _) = RawWs::connect(addr, "", Some(CHROMIUM_OFFER)).await;
+    ws.send_frame(0xC1, &[0xff, 0xff, 0xff, 0xff]).await;
+    let (code, reason) = ws.close().await;
+    assert_eq!(code, 1007, "{reason}");
+    assert!(reason.contains("not valid DEFLATE"), "{reason}");
+
+    // The node is fine: a compressed subscribe on a new connection works.
+    let (mut ws, _) = RawWs::connect(addr, "", Some(CHROMIUM_OFFER)).await;
+    ws.send_frame(0xC1, &deflate(br#"{"type":"subscribe","channel":"z"}"#))
+        .await;
+    let (_, reply) = ws.next_text().await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&reply).unwrap()["type"],
+        "subscribed"
+    );
+    herald.stop().await;
+}

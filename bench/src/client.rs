@@ -71,6 +71,10 @@ pub struct ClientArgs {
     /// that node's `/readyz` answers 200.
     #[arg(long)]
     pub home: bool,
+    /// ws: offer permessage-deflate and inflate the compressed frames
+    /// (compression.rs measures what it saves).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug)]
@@ -124,6 +128,10 @@ pub struct Done {
     /// clients had record `n` (index `n`); 0 when some never did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arrivals: Vec<u64>,
+    /// ws: bytes of the frames received (after the handshake), as they
+    /// came on the wire: compressed with `--deflate`.
+    #[serde(default)]
+    pub ws_bytes: u64,
 }
 
 #[derive(Default)]
@@ -150,6 +158,7 @@ struct Shared {
     /// Per record `n`: how many clients have it, and when the last did.
     arrival_count: Vec<u32>,
     arrival_us: Vec<u64>,
+    ws_bytes: u64,
 }
 
 pub fn unix_us() -> u64 {
@@ -321,6 +330,7 @@ async fn run_async(args: ClientArgs) {
             .zip(&s.arrival_us)
             .map(|(&c, &us)| if c as usize >= n_ok.max(1) { us } else { 0 })
             .collect(),
+        ws_bytes: s.ws_bytes,
     };
     println!("{}", serde_json::json!({ "done": done }));
     use std::io::Write;
@@ -734,6 +744,8 @@ struct WsClient {
     out_of_order: u64,
     gaps: u64,
     rng: u64,
+    /// Frame bytes received since the last flush.
+    bytes: u64,
 }
 
 const CURSOR: &[u8] = b"\"cursor\":\"";
@@ -755,6 +767,7 @@ impl WsClient {
             out_of_order: 0,
             gaps: 0,
             rng: (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ unix_us(),
+            bytes: 0,
         }
     }
 
@@ -804,7 +817,7 @@ impl WsClient {
     /// Adds what this client saw since the last flush to the worker's
     /// tallies: one lock per read, not per record.
     fn flush(&mut self, shared: &Mutex<Shared>) {
-        if self.samples.is_empty() && self.gaps == 0 {
+        if self.samples.is_empty() && self.gaps == 0 && self.bytes == 0 {
             return;
         }
         let now = unix_us();
@@ -824,6 +837,7 @@ impl WsClient {
         g.duplicates += std::mem::take(&mut self.duplicates);
         g.out_of_order += std::mem::take(&mut self.out_of_order);
         g.gaps += std::mem::take(&mut self.gaps);
+        g.ws_bytes += std::mem::take(&mut self.bytes);
         if self.expect > 0 && self.distinct == self.expect && !self.complete_counted {
             self.complete_counted = true;
             g.complete += 1;
@@ -990,9 +1004,13 @@ async fn ws_client(
 fn ws_request(args: &ClientArgs, cursor: Option<&str>) -> Vec<u8> {
     let token = std::env::var("BENCH_TOKEN").map_or(String::new(), |t| format!("&token={t}"));
     let cursor = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
+    let offer = match args.deflate {
+        true => "sec-websocket-extensions: permessage-deflate\r\n",
+        false => "",
+    };
     format!(
         "GET /ws?channel={}{token}{cursor} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{offer}\r\n",
         args.channel
     )
     .into_bytes()
@@ -1096,8 +1114,21 @@ async fn ws_connection(
             if acc.len() - pos < head + len {
                 break;
             }
+            client.bytes += (head + len) as u64;
             let payload = &acc[pos + head..pos + head + len];
+            let compressed = acc[pos] & 0x40 != 0;
             match op {
+                0x1 if compressed => {
+                    let ok = INFLATER.with(|cell| {
+                        let inflater = &mut *cell.borrow_mut();
+                        let text = inflater.inflate(payload)?;
+                        client.on_text(text);
+                        Some(())
+                    });
+                    if ok.is_none() {
+                        return WsEnding::Error;
+                    }
+                }
                 0x0 | 0x1 => client.on_text(payload),
                 0x8 => {
                     closed = Some(
@@ -1164,6 +1195,51 @@ async fn ws_connection(
             Err(_) => return WsEnding::Error,
             Ok(k) => acc.extend_from_slice(&buf[..k]),
         }
+    }
+}
+
+/// `--deflate`: Herald's compressed messages inflated. Herald keeps no
+/// context between messages, so each starts from a reset inflater.
+struct Inflater {
+    state: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    /// One per worker: its clients all run on one thread.
+    static INFLATER: std::cell::RefCell<Inflater> = std::cell::RefCell::new(Inflater {
+        state: flate2::Decompress::new(false),
+        out: Vec::with_capacity(4096),
+    });
+}
+
+impl Inflater {
+    /// `payload` inflated, the trailer the sender removed appended again
+    /// (RFC 7692 §7.2.2); `None` if it is not valid DEFLATE.
+    fn inflate(&mut self, payload: &[u8]) -> Option<&[u8]> {
+        let (d, out) = (&mut self.state, &mut self.out);
+        d.reset(false);
+        out.clear();
+        for input in [payload, &[0x00, 0x00, 0xff, 0xff]] {
+            let mut read = 0;
+            loop {
+                if out.len() == out.capacity() {
+                    out.reserve(out.capacity().max(1024));
+                }
+                let (in0, out0) = (d.total_in(), d.total_out());
+                d.decompress_vec(&input[read..], out, flate2::FlushDecompress::Sync)
+                    .ok()?;
+                read += (d.total_in() - in0) as usize;
+                let room = out.len() < out.capacity();
+                if read == input.len() && room {
+                    break;
+                }
+                if room && d.total_in() == in0 && d.total_out() == out0 {
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 }
 

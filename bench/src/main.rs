@@ -14,6 +14,7 @@
 //! sockets that count events, so the client side stays cheap.
 
 mod client;
+mod compression;
 mod curve;
 mod faults;
 mod floor;

@@ -396,7 +396,7 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// up to 5 ms of it. With `linger.ms` 1 the broker, on the same two cores,
 /// spent ~80% of a core answering a produce and a fetch per record, and the
 /// fan-out scenarios measured that instead of Herald.
-fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
+pub fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -947,12 +947,14 @@ pub enum Name {
     P3Noisy,
     Curve,
     Delay,
+    /// permessage-deflate against plain frames (compression.rs).
+    Deflate,
     Smoke,
 }
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 17] = [
+    const EVERY: [Name; 18] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -969,11 +971,12 @@ impl Name {
         Name::P3Noisy,
         Name::Curve,
         Name::Delay,
+        Name::Deflate,
         Name::Smoke,
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 16] = [
+    const ALL: [Name; 17] = [
         Name::Curve,
         Name::Delay,
         Name::P6,
@@ -990,6 +993,7 @@ impl Name {
         Name::F2,
         Name::F4,
         Name::F3,
+        Name::Deflate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -1010,6 +1014,7 @@ impl Name {
             Name::P3Noisy => "p3-noisy",
             Name::Curve => "curve",
             Name::Delay => "delay",
+            Name::Deflate => "deflate",
             Name::Smoke => "smoke",
         }
     }
@@ -1146,6 +1151,9 @@ pub fn run(
             Name::F3 => crate::faults::f3(brokers, clients_override.unwrap_or(2000), 20, duration),
             Name::F4 => {
                 crate::faults::f4(brokers, clients_override.unwrap_or(10_000), 20, duration)
+            }
+            Name::Deflate => {
+                crate::compression::run(brokers, clients_override.unwrap_or(10_000), duration)
             }
         };
         for r in &rows {

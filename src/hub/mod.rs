@@ -21,6 +21,7 @@
 //! exist. A cursor at or above the floors is served from memory, exactly.
 
 pub mod cursor;
+pub mod deflated;
 pub mod inbox;
 pub mod positions;
 pub mod publication;

@@ -8,8 +8,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::deflated::Deflated;
 use super::positions::Positions;
 use crate::record::Record;
+
+/// What a WebSocket `message` frame has in place of the envelope's
+/// opening `{`: its payload is this, `head[1..]`, the cursor, `tail`. Here
+/// with the envelope because the compressed form of that payload is kept
+/// with the publication ([`Publication::deflated`]).
+pub const MESSAGE_OPENING: &[u8] = b"{\"type\":\"message\",";
 
 pub struct Publication {
     /// Node-wide publication order. Subscribers see publications in this
@@ -24,6 +31,10 @@ pub struct Publication {
     /// When the hub received it; history age is measured from here.
     pub received: Instant,
     envelope: OnceLock<Envelope>,
+    /// The WebSocket `message` payload compressed, made by the first
+    /// connection with permessage-deflate that delivers it; `None` inside
+    /// when compressing does not make it smaller.
+    deflated: OnceLock<Option<Deflated>>,
 }
 
 /// The JSON envelope split around its `cursor` value, which differs per
@@ -51,18 +62,37 @@ impl Publication {
             positions,
             received,
             envelope: OnceLock::new(),
+            deflated: OnceLock::new(),
         }
     }
 
     /// Approximate memory held by this publication in history.
     pub fn size(&self) -> usize {
         // The record and its encoded envelope (about the same size again).
+        // Not the compressed payload, made later if at all (and smaller
+        // than the envelope): the size is counted once, when history
+        // takes the publication.
         2 * self.record.size() + self.channel.len()
     }
 
     pub fn envelope(&self) -> &Envelope {
         self.envelope
             .get_or_init(|| Envelope::encode(&self.channel, &self.record))
+    }
+
+    /// The WebSocket `message` payload ([`MESSAGE_OPENING`], the envelope)
+    /// compressed for permessage-deflate: compressed on the first call,
+    /// the same bytes for every later one. `None` when it would not be
+    /// smaller; the message then goes out plain.
+    pub fn deflated(&self) -> Option<&Deflated> {
+        self.deflated
+            .get_or_init(|| {
+                let e = self.envelope();
+                // The envelope's head opens with `{`.
+                let head = [MESSAGE_OPENING, &e.head[1..]].concat();
+                Deflated::compress(&head, &e.tail)
+            })
+            .as_ref()
     }
 }
 
@@ -223,6 +253,44 @@ mod tests {
     fn json_with_invalid_utf8_is_base64() {
         let v = envelope(None, Some(b"{\"a\":\"\xff\"}"));
         assert_eq!(v["encoding"], "base64");
+    }
+
+    /// Compressed on the first call, the very same bytes after; they
+    /// inflate to the plain `message` payload.
+    #[test]
+    fn the_compressed_payload_is_made_once() {
+        let record = Record {
+            topic: Arc::from("news"),
+            partition: 2,
+            offset: 7,
+            timestamp: Some(1_700_000_000_000),
+            key: Some(Bytes::from_static(b"k")),
+            headers: vec![],
+            payload: Some(Bytes::from_static(
+                b"{\"headline\":\"Tick 7\",\"source\":\"herald dev\"}",
+            )),
+        };
+        let p = Publication::new(
+            0,
+            Arc::from("news"),
+            Arc::new(record),
+            Arc::new(Positions::new()),
+            Instant::now(),
+        );
+        let z = p.deflated().expect("smaller compressed");
+        assert!(std::ptr::eq(z, p.deflated().unwrap()));
+        let mut payload = Vec::new();
+        z.write_with(&mut payload, b"hCUR");
+        payload.extend_from_slice(&super::super::deflated::SYNC_FLUSH_TAIL);
+        let mut inflated = Vec::with_capacity(1024);
+        flate2::Decompress::new(false)
+            .decompress_vec(&payload, &mut inflated, flate2::FlushDecompress::Sync)
+            .unwrap();
+        let e = p.envelope();
+        assert_eq!(
+            inflated,
+            [MESSAGE_OPENING, &e.head[1..], b"hCUR", &e.tail].concat()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::TRANSPORT;
 use super::frame::{message_frame, text_frame, truncate};
+use super::inflate::{Inbound, InflateError};
 use super::protocol::{ClientMessage, error_json};
 use crate::app::App;
 use crate::http::access::{self, Reader};
@@ -70,7 +71,7 @@ const CLOSE_TOKEN_REVOKED: u16 = 4003;
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// The socket of an upgraded connection.
-pub(super) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub(super) type Socket = WebSocketStream<Inbound<TokioIo<Upgraded>>>;
 
 /// How a connection ends.
 enum Ending {
@@ -97,6 +98,9 @@ enum Keepalive {
 pub(super) struct Connection {
     app: Arc<App>,
     socket: Socket,
+    /// The connection negotiated permessage-deflate: `message` frames go
+    /// compressed.
+    deflate: bool,
     pub(super) subscriptions: Subscriptions,
     /// The client's address, for the hub's limits per address.
     client: IpAddr,
@@ -131,6 +135,7 @@ impl Connection {
     pub(super) fn new(
         app: Arc<App>,
         socket: Socket,
+        deflate: bool,
         reader: Reader,
         client: IpAddr,
         access: Option<Box<AccessEntry>>,
@@ -143,6 +148,7 @@ impl Connection {
             access,
             app,
             socket,
+            deflate,
             subscriptions: Subscriptions::default(),
             client,
             expires: reader.time_left().map(|left| Instant::now() + left),
@@ -366,7 +372,7 @@ impl Connection {
                 let messages = &self.subscriptions.batch;
                 observe_delivered(&self.app.metrics, TRANSPORT, messages);
                 for d in messages {
-                    message_frame(&mut self.out, d);
+                    message_frame(&mut self.out, d, self.deflate);
                 }
                 Ok(())
             }
@@ -670,6 +676,14 @@ fn read_error(e: WsError, max_message_size: usize) -> Ending {
             Ending::CloseAfterReadError(CloseCode::Invalid, "text frame is not UTF-8".into())
         }
         WsError::Protocol(p) => Ending::CloseAfterReadError(CloseCode::Protocol, p.to_string()),
+        // A compressed message refused by the inflater (`super::inflate`).
+        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<InflateError>()) => {
+            let e = e
+                .into_inner()
+                .and_then(|e| e.downcast::<InflateError>().ok())
+                .expect("checked above");
+            Ending::CloseAfterReadError(CloseCode::from(e.close_code()), e.to_string())
+        }
         e => {
             tracing::debug!("WebSocket read failed: {e}");
             Ending::Drop

@@ -1,11 +1,13 @@
 //! The frames Herald encodes itself: unmasked, unfragmented text frames
-//! written straight into a connection's output buffer, and the close
-//! reason cut to fit a control frame.
+//! written straight into a connection's output buffer — a `message` frame
+//! compressed (RSV1) for a connection with permessage-deflate — and the
+//! close reason cut to fit a control frame.
 
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::hub::Delivery;
+use crate::hub::publication::MESSAGE_OPENING;
 
 /// Appends one unmasked, unfragmented text frame whose payload is `parts`
 /// in order. Every part is UTF-8 (JSON Herald wrote, or the envelope,
@@ -27,12 +29,28 @@ pub(super) fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
 }
 
 /// `{"type":"message",…envelope}`: the shared envelope around this
-/// subscriber's cursor.
-pub(super) fn message_frame(out: &mut Vec<u8>, d: &Delivery) {
-    const TYPE: &[u8] = b"{\"type\":\"message\",";
+/// subscriber's cursor. With `deflate` (the connection negotiated
+/// permessage-deflate) the publication's compressed payload around it,
+/// in a frame with RSV1 set, unless compressing did not make it smaller.
+pub(super) fn message_frame(out: &mut Vec<u8>, d: &Delivery, deflate: bool) {
+    let cursor = d.cursor.as_bytes();
+    if let Some(z) = deflate.then(|| d.publication.deflated()).flatten() {
+        let len = z.len_with(cursor.len());
+        let header = FrameHeader {
+            rsv1: true,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        out.reserve(header.len(len as u64) + len);
+        header
+            .format(len as u64, out)
+            .expect("writing to a Vec cannot fail");
+        z.write_with(out, cursor);
+        return;
+    }
     let e = d.publication.envelope();
     // The envelope's head opens with `{`.
-    text_frame(out, &[TYPE, &e.head[1..], d.cursor.as_bytes(), &e.tail]);
+    text_frame(out, &[MESSAGE_OPENING, &e.head[1..], cursor, &e.tail]);
 }
 
 /// `s` cut to at most `max` bytes on a character boundary (a close

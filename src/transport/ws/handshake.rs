@@ -51,8 +51,9 @@ pub(super) fn accept_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// The `101` answer to a valid upgrade request.
-pub(super) fn switching_protocols(accept: &str) -> Response<Body> {
+/// The `101` answer to a valid upgrade request, with the
+/// `Sec-WebSocket-Extensions` answer when an extension was negotiated.
+pub(super) fn switching_protocols(accept: &str, extensions: Option<&str>) -> Response<Body> {
     let mut response = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -62,6 +63,12 @@ pub(super) fn switching_protocols(accept: &str) -> Response<Body> {
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(accept).expect("base64 is a valid header value"),
     );
+    if let Some(extensions) = extensions {
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_str(extensions).expect("Herald's own answer is a valid header value"),
+        );
+    }
     response
 }
 

@@ -25,17 +25,27 @@
 //! the output buffer grows only while a round is written and is kept only
 //! up to `OUT_KEEP`; what an idle connection costs is measured in
 //! `docs/protocol.md`.
-
+//!
+//! **Compression.** With `ws.compression` on, a client that offers
+//! `permessage-deflate` gets it ([`extension`]): each `message` frame is
+//! the publication's payload compressed once for every such connection
+//! (`hub::deflated`), around this subscriber's cursor; other frames go
+//! plain. The client's compressed messages are inflated by [`inflate`]
+//! before tungstenite reads them.
 //!
 //! The module's parts: [`handshake`] checks the upgrade request,
-//! [`protocol`] parses the client's messages, the transports' shared
+//! [`extension`] negotiates permessage-deflate, [`protocol`] parses the
+//! client's messages, the transports' shared
 //! [`subscriptions`](super::subscriptions) table holds the connection's
 //! subscriptions, [`connection`] the loop that owns
-//! the socket, and [`frame`] encodes Herald's own frames.
+//! the socket, [`frame`] encodes Herald's own frames, and [`inflate`]
+//! inflates the client's.
 
 mod connection;
+mod extension;
 mod frame;
 mod handshake;
+mod inflate;
 mod protocol;
 
 use std::net::IpAddr;
@@ -48,6 +58,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use self::connection::Connection;
+use self::inflate::Inbound;
 use super::subscriptions::EntryState;
 use crate::app::App;
 use crate::http::access::{self, Reader};
@@ -73,6 +84,11 @@ const WRITE_BUFFER: usize = 1024;
 
 pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<Body>, ApiError> {
     let accept = handshake::accept_key(req.headers())?;
+    let extensions = match app.config().ws.compression {
+        true => extension::negotiate(req.headers()),
+        false => None,
+    };
+    let deflate = extensions.is_some();
     let params = StreamParams::parse_for(
         req.uri().query(),
         &WS_PARAMS,
@@ -125,20 +141,27 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(app, upgraded, reader, client, initial, access)).await;
+        Box::pin(serve(
+            app, upgraded, deflate, reader, client, initial, access,
+        ))
+        .await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
 
-    Ok(handshake::switching_protocols(&accept))
+    Ok(handshake::switching_protocols(
+        &accept,
+        extensions.as_deref(),
+    ))
 }
 
 /// Runs an upgraded connection of `reader`, from `client`, with its
-/// subscriptions from the URL; `access` is its access-log line, written
-/// when it closes.
+/// subscriptions from the URL, compressed when it negotiated `deflate`;
+/// `access` is its access-log line, written when it closes.
 async fn serve(
     app: Arc<App>,
     upgraded: Upgraded,
+    deflate: bool,
     reader: Reader,
     client: IpAddr,
     initial: Vec<(Arc<str>, Subscription)>,
@@ -149,9 +172,10 @@ async fn serve(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(app.config().limits.max_message_size))
         .max_frame_size(Some(app.config().limits.max_message_size));
-    let socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let mut connection = Connection::new(app, socket, reader, client, access);
+    let limit = app.config().limits.max_message_size;
+    let io = Inbound::new(TokioIo::new(upgraded), deflate, limit);
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let mut connection = Connection::new(app, socket, deflate, reader, client, access);
     for (channel, subscription) in initial {
         connection.subscriptions.add(
             channel,
