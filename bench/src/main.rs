@@ -13,6 +13,7 @@
 //! Herald runs in this process on its own runtime; clients are plain TCP
 //! sockets that count events, so the client side stays cheap.
 
+mod centrifugo;
 mod client;
 mod faults;
 mod floor;
