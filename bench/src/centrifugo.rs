@@ -151,8 +151,9 @@ pub async fn sse_connect(
 
 /// Decodes HTTP/1.1 chunked transfer coding as it streams in: chunk
 /// sizes, extensions and the CRLFs around them are dropped, chunk data is
-/// passed on. A malformed size line ends nothing: its digits are read as
-/// far as they go, and the stream's scan finds no records in garbage.
+/// passed on. A malformed size line is not an error here: its hex digits
+/// count as far as they go, and what is passed on then is scanned for
+/// records like any other bytes (a record it garbles is counted lost).
 #[derive(Default)]
 pub struct Dechunk {
     state: ChunkState,

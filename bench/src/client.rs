@@ -1,5 +1,6 @@
 //! `herald-bench client`: a worker process holding up to ~9,000 client
-//! sockets (WebSocket, SSE or the fan-out floor's raw stream) on one channel.
+//! sockets (WebSocket, SSE or the fan-out floor's raw stream) on one channel,
+//! Herald's or, with `--framing centrifugo`, Centrifugo's (centrifugo.rs).
 //!
 //! Prints one JSON line when every socket is open (`{"ready":…}`) and one
 //! when the clients are done or `--duration` has passed after that
