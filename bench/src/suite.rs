@@ -1,6 +1,7 @@
 //! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7), the
-//! Web Push one of issue 12 (`push`, push.rs) and the faults under load of
-//! issue 13 (`f1`…`f4`, faults.rs), with Herald
+//! Web Push one of issue 12 (`push`, push.rs), the faults under load of
+//! issue 13 (`f1`…`f4`, faults.rs) and Herald beside Centrifugo (`peer`,
+//! peer.rs, issue 17), with Herald
 //! as a separate process (the release `herald serve` beside this binary),
 //! clients in worker processes (`herald-bench client`), and the floors in
 //! the same run. Writes `OUT/<scenario>.json`; `report` turns every JSON in
@@ -75,7 +76,7 @@ pub fn exe_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -436,7 +437,7 @@ pub struct FanoutResult {
     pub duplicates: u64,
 }
 
-fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
+pub fn fanout_json(t: &Totals, publish_s: f64, extra: Value) -> FanoutResult {
     let (p50, p99, p999) = (
         t.hist.quantile_ms(0.5),
         t.hist.quantile_ms(0.99),
@@ -671,6 +672,7 @@ pub enum Name {
     P6,
     P7,
     Push,
+    Peer,
     F1,
     F2,
     F3,
@@ -680,7 +682,7 @@ pub enum Name {
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 13] = [
+    const EVERY: [Name; 14] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -689,6 +691,7 @@ impl Name {
         Name::P6,
         Name::P7,
         Name::Push,
+        Name::Peer,
         Name::F1,
         Name::F2,
         Name::F3,
@@ -697,7 +700,7 @@ impl Name {
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 12] = [
+    const ALL: [Name; 13] = [
         Name::P6,
         Name::P3,
         Name::P2,
@@ -706,6 +709,7 @@ impl Name {
         Name::P4,
         Name::P5,
         Name::Push,
+        Name::Peer,
         Name::F1,
         Name::F2,
         Name::F4,
@@ -722,6 +726,7 @@ impl Name {
             Name::P6 => "p6",
             Name::P7 => "p7",
             Name::Push => "push",
+            Name::Peer => "peer",
             Name::F1 => "f1",
             Name::F2 => "f2",
             Name::F3 => "f3",
@@ -778,6 +783,7 @@ pub fn run(
             Name::F1 | Name::F2 => 40.0,
             Name::F3 => 1800.0,
             Name::F4 => 60.0,
+            Name::Peer => 10.0,
             _ => 20.0,
         });
         eprintln!("bench: ---- {name} ({duration} s) ----");
@@ -821,6 +827,7 @@ pub fn run(
             Name::P6 => p6(brokers, 1_000_000),
             Name::P7 => p7(brokers, clients_override.unwrap_or(10_000), 1000),
             Name::Push => crate::push::run(brokers, duration),
+            Name::Peer => crate::peer::run(brokers, duration, clients_override),
             Name::F1 => crate::faults::f1(clients_override.unwrap_or(5000), 20, duration.max(25.0)),
             Name::F2 => crate::faults::f2(
                 brokers,
@@ -1258,8 +1265,8 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(&format!("{arg:?}")), "{text}");
             for name in [
-                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "f1", "f2", "f3", "f4", "smoke",
-                "all",
+                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "peer", "f1", "f2", "f3", "f4",
+                "smoke", "all",
             ] {
                 assert!(text.contains(name), "{name} missing from: {text}");
             }
