@@ -10,7 +10,8 @@
 //!   server's `utime+stime` ÷ deliveries), p50/p99, lost, duplicated,
 //!   deliveries/s, and the WebSocket frame one 100-byte record becomes;
 //!   the points alternate Herald, Centrifugo. `BENCH_PEER_TRANSPORT=sse`
-//!   runs them over SSE.
+//!   runs them over SSE; `BENCH_PEER_POINTS=2000x100,…` runs those points
+//!   (clients × records/s) alone, without the idle memory.
 //!
 //! Centrifugo reads the topic with its own Kafka consumer in publication
 //! data mode (`internal/consuming/kafka.go`, `processPublicationDataRecord`:
@@ -24,7 +25,8 @@
 //!
 //! The install is scripts/bench.sh's (`go install
 //! github.com/centrifugal/centrifugo/v6@v6.9.1` into `target/peer/bin`);
-//! `BENCH_CENTRIFUGO` names another binary.
+//! `BENCH_CENTRIFUGO` names another binary, `BENCH_CENTRIFUGO_CONFIG`
+//! another config file.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -120,9 +122,23 @@ fn centrifugo_version() -> String {
     format!("github.com/centrifugal/centrifugo/v6 v{CENTRIFUGO_VERSION}")
 }
 
-/// The checked-in config with this run's broker, topic, group and port.
-fn centrifugo_config(brokers: &str, topic: &str, port: u16) -> Value {
-    let mut c: Value = serde_json::from_str(CENTRIFUGO_CONFIG).expect("bench/peer/centrifugo.json");
+/// The config a run starts from: the checked-in one, or the file
+/// `BENCH_CENTRIFUGO_CONFIG` names (to try settings, as
+/// `BENCH_HERALD_CONFIG` does for Herald).
+fn base_config() -> Value {
+    match std::env::var_os("BENCH_CENTRIFUGO_CONFIG") {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("BENCH_CENTRIFUGO_CONFIG {path:?}: {e}"));
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("BENCH_CENTRIFUGO_CONFIG {path:?}: {e}"))
+        }
+        None => serde_json::from_str(CENTRIFUGO_CONFIG).expect("bench/peer/centrifugo.json"),
+    }
+}
+
+/// The base config with this run's broker, topic, group and port.
+fn centrifugo_config(mut c: Value, brokers: &str, topic: &str, port: u16) -> Value {
     c["http_server"]["port"] = json!(port);
     let kafka = &mut c["consumers"][0]["kafka"];
     kafka["brokers"] = json!(brokers.split(',').collect::<Vec<_>>());
@@ -146,8 +162,9 @@ impl CentrifugoProc {
             "herald-bench-centrifugo-{}-{port}.json",
             std::process::id()
         ));
-        let text = serde_json::to_string_pretty(&centrifugo_config(brokers, topic, port))
-            .expect("config json");
+        let text =
+            serde_json::to_string_pretty(&centrifugo_config(base_config(), brokers, topic, port))
+                .expect("config json");
         std::fs::write(&config, text).expect("write centrifugo config");
         let child = Command::new(centrifugo_bin())
             .arg("--config")
@@ -469,9 +486,25 @@ pub fn run(brokers: &str, duration: f64, clients: Option<usize>) -> (Vec<Row>, V
     let version = centrifugo_version();
     eprintln!("bench: peer: {version}");
     let scale = |n: usize| clients.map_or(n, |c| (c * n / 10_000).max(1));
+    // BENCH_PEER_POINTS=2000x100,10000x20: these fan-out points instead,
+    // and no idle memory (to measure one point again).
+    let chosen: Option<Vec<(usize, u64)>> = std::env::var("BENCH_PEER_POINTS").ok().map(|v| {
+        v.split(',')
+            .map(|p| {
+                p.split_once('x')
+                    .and_then(|(c, r)| Some((c.trim().parse().ok()?, r.trim().parse().ok()?)))
+                    .unwrap_or_else(|| panic!("BENCH_PEER_POINTS: {p:?} is not CLIENTSxRATE"))
+            })
+            .collect()
+    });
     let mut rows = Vec::new();
     let mut idle_json = Vec::new();
-    for transport in ["ws", "sse"] {
+    let idle_transports: &[&str] = if chosen.is_some() {
+        &[]
+    } else {
+        &["ws", "sse"]
+    };
+    for &transport in idle_transports {
         let h = idle(brokers, Peer::Herald, transport, scale(IDLE));
         let c = idle(brokers, Peer::Centrifugo, transport, scale(IDLE));
         let (hk, ck) = (
@@ -503,7 +536,7 @@ pub fn run(brokers: &str, duration: f64, clients: Option<usize>) -> (Vec<Row>, V
     // BENCH_PEER_TRANSPORT=sse: the fan-out points over SSE instead.
     let transport = std::env::var("BENCH_PEER_TRANSPORT").unwrap_or_else(|_| "ws".into());
     let mut points = Vec::new();
-    for (n, rate) in POINTS {
+    for (n, rate) in chosen.unwrap_or_else(|| POINTS.to_vec()) {
         let n = scale(n);
         let (h, hj) = fanout(brokers, Peer::Herald, &transport, n, rate, duration);
         let (c, cj) = fanout(brokers, Peer::Centrifugo, &transport, n, rate, duration);
@@ -565,7 +598,8 @@ pub fn run(brokers: &str, duration: f64, clients: Option<usize>) -> (Vec<Row>, V
     }
     let details = json!({
         "centrifugo_version": version,
-        "centrifugo_config": serde_json::from_str::<Value>(CENTRIFUGO_CONFIG).expect("config"),
+        "centrifugo_config": base_config(),
+        "centrifugo_config_file": std::env::var("BENCH_CENTRIFUGO_CONFIG").unwrap_or_else(|_| "bench/peer/centrifugo.json".into()),
         "centrifugo_config_note": "bench/peer/centrifugo.json; per run: http_server.port, consumers[0].kafka.brokers, .topics and .consumer_group",
         "herald_config": "suite.rs HeraldProc: [kafka] start = \"latest\", [limits] max_connections = 19500, one route (topic → channel bench), every other key its default (history on: 1000 messages per channel)",
         "kafka_header": {CHANNELS_HEADER: CHANNEL},
@@ -609,7 +643,7 @@ mod tests {
     #[test]
     fn the_run_config_keeps_the_checked_in_one_but_broker_topic_group_port() {
         let base: Value = serde_json::from_str(CENTRIFUGO_CONFIG).unwrap();
-        let mut c = centrifugo_config("127.0.0.1:19092", "bench-peer-fan-1", 40123);
+        let mut c = centrifugo_config(base.clone(), "127.0.0.1:19092", "bench-peer-fan-1", 40123);
         assert_eq!(c["http_server"]["port"], 40123);
         let kafka = &c["consumers"][0]["kafka"];
         assert_eq!(kafka["brokers"], json!(["127.0.0.1:19092"]));
