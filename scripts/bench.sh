@@ -41,6 +41,7 @@ CENTRIFUGO_VERSION=v6.9.1
 install_centrifugo() {
   local bin=$PWD/target/peer/bin/centrifugo go=${GO:-go}
   command -v "$go" >/dev/null 2>&1 || go=/usr/local/go/bin/go
+  command -v "$go" >/dev/null 2>&1 || { log "peer needs Go (set GO=/path/to/go) to install Centrifugo"; exit 69; }
   if [[ -x $bin ]] && "$go" version -m "$bin" 2>/dev/null |
     grep -qE "^[[:space:]]+mod[[:space:]]+$CENTRIFUGO_MODULE[[:space:]]+$CENTRIFUGO_VERSION[[:space:]]"; then
     log "centrifugo: $CENTRIFUGO_MODULE $CENTRIFUGO_VERSION in target/peer/bin (cached)"
