@@ -149,9 +149,13 @@ fn centrifugo_config(mut c: Value, brokers: &str, topic: &str, port: u16) -> Val
     c
 }
 
+/// A `centrifugo` process of its own, as `HeraldProc` is Herald's.
 struct CentrifugoProc {
+    /// Its pid is the one RSS and CPU are read from.
     child: Child,
+    /// `127.0.0.1:PORT`, a free port per start.
     addr: String,
+    /// The run's config file in the temp directory, removed at the stop.
     config: std::path::PathBuf,
 }
 
@@ -248,6 +252,7 @@ impl Server {
 /// warm-up record first), every record carrying [`CHANNELS_HEADER`].
 struct HeaderProducer {
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// `centrifugo-channels: bench`, cloned onto every record.
     headers: OwnedHeaders,
 }
 
