@@ -1,5 +1,6 @@
 //! `herald-bench client`: a worker process holding up to ~9,000 client
-//! sockets (WebSocket, SSE or the fan-out floor's raw stream) on one channel.
+//! sockets (WebSocket, SSE or the fan-out floor's raw stream) on one channel,
+//! Herald's or, with `--framing centrifugo`, Centrifugo's (centrifugo.rs).
 //!
 //! Prints one JSON line when every socket is open (`{"ready":…}`) and one
 //! when the clients are done or `--duration` has passed after that
@@ -14,6 +15,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::centrifugo::Framing;
 use crate::hist::Hist;
 
 #[derive(clap::Args, Clone)]
@@ -75,6 +77,10 @@ pub struct ClientArgs {
     /// (compression.rs measures what it saves).
     #[arg(long)]
     pub deflate: bool,
+    /// Whose wire format to speak: Herald's, or Centrifugo's
+    /// `uni_websocket` / `uni_sse` (the peer scenario; centrifugo.rs).
+    #[arg(long, value_enum, default_value_t = Framing::Herald)]
+    pub framing: Framing,
 }
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug)]
@@ -258,7 +264,13 @@ async fn run_async(args: ClientArgs) {
                     other => break other,
                 }
             };
-            let stream = match stream {
+            let stream = match (stream, args.framing) {
+                (Ok(s), Framing::Centrifugo) => crate::centrifugo::sse_connect(s)
+                    .await
+                    .map(|(s, dechunk, rest)| (s, rest, Some(dechunk))),
+                (stream, _) => stream.map(|(s, rest)| (s, rest, None)),
+            };
+            let (stream, rest, dechunk) = match stream {
                 Ok(s) => s,
                 Err(e) => {
                     ctx.failed.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +280,7 @@ async fn run_async(args: ClientArgs) {
             };
             drop(permit);
             ctx.connected.fetch_add(1, Ordering::Relaxed);
-            stream_client(stream, args, index, &shared).await;
+            stream_client((stream, rest), dechunk, args, index, &shared).await;
         });
     }
     while ctx.connected.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < args.count {
@@ -347,6 +359,9 @@ fn request_for(args: &ClientArgs) -> Vec<u8> {
     // with `[auth]` on (set `[auth]` itself through BENCH_HERALD_CONFIG).
     let token = std::env::var("BENCH_TOKEN").map_or(String::new(), |t| format!("&token={t}"));
     let ch = format!("{}{token}", args.channel);
+    if args.framing == Framing::Centrifugo {
+        return crate::centrifugo::request(&args.transport, &args.channel);
+    }
     match args.transport.as_str() {
         "ws" => return ws_request(args, args.cursor.as_deref()),
         "sse" => {
@@ -470,8 +485,12 @@ impl Tracker {
 /// it has every record; an SSE stream that ends before that (a slow
 /// consumer's `reconnect`, a reset) is opened again with `Last-Event-ID`
 /// of the last complete event, as a browser's EventSource does.
+/// `dechunk` takes a chunked body's coding off first (Centrifugo's
+/// uni_sse, which cannot resume: a Centrifugo client that is cut off
+/// stops, and what it missed counts as lost).
 async fn stream_client(
     first: (tokio::net::TcpStream, Vec<u8>),
+    mut dechunk: Option<crate::centrifugo::Dechunk>,
     args: &ClientArgs,
     index: usize,
     shared: &Mutex<Shared>,
@@ -480,8 +499,8 @@ async fn stream_client(
     let mut last_id = args.cursor.clone();
     let mut conn = first;
     loop {
-        let ending = read_events(conn, &mut tracker, &mut last_id, shared).await;
-        if tracker.done() || args.transport != "sse" {
+        let ending = read_events(conn, &mut dechunk, &mut tracker, &mut last_id, shared).await;
+        if tracker.done() || args.transport != "sse" || args.framing == Framing::Centrifugo {
             return;
         }
         shared
@@ -530,6 +549,7 @@ async fn stream_client(
 /// ends; says how it ended.
 async fn read_events(
     (mut s, first): (tokio::net::TcpStream, Vec<u8>),
+    dechunk: &mut Option<crate::centrifugo::Dechunk>,
     tracker: &mut Tracker,
     last_id: &mut Option<String>,
     shared: &Mutex<Shared>,
@@ -552,7 +572,10 @@ async fn read_events(
         match s.read(&mut buf).await {
             Ok(0) => return "eof",
             Err(_) => return "error",
-            Ok(k) => acc.extend_from_slice(&buf[..k]),
+            Ok(k) => match dechunk.as_mut() {
+                Some(d) => d.feed(&buf[..k], &mut acc),
+                None => acc.extend_from_slice(&buf[..k]),
+            },
         }
     }
 }
@@ -771,17 +794,22 @@ impl WsClient {
         }
     }
 
-    /// A complete text frame: at most one record (`{"t":T,"n":N`), and the
-    /// cursor that follows it — taken only now that the whole frame is
-    /// here, so a connection cut mid-frame resumes before that record.
+    /// A complete text frame: its records (`{"t":T,"n":N`; one in a
+    /// Herald frame, one or more `\n`-joined pushes in a Centrifugo frame),
+    /// and the cursor that follows — taken only now that the whole frame
+    /// is here, so a connection cut mid-frame resumes before that record.
     fn on_text(&mut self, payload: &[u8]) {
-        if let Some(i) = find(payload, MARK) {
-            if let Some((t, n, _)) = parse_tn(&payload[i + MARK.len()..])
-                && n != u64::MAX
-            {
-                self.record(t, n);
+        let mut pos = 0;
+        while let Some(i) = find(&payload[pos..], MARK) {
+            pos += i + MARK.len();
+            if let Some((t, n, used)) = parse_tn(&payload[pos..]) {
+                pos += used;
+                if n != u64::MAX {
+                    self.record(t, n);
+                }
             }
-        } else if find(payload, b"\"type\":\"gap\"").is_some() {
+        }
+        if pos == 0 && find(payload, b"\"type\":\"gap\"").is_some() {
             self.gaps += 1;
         }
         if let Some(i) = find(payload, CURSOR) {
@@ -921,7 +949,13 @@ async fn ws_client(
     let mut failures = 0u32;
     loop {
         let request = ws_request(args, client.cursor.as_deref());
-        match open_at(ctx.addrs[at], &request, index, args.rcvbuf).await {
+        let opened = match open_at(ctx.addrs[at], &request, index, args.rcvbuf).await {
+            Ok(conn) if args.framing == Framing::Centrifugo => {
+                crate::centrifugo::ws_connect(conn, &args.channel).await
+            }
+            opened => opened,
+        };
+        match opened {
             Ok(conn) => {
                 failures = 0;
                 if permit.take().is_some() {
@@ -1002,6 +1036,9 @@ async fn ws_client(
 
 /// The one-way subscription URL, resuming from `cursor` when there is one.
 fn ws_request(args: &ClientArgs, cursor: Option<&str>) -> Vec<u8> {
+    if args.framing == Framing::Centrifugo {
+        return crate::centrifugo::request("ws", &args.channel);
+    }
     let token = std::env::var("BENCH_TOKEN").map_or(String::new(), |t| format!("&token={t}"));
     let cursor = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
     let offer = match args.deflate {
@@ -1073,7 +1110,7 @@ async fn request_head(
 
 /// A server frame's opcode, header length and payload length, once its
 /// header is complete (Herald's frames are unmasked).
-fn frame_head(b: &[u8]) -> Option<(u8, usize, usize)> {
+pub(crate) fn frame_head(b: &[u8]) -> Option<(u8, usize, usize)> {
     let (&b0, &b1) = (b.first()?, b.get(1)?);
     let op = b0 & 0x0F;
     match b1 & 0x7F {

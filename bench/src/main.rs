@@ -1,7 +1,7 @@
 //! herald-bench: measures Herald against a real Kafka broker.
 //!
 //! ```text
-//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all), push, faults (f1..f4); see suite.rs
+//! herald-bench suite SCENARIO [--duration S] [--out DIR]   issue-6 scenarios (p1..p7, smoke, all), push, faults (f1..f4), peer (Centrifugo); see suite.rs
 //! herald-bench report [--out DIR]                          summary.md + chart.svg from DIR/*.json
 //! herald-bench client ...                                  a client worker process (spawned by suite)
 //! herald-bench floor-server ...                            the bare tokio fan-out floor (spawned by suite)
@@ -13,12 +13,14 @@
 //! Herald runs in this process on its own runtime; clients are plain TCP
 //! sockets that count events, so the client side stays cheap.
 
+mod centrifugo;
 mod client;
 mod compression;
 mod curve;
 mod faults;
 mod floor;
 mod hist;
+mod peer;
 mod push;
 mod push_service;
 mod suite;
@@ -79,11 +81,12 @@ enum Scenario {
         behind: u64,
     },
     /// The issue-6 scenarios p1 p2 p3 p4 p5 p6 p7, push (Web Push, issue
-    /// 12), the faults under load f1 f2 f3 f4 (issue 13), smoke, or all
-    /// (any case).
+    /// 12), the faults under load f1 f2 f3 f4 (issue 13), peer (Herald
+    /// beside Centrifugo, issue 17), smoke, or all (any case).
     Suite {
         scenario: String,
-        /// Seconds of records (default 20; f1, f2 40, f3 1800, f4 60).
+        /// Seconds of records (default 20; f1, f2 40, f3 1800, f4 60; peer
+        /// 10 per fan-out point).
         #[arg(long)]
         duration: Option<f64>,
         #[arg(long, default_value = "bench/results")]

@@ -1,6 +1,7 @@
 //! `herald-bench suite SCENARIO`: the issue-6 scenarios (p1…p7), the
-//! Web Push one of issue 12 (`push`, push.rs) and the faults under load of
-//! issue 13 (`f1`…`f4`, faults.rs), with Herald
+//! Web Push one of issue 12 (`push`, push.rs), the faults under load of
+//! issue 13 (`f1`…`f4`, faults.rs) and Herald beside Centrifugo (`peer`,
+//! peer.rs, issue 17), with Herald
 //! as a separate process (the release `herald serve` beside this binary),
 //! clients in worker processes (`herald-bench client`), and the floors in
 //! the same run. Writes `OUT/<scenario>.json`; `report` turns every JSON in
@@ -75,7 +76,7 @@ pub fn exe_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -438,7 +439,7 @@ pub struct FanoutResult {
     pub resumed: u64,
 }
 
-fn fanout_json(t: &Totals, publish_s: f64, done: &[Done], extra: Value) -> FanoutResult {
+pub fn fanout_json(t: &Totals, publish_s: f64, done: &[Done], extra: Value) -> FanoutResult {
     let (cut_off, resumed) = cut_off_resumed(done);
     let (p50, p99, p999) = (
         t.hist.quantile_ms(0.5),
@@ -939,6 +940,7 @@ pub enum Name {
     P6,
     P7,
     Push,
+    Peer,
     F1,
     F2,
     F3,
@@ -954,7 +956,7 @@ pub enum Name {
 
 impl Name {
     /// Every scenario, in the order an unknown name lists them.
-    const EVERY: [Name; 18] = [
+    const EVERY: [Name; 19] = [
         Name::P1,
         Name::P2,
         Name::P3,
@@ -963,6 +965,7 @@ impl Name {
         Name::P6,
         Name::P7,
         Name::Push,
+        Name::Peer,
         Name::F1,
         Name::F2,
         Name::F3,
@@ -976,7 +979,7 @@ impl Name {
     ];
 
     /// What `all` runs, in this order: every scenario but smoke.
-    const ALL: [Name; 17] = [
+    const ALL: [Name; 18] = [
         Name::Curve,
         Name::Delay,
         Name::P6,
@@ -989,6 +992,7 @@ impl Name {
         Name::P4,
         Name::P5,
         Name::Push,
+        Name::Peer,
         Name::F1,
         Name::F2,
         Name::F4,
@@ -1006,6 +1010,7 @@ impl Name {
             Name::P6 => "p6",
             Name::P7 => "p7",
             Name::Push => "push",
+            Name::Peer => "peer",
             Name::F1 => "f1",
             Name::F2 => "f2",
             Name::F3 => "f3",
@@ -1067,6 +1072,7 @@ pub fn run(
             Name::F1 | Name::F2 => 40.0,
             Name::F3 => 1800.0,
             Name::F4 => 60.0,
+            Name::Peer => 10.0,
             _ => 20.0,
         });
         eprintln!("bench: ---- {name} ({duration} s) ----");
@@ -1141,6 +1147,7 @@ pub fn run(
             Name::P6 => p6(brokers, 1_000_000),
             Name::P7 => p7(brokers, clients_override.unwrap_or(10_000), 1000),
             Name::Push => crate::push::run(brokers, duration),
+            Name::Peer => crate::peer::run(brokers, duration, clients_override),
             Name::F1 => crate::faults::f1(clients_override.unwrap_or(5000), 20, duration.max(25.0)),
             Name::F2 => crate::faults::f2(
                 brokers,
@@ -1599,8 +1606,8 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(&format!("{arg:?}")), "{text}");
             for name in [
-                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "f1", "f2", "f3", "f4", "smoke",
-                "all",
+                "p1", "p2", "p3", "p4", "p5", "p6", "p7", "push", "peer", "f1", "f2", "f3", "f4",
+                "smoke", "all",
             ] {
                 assert!(text.contains(name), "{name} missing from: {text}");
             }
