@@ -11,7 +11,7 @@
 #     case, another name exits 64
 #     curve: 10,000 and 2,000 WebSocket clients from 50k to 1M
 #     deliveries/s, Herald and the floor (--duration: seconds per point,
-#     default 10); delay: ws.write_delay 0/2/5/10 ms on that curve;
+#     default 10); delay: ws.write_delay 0/2/5/10 ms at three points;
 #     p2-noisy, p3-noisy: P2 and P3 with a CPU hog on one core for 10 s;
 #     deflate: bytes and CPU per delivery with and without
 #     permessage-deflate; peer: Herald and Centrifugo v6.9.1 (installed
@@ -36,16 +36,6 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 scenario=$1
 shift
 out=${BENCH_OUT:-bench/results}
-
-# Writes per delivery are counted by perf stat on the syscall tracepoints
-# (Debian's linux-perf); without perf they are reported as unknown.
-if ! command -v perf >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  sudo=""
-  [[ $(id -u) == 0 ]] || sudo="sudo"
-  log "installing linux-perf (perf stat counts the writes per delivery)"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq linux-perf >/dev/null \
-    || log "could not install linux-perf: writes per delivery will be unknown"
-fi
 
 # Both land in target/release/: the suite starts the herald beside itself.
 log "cargo build --release -p herald -p herald-bench"

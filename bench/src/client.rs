@@ -134,6 +134,14 @@ pub struct Done {
     /// clients had record `n` (index `n`); 0 when some never did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arrivals: Vec<u64>,
+    /// TCP data segments and bytes the clients' sockets received from the
+    /// server (their `TCP_INFO`): the server's writes, as the wire saw
+    /// them (a write that fits a segment is one; writes queued behind a
+    /// full window may leave in fewer).
+    #[serde(default)]
+    pub segs_in: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
     /// ws: bytes of the frames received (after the handshake), as they
     /// came on the wire: compressed with `--deflate`.
     #[serde(default)]
@@ -142,6 +150,11 @@ pub struct Done {
 
 #[derive(Default)]
 struct Shared {
+    /// Sockets open now, and what the closed ones received: TCP data
+    /// segments and bytes (`tcpi_data_segs_in`, `tcpi_bytes_received`).
+    open_sockets: std::collections::HashSet<i32>,
+    segs_in: u64,
+    bytes_in: u64,
     received: u64,
     distinct: u64,
     duplicates: u64,
@@ -165,6 +178,58 @@ struct Shared {
     arrival_count: Vec<u32>,
     arrival_us: Vec<u64>,
     ws_bytes: u64,
+}
+
+/// `TCP_INFO`'s data segments and bytes received on socket `fd`.
+fn tcp_received(fd: i32) -> (u64, u64) {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes; the kernel
+    // writes at most `len` of its `struct tcp_info` into it.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // tcpi_bytes_received is at offset 128, tcpi_data_segs_in at 152
+    // (Linux 4.6 on).
+    if r != 0 || len < 156 {
+        return (0, 0);
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    let bytes = u64::from_ne_bytes(info[128..136].try_into().expect("8 bytes"));
+    (u64::from(u32_at(152)), bytes)
+}
+
+/// Counts what a client socket received while it is open (see
+/// [`tcp_received`]); what it received is added to the worker's totals
+/// when it closes, or when the worker reports.
+struct Received<'a> {
+    fd: i32,
+    shared: &'a Mutex<Shared>,
+}
+
+impl<'a> Received<'a> {
+    fn watch(s: &tokio::net::TcpStream, shared: &'a Mutex<Shared>) -> Self {
+        use std::os::fd::AsRawFd;
+        let fd = s.as_raw_fd();
+        shared.lock().open_sockets.insert(fd);
+        Received { fd, shared }
+    }
+}
+
+impl Drop for Received<'_> {
+    fn drop(&mut self) {
+        let (segs, bytes) = tcp_received(self.fd);
+        let mut g = self.shared.lock();
+        g.open_sockets.remove(&self.fd);
+        g.segs_in += segs;
+        g.bytes_in += bytes;
+    }
 }
 
 pub fn unix_us() -> u64 {
@@ -302,7 +367,12 @@ async fn run_async(args: ClientArgs) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let s = shared.lock();
+    let mut s = shared.lock();
+    for fd in std::mem::take(&mut s.open_sockets) {
+        let (segs, bytes) = tcp_received(fd);
+        s.segs_in += segs;
+        s.bytes_in += bytes;
+    }
     let lost = if churning(&args) {
         // Each client's own range: from the first record it saw to the last.
         s.left_lost
@@ -343,6 +413,8 @@ async fn run_async(args: ClientArgs) {
             .map(|(&c, &us)| if c as usize >= n_ok.max(1) { us } else { 0 })
             .collect(),
         ws_bytes: s.ws_bytes,
+        segs_in: s.segs_in,
+        bytes_in: s.bytes_in,
     };
     println!("{}", serde_json::json!({ "done": done }));
     use std::io::Write;
@@ -554,6 +626,7 @@ async fn read_events(
     last_id: &mut Option<String>,
     shared: &Mutex<Shared>,
 ) -> &'static str {
+    let _received = Received::watch(&s, shared);
     let mut acc = first;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -1138,6 +1211,7 @@ async fn ws_connection(
     churn: Option<Instant>,
     fallback: bool,
 ) -> WsEnding {
+    let _received = Received::watch(&s, shared);
     let mut acc = first;
     let mut buf = vec![0u8; 32 * 1024];
     let mut out: Vec<u8> = Vec::new();

@@ -587,7 +587,6 @@ pub fn herald_fanout_with(
     );
     let rss1 = herald.rss_kib();
     let c0 = Counters::read(herald.pid());
-    let writes = Writes::start(herald.pid());
     eprintln!(
         "bench: {clients} {transport} clients connected to Herald ({:.1}s); producing {records} records at {rate}/s",
         workers.connect_span_s()
@@ -598,7 +597,7 @@ pub fn herald_fanout_with(
     let publish_s = produce_paced(brokers, &topic, rate, records);
     let pushed = pushing.map(|p| p.join().expect("push producer"));
     let done = workers.finish();
-    let used = Counters::read(herald.pid()).since(&c0, writes.finish());
+    let used = Counters::read(herald.pid()).since(&c0, segments(&done));
     let rss2 = herald.rss_kib();
     let push_json = push
         .zip(pushed)
@@ -624,12 +623,12 @@ pub fn herald_fanout_with(
 
 /// What a server process has used so far: CPU (`utime+stime`) and
 /// context switches of all its threads; with [`Counters::since`], also
-/// the write system calls counted meanwhile ([`Writes`]).
+/// its writes as the clients' sockets saw them ([`segments`]).
 #[derive(Clone, Copy, Default)]
 pub struct Counters {
     pub cpu_s: f64,
     pub switches: u64,
-    /// Write system calls; NaN where `perf` could not count them.
+    /// The server's writes: TCP data segments its clients received.
     pub writes: f64,
 }
 
@@ -655,8 +654,8 @@ impl Counters {
     }
 
     /// What was used between `earlier` and this reading (context switches
-    /// of threads that ended meanwhile are not counted), with the writes
-    /// `writes` counted over the same time.
+    /// of threads that ended meanwhile are not counted), with `writes`
+    /// made over the same time.
     pub fn since(&self, earlier: &Counters, writes: f64) -> Counters {
         Counters {
             cpu_s: self.cpu_s - earlier.cpu_s,
@@ -675,70 +674,16 @@ impl Counters {
     }
 }
 
-/// Counts a process's write system calls (`write`, `writev`, `sendto`,
-/// `sendmsg`: a socket write from tokio is a `send`) with `perf stat` on
-/// the syscall tracepoints, from [`Writes::start`] to [`Writes::finish`].
-/// `/proc/PID/io`'s `syscw` counts no `send`. Needs `perf` (Debian's
-/// linux-perf, which scripts/bench.sh installs) and root or
-/// `kernel.perf_event_paranoid` ≤ 1; without them the count is NaN.
-pub struct Writes {
-    perf: Option<Child>,
-}
-
-const WRITE_CALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
-
-impl Writes {
-    pub fn start(pid: u32) -> Writes {
-        let events: Vec<String> = WRITE_CALLS
-            .iter()
-            .map(|c| format!("syscalls:sys_enter_{c}"))
-            .collect();
-        let perf = Command::new("perf")
-            .args([
-                "stat",
-                "-x",
-                ",",
-                "-e",
-                &events.join(","),
-                "-p",
-                &pid.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok();
-        if perf.is_none() {
-            eprintln!("bench: perf is not installed: writes per delivery not counted");
-        }
-        // perf attaches before the first count matters.
-        std::thread::sleep(Duration::from_millis(200));
-        Writes { perf }
-    }
-
-    /// Stops counting (SIGINT, as perf stat expects); the calls counted.
-    pub fn finish(self) -> f64 {
-        let Some(perf) = self.perf else {
-            return f64::NAN;
-        };
-        let _ = Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
-            .status();
-        let Ok(out) = perf.wait_with_output() else {
-            return f64::NAN;
-        };
-        let text = String::from_utf8_lossy(&out.stderr);
-        let counts: Vec<f64> = text
-            .lines()
-            .filter(|l| l.contains("syscalls:sys_enter_"))
-            .filter_map(|l| l.split(',').next()?.trim().parse().ok())
-            .collect();
-        if counts.len() == WRITE_CALLS.len() {
-            counts.iter().sum()
-        } else {
-            eprintln!("bench: perf stat counted no write calls: {}", text.trim());
-            f64::NAN
-        }
-    }
+/// The server's writes to the clients, counted by the clients: the TCP
+/// data segments their sockets received (`TCP_INFO`), the WebSocket or
+/// HTTP response head's included. A write that fits a segment is one (on
+/// loopback a segment holds 64 KiB); only writes queued behind a full
+/// window leave in fewer. Counted on the clients' side so that nothing
+/// traces the server: `perf stat` on the syscall tracepoints put every
+/// system call of the server through the tracing path and doubled its CPU
+/// per delivery, and `/proc/PID/io` counts no `send`.
+fn segments(done: &[Done]) -> f64 {
+    done.iter().map(|d| d.segs_in).sum::<u64>() as f64
 }
 
 /// A noisy neighbour: a process spinning on CPU 0 (`taskset`) for a while,
@@ -796,13 +741,12 @@ pub fn floor_fanout(clients: usize, rate: u64, duration: f64) -> FanoutResult {
     let pid = child.id();
     let workers = Workers::spawn("floor", &addr, clients, records, duration + 15.0, &[], 2);
     let c0 = Counters::read(pid);
-    let writes = Writes::start(pid);
     line.clear();
     out.read_line(&mut line).expect("floor publishing line");
     let started = Instant::now();
     let done = workers.finish();
     let publish_s = started.elapsed().as_secs_f64().min(duration + 1.0);
-    let used = Counters::read(pid).since(&c0, writes.finish());
+    let used = Counters::read(pid).since(&c0, segments(&done));
     let rss = rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::access_log::{AccessEntry, AccessHandover};
 use super::error::ApiError;
 use super::forwarded::{self, TrustedProxies};
-use super::head::{self, Replayed};
+use super::head::{self, Head, Replayed};
 use super::limits::{ClientAddr, ConnectionLimits, ConnectionPermit, PendingPlace};
 use super::stream_connection;
 use super::write_watch::{WatchedIo, WriteWatch};
@@ -216,7 +216,10 @@ impl Connection {
         let client = ClientAddr(client);
         match permit {
             Some(permit) if stream_connection::takes(&head.request) => {
-                let request = head.request;
+                // The head's bytes (a 1 KiB buffer) are not kept for the
+                // stream's life: the parsed request has all of it.
+                let Head { request, bytes } = head;
+                drop(bytes);
                 // Each path in its own box: the task holds only the one it takes.
                 Box::pin(stream_connection::serve(
                     self.app,

@@ -89,32 +89,43 @@ mod tests {
 
     #[test]
     fn a_shut_gate_polls_nothing_until_its_source_wakes() {
+        use std::cell::{Cell, RefCell};
         let task = Arc::new(Count(AtomicUsize::new(0)));
         let task_waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&task_waker);
         let gate = Gate::new();
-        let mut polls = 0;
-        let mut source_waker = None;
-        let mut pending = |cx: &mut Context<'_>| {
-            polls += 1;
-            source_waker = Some(cx.waker().clone());
+        let polls = Cell::new(0);
+        let source_waker: RefCell<Option<Waker>> = RefCell::new(None);
+        let pending = |cx: &mut Context<'_>| {
+            polls.set(polls.get() + 1);
+            *source_waker.borrow_mut() = Some(cx.waker().clone());
             Poll::<()>::Pending
         };
-        assert!(gate.poll(&mut cx, &mut pending).is_pending());
-        assert!(gate.poll(&mut cx, &mut pending).is_pending());
-        assert_eq!(polls, 1, "shut after a Pending: the second poll is skipped");
-        source_waker.take().unwrap().wake();
+        assert!(gate.poll(&mut cx, pending).is_pending());
+        assert!(gate.poll(&mut cx, pending).is_pending());
+        assert_eq!(
+            polls.get(),
+            1,
+            "shut after a Pending: the second poll is skipped"
+        );
+        source_waker.borrow_mut().take().unwrap().wake();
         assert_eq!(
             task.0.load(Ordering::SeqCst),
             1,
             "the source's wake woke the task"
         );
-        assert!(gate.poll(&mut cx, &mut pending).is_pending());
-        assert_eq!(polls, 2, "open after the source woke");
-        let mut ready = |_: &mut Context<'_>| Poll::Ready(());
-        source_waker.take().unwrap().wake();
-        assert!(gate.poll(&mut cx, &mut ready).is_ready());
-        assert!(gate.poll(&mut cx, &mut pending).is_pending());
-        assert_eq!(polls, 3, "open after a Ready: the source may have more");
+        assert!(gate.poll(&mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 2, "open after the source woke");
+        source_waker.borrow_mut().take().unwrap().wake();
+        assert!(gate.poll(&mut cx, |_| Poll::Ready(())).is_ready());
+        assert!(gate.poll(&mut cx, pending).is_pending());
+        assert_eq!(
+            polls.get(),
+            3,
+            "open after a Ready: the source may have more"
+        );
+        gate.open();
+        assert!(gate.poll(&mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 4, "opened by hand");
     }
 }
