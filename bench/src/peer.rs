@@ -194,18 +194,7 @@ impl CentrifugoProc {
 
     /// SIGTERM, then wait (SIGKILL after 15 s).
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::suite::stop_child(&mut self.child);
         let _ = std::fs::remove_file(&self.config);
     }
 }

@@ -170,17 +170,22 @@ impl HeraldProc {
 
     /// SIGTERM, then wait (SIGKILL after 15 s).
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
+}
+
+/// SIGTERM to a server process, then wait for it (SIGKILL after 15 s).
+pub fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The route of every fan-out scenario: `topic` to channel `bench`.

@@ -14,7 +14,18 @@ use crate::hub::publication::MESSAGE_OPENING;
 /// which the hub encodes as UTF-8), so the frame is valid text.
 pub(super) fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
+    text_head(out, false, len);
+    for part in parts {
+        debug_assert!(std::str::from_utf8(part).is_ok());
+        out.extend_from_slice(part);
+    }
+}
+
+/// The head of an unmasked, unfragmented text frame of `len` bytes
+/// (RSV1 set for a compressed one), with room reserved for the payload.
+fn text_head(out: &mut Vec<u8>, rsv1: bool, len: usize) {
     let header = FrameHeader {
+        rsv1,
         opcode: OpCode::Data(Data::Text),
         ..FrameHeader::default()
     };
@@ -22,10 +33,6 @@ pub(super) fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
     header
         .format(len as u64, out)
         .expect("writing to a Vec cannot fail");
-    for part in parts {
-        debug_assert!(std::str::from_utf8(part).is_ok());
-        out.extend_from_slice(part);
-    }
 }
 
 /// `{"type":"message",…envelope}`: the shared envelope around this
@@ -35,16 +42,7 @@ pub(super) fn text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
 pub(super) fn message_frame(out: &mut Vec<u8>, d: &Delivery, deflate: bool) {
     let cursor = d.cursor.as_bytes();
     if let Some(z) = deflate.then(|| d.publication.deflated()).flatten() {
-        let len = z.len_with(cursor.len());
-        let header = FrameHeader {
-            rsv1: true,
-            opcode: OpCode::Data(Data::Text),
-            ..FrameHeader::default()
-        };
-        out.reserve(header.len(len as u64) + len);
-        header
-            .format(len as u64, out)
-            .expect("writing to a Vec cannot fail");
+        text_head(out, true, z.len_with(cursor.len()));
         z.write_with(out, cursor);
         return;
     }
