@@ -47,17 +47,11 @@ fn produce_timed(brokers: &str, topic: &str, rate: u64, n: u64) -> JoinHandle<Ve
     let topic = topic.to_owned();
     std::thread::spawn(move || {
         let mut sent = Vec::with_capacity(n as usize);
-        let started = Instant::now();
-        for i in 0..n {
-            let at = started + Duration::from_secs_f64(i as f64 / rate as f64);
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
+        crate::suite::paced(rate, n, |i| {
             sent.push(unix_us());
             let payload = crate::payload(i);
             crate::send_waiting(&producer, BaseRecord::to(&topic).payload(&payload).key("k"));
-        }
+        });
         producer.flush(Duration::from_secs(300)).expect("flush");
         sent
     })

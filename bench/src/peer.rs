@@ -275,14 +275,7 @@ impl HeaderProducer {
     /// `n` records of `crate::payload` at `rate` per second; seconds taken.
     fn paced(&self, topic: &str, rate: u64, n: u64) -> f64 {
         let started = Instant::now();
-        for i in 0..n {
-            let at = started + Duration::from_secs_f64(i as f64 / rate as f64);
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            self.send(topic, &crate::payload(i));
-        }
+        crate::suite::paced(rate, n, |i| self.send(topic, &crate::payload(i)));
         self.producer.flush(Duration::from_secs(30)).expect("flush");
         started.elapsed().as_secs_f64()
     }

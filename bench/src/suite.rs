@@ -418,17 +418,26 @@ pub fn produce_paced(brokers: &str, topic: &str, rate: u64, n: u64) -> f64 {
         .expect("warm-up record");
     producer.flush(Duration::from_secs(30)).expect("flush");
     let started = Instant::now();
+    paced(rate, n, |i| {
+        let payload = crate::payload(i);
+        crate::send_waiting(&producer, BaseRecord::to(topic).payload(&payload).key("k"));
+    });
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    started.elapsed().as_secs_f64()
+}
+
+/// Calls `send(i)` for `i` in `0..n`, the `i`-th at `i / rate` seconds
+/// from now (at once when behind): the producers' schedule.
+pub fn paced(rate: u64, n: u64, mut send: impl FnMut(u64)) {
+    let started = Instant::now();
     for i in 0..n {
         let at = started + Duration::from_secs_f64(i as f64 / rate as f64);
         let now = Instant::now();
         if at > now {
             std::thread::sleep(at - now);
         }
-        let payload = crate::payload(i);
-        crate::send_waiting(&producer, BaseRecord::to(topic).payload(&payload).key("k"));
+        send(i);
     }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-    started.elapsed().as_secs_f64()
 }
 
 // ---------------------------------------------------------------- scenarios
