@@ -1045,19 +1045,13 @@ pub fn run(
                 duration,
                 None,
             ),
-            Name::P2Noisy => {
-                let c = clients_override.unwrap_or(10_000);
-                let opts = Opts {
-                    hog_s: HOG_S,
-                    grace_s: HOG_GRACE_S,
-                    ..Opts::default()
-                };
-                let h = herald_fanout_with(brokers, "ws", c, 50, duration, &opts);
-                (
-                    noisy_rows(name, &h, c),
-                    json!({"herald": h.json, "hog_s": HOG_S}),
-                )
-            }
+            Name::P2Noisy => noisy(
+                brokers,
+                name,
+                clients_override.unwrap_or(10_000),
+                50,
+                duration,
+            ),
             Name::P3 | Name::P3Noisy | Name::Smoke => {
                 let (c, d) = if scenario == Name::Smoke {
                     (clients_override.unwrap_or(50), duration.min(3.0))
@@ -1065,16 +1059,7 @@ pub fn run(
                     (clients_override.unwrap_or(1000), duration)
                 };
                 if scenario == Name::P3Noisy {
-                    let opts = Opts {
-                        hog_s: HOG_S,
-                        grace_s: HOG_GRACE_S,
-                        ..Opts::default()
-                    };
-                    let h = herald_fanout_with(brokers, "ws", c, 1000, d, &opts);
-                    (
-                        noisy_rows(name, &h, c),
-                        json!({"herald": h.json, "hog_s": HOG_S}),
-                    )
+                    noisy(brokers, name, c, 1000, d)
                 } else {
                     let h = herald_fanout(brokers, "ws", c, 1000, d);
                     let f = floor_fanout(c, 1000, d);
@@ -1172,10 +1157,20 @@ const HOG_GRACE_S: f64 = 90.0;
 /// latency that is Kafka's batching, not Herald's.
 pub const LINGER_MS: f64 = 5.0;
 
-/// The rows of a noisy-neighbour run: nothing may be lost or duplicated
+/// A noisy-neighbour run (`p2-noisy`, `p3-noisy`): WebSocket fan-out
+/// with a CPU hog on one core mid-run. Nothing may be lost or duplicated
 /// while a core is taken away; the latency is reported, not judged.
-fn noisy_rows(name: &str, h: &FanoutResult, clients: usize) -> Vec<Row> {
-    fanout_rows(name, h, clients, f64::INFINITY, None)
+fn noisy(brokers: &str, name: &str, clients: usize, rate: u64, duration: f64) -> (Vec<Row>, Value) {
+    let opts = Opts {
+        hog_s: HOG_S,
+        grace_s: HOG_GRACE_S,
+        ..Opts::default()
+    };
+    let h = herald_fanout_with(brokers, "ws", clients, rate, duration, &opts);
+    (
+        fanout_rows(name, &h, clients, f64::INFINITY, None),
+        json!({"herald": h.json, "hog_s": HOG_S}),
+    )
 }
 
 /// `/proc/loadavg`'s 1-minute figure (NaN off Linux).
