@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -162,7 +163,27 @@ enum FirstHead<T> {
 impl Connection {
     /// Waits for the first request head (until `deadline`), takes a place
     /// under `limits.max_connections`, and serves the connection.
-    async fn run(mut self, mut pending: PendingPlace, deadline: Instant) {
+    ///
+    /// The task holds two pointers and no more: reading the first head
+    /// (the PROXY header's and the head's reads, the parser, a refusal's
+    /// write) is a box freed once the head is in, and serving is another,
+    /// the size of its own path. An idle event stream keeps only its
+    /// stream's box (P1: an async fn's state is as large as its largest
+    /// await).
+    async fn run(self, pending: PendingPlace, deadline: Instant) {
+        if let Some(serving) = Box::pin(self.first_head(pending, deadline)).await {
+            serving.await;
+        }
+    }
+
+    /// [`Connection::run`] until the first head is in and the connection
+    /// has its place: how it is then served, or `None` once it has been
+    /// refused or has gone.
+    async fn first_head(
+        mut self,
+        mut pending: PendingPlace,
+        deadline: Instant,
+    ) -> Option<BoxFuture<'static, ()>> {
         let app = self.app.clone();
         // A PROXY header first, when they are taken: it says who the
         // client is before the request head is read, so the pending
@@ -172,19 +193,23 @@ impl Connection {
             let proxy_read = forwarded::read_proxy_header(&mut self.stream);
             let preface = match Self::until_head_of(&app, &pending, deadline, proxy_read).await {
                 FirstHead::Arrived(preface) => preface,
-                ended => return self.end_early(ended, None).await,
+                ended => {
+                    self.end_early(ended, None).await;
+                    return None;
+                }
             };
             let from_trusted = self.trusted.trusts(self.peer.ip());
             if !from_trusted && preface.present {
                 let refusal = forwarded::untrusted_proxy_header(self.peer.ip());
-                return self
-                    .end_early(FirstHead::<()>::Refused(refusal), None)
+                self.end_early(FirstHead::<()>::Refused(refusal), None)
                     .await;
+                return None;
             }
             if let (true, Some(source)) = (from_trusted, preface.source) {
                 self.hop = source;
                 if let Err(refusal) = pending.count_client(source) {
-                    return self.refuse_now(refusal, None);
+                    self.refuse_now(refusal, None);
+                    return None;
                 }
             }
             read = preface.rest;
@@ -196,7 +221,10 @@ impl Connection {
         };
         let head = match Self::until_head_of(&app, &pending, deadline, head_read).await {
             FirstHead::Arrived(head) => head,
-            ended => return self.end_early(ended, None).await,
+            ended => {
+                self.end_early(ended, None).await;
+                return None;
+            }
         };
         // The request is here: the connection leaves the queue of those
         // waiting, and takes a place under `limits.max_connections` for
@@ -207,20 +235,19 @@ impl Connection {
             Ok(permit) => Some(permit),
             Err(_) if super::routes::is_probe(&head.request) => None,
             Err(error) => {
-                return self
-                    .end_early(FirstHead::<()>::Refused(error), Some(&head.request))
+                self.end_early(FirstHead::<()>::Refused(error), Some(&head.request))
                     .await;
+                return None;
             }
         };
         drop(pending);
         let client = ClientAddr(client);
-        match permit {
+        Some(match permit {
             Some(permit) if stream_connection::takes(&head.request) => {
                 // The head's bytes (a 1 KiB buffer) are not kept for the
                 // stream's life: the parsed request has all of it.
                 let Head { request, bytes } = head;
                 drop(bytes);
-                // Each path in its own box: the task holds only the one it takes.
                 Box::pin(stream_connection::serve(
                     self.app,
                     self.stream,
@@ -229,10 +256,9 @@ impl Connection {
                     client,
                     self.peer,
                 ))
-                .await;
             }
-            permit => Box::pin(self.serve_http(head.bytes, permit)).await,
-        }
+            permit => Box::pin(self.serve_http(head.bytes, permit)),
+        })
     }
 
     /// `read` under the first head's bounds: until `deadline`, unless a

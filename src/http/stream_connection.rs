@@ -47,29 +47,47 @@ pub fn takes<B>(req: &Request<B>) -> bool {
 /// then closes it. `slot` is the connection's place under the limits,
 /// held until the stream ends; `client` its address (the forwarded one
 /// behind a trusted proxy), `peer` the socket's.
-pub async fn serve(
+///
+/// Answering (the subscription, its refusal) is a box of its own, freed
+/// before the stream starts: what stays for the stream's life is the
+/// response's body and the writing of it. Not an `async fn`, whose
+/// arguments are stored twice (see `ws::Connection::run`).
+#[allow(clippy::manual_async_fn)] // the argument-size note above
+pub fn serve(
     app: Arc<App>,
     mut stream: TcpStream,
-    mut req: Request<()>,
+    req: Request<()>,
     slot: ConnectionPermit,
     client: ClientAddr,
     peer: SocketAddr,
-) {
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let response = Box::pin(respond(&app, req, client, peer)).await;
+        write_response(&mut stream, response, app.config().http.write_timeout).await;
+        drop(slot);
+    }
+}
+
+/// The response to the SSE request `req` from `client`: the event stream,
+/// or a refusal; access-logged when `log.access` is on.
+async fn respond(
+    app: &Arc<App>,
+    mut req: Request<()>,
+    client: ClientAddr,
+    peer: SocketAddr,
+) -> http::Response<Body> {
     req.extensions_mut().insert(client);
     let access = app
         .config()
         .log
         .access
         .then(|| AccessEntry::begin(&req, client.0, Some(peer)));
-    let result = transport::sse::handle(&app, &req).await;
-    let mut response = finish_response(&app, req.headers(), result);
-    if let Some(entry) = access {
-        response = entry.finish(response);
+    let result = transport::sse::handle(app, &req).await;
+    let response = finish_response(app, req.headers(), result);
+    match access {
+        Some(entry) => entry.finish(response),
+        None => response,
     }
-    // Only the body stays for the stream's life.
-    drop(req);
-    write_response(&mut stream, response, app.config().http.write_timeout).await;
-    drop(slot);
 }
 
 /// Writes a small, complete `response` (a refusal) if the socket takes it

@@ -226,7 +226,8 @@ impl SseStream {
     /// leave in one write. What arrives meanwhile stays in the inboxes,
     /// waking no one.
     async fn gather(&mut self, first: Bytes) -> Bytes {
-        tokio::time::sleep(self.write_delay).await;
+        // Boxed: a stream without a write delay does not carry the timer.
+        Box::pin(tokio::time::sleep(self.write_delay)).await;
         let mut buf = BytesMut::from(first);
         while buf.len() < MAX_GATHER_BYTES && !self.done {
             self.batch.clear();

@@ -161,149 +161,156 @@ impl Connection {
         }
     }
 
-    pub(super) async fn run(mut self) {
-        let ping_interval = self.app.config().ws.ping_interval;
-        let pong_timeout = self.app.config().ws.pong_timeout;
-        // Registered with the signal once, not on every turn of the loop
-        // (again only when an `auth` message changed it).
-        let mut stopping = std::pin::pin!(self.end.ended_owned());
-        let mut stopping_for = self.end_changes;
-        // Shutdown and the ping timer wake the task when they fire; polled
-        // through gates, a wake for a delivery does not poll them too.
-        let stop_gate = Gate::new();
-        let timer_gate = Gate::new();
-        let mut keepalive = Keepalive::Idle;
-        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
-        let mut streak = 0u32;
-        // `ws.write_delay`: frames wait in `out` until the hold ends, and
-        // the subscriptions are not drained meanwhile (what arrives stays
-        // in the inboxes, waking no one), then go out in one write.
-        let write_delay = self.app.config().ws.write_delay;
-        let mut hold: Option<Pin<Box<Sleep>>> = None;
-        let mut holding = false;
-        // The token's expiry, re-armed when an `auth` message moves it;
-        // only a connection with an expiring token pays for the timer.
-        let mut expiry: Option<Pin<Box<Sleep>>> = None;
-        let mut armed_for = None;
-        let ending = loop {
-            if self.end_changes != stopping_for {
-                stopping.set(self.end.ended_owned());
-                stopping_for = self.end_changes;
-                stop_gate.open();
-            }
-            if self.expires != armed_for {
-                armed_for = self.expires;
-                expiry = self
-                    .expires
-                    .map(|at| Box::pin(tokio::time::sleep_until(at)));
-            }
-            let expired = async {
-                match expiry.as_mut() {
-                    Some(at) => at.as_mut().await,
-                    None => std::future::pending().await,
+    /// Serves the connection until it ends. Not an `async fn`: an async
+    /// fn's argument used after an await is stored twice in its state
+    /// (rust-lang/rust#62958), and an idle connection is mostly this
+    /// state (P1).
+    #[allow(clippy::manual_async_fn)] // the argument-size note above
+    pub(super) fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let ping_interval = self.app.config().ws.ping_interval;
+            let pong_timeout = self.app.config().ws.pong_timeout;
+            // Registered with the signal once, not on every turn of the loop
+            // (again only when an `auth` message changed it).
+            let mut stopping = std::pin::pin!(self.end.ended_owned());
+            let mut stopping_for = self.end_changes;
+            // Shutdown and the ping timer wake the task when they fire; polled
+            // through gates, a wake for a delivery does not poll them too.
+            let stop_gate = Gate::new();
+            let timer_gate = Gate::new();
+            let mut keepalive = Keepalive::Idle;
+            let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(ping_interval));
+            let mut streak = 0u32;
+            // `ws.write_delay`: frames wait in `out` until the hold ends, and
+            // the subscriptions are not drained meanwhile (what arrives stays
+            // in the inboxes, waking no one), then go out in one write.
+            let write_delay = self.app.config().ws.write_delay;
+            let mut hold: Option<Pin<Box<Sleep>>> = None;
+            let mut holding = false;
+            // The token's expiry, re-armed when an `auth` message moves it;
+            // only a connection with an expiring token pays for the timer.
+            let mut expiry: Option<Pin<Box<Sleep>>> = None;
+            let mut armed_for = None;
+            let ending = loop {
+                if self.end_changes != stopping_for {
+                    stopping.set(self.end.ended_owned());
+                    stopping_for = self.end_changes;
+                    stop_gate.open();
                 }
-            };
-            let held = async {
-                match hold.as_mut() {
-                    Some(until) if holding => until.as_mut().await,
-                    _ => std::future::pending().await,
+                if self.expires != armed_for {
+                    armed_for = self.expires;
+                    expiry = self
+                        .expires
+                        .map(|at| Box::pin(tokio::time::sleep_until(at)));
                 }
-            };
-            tokio::select! {
-                biased;
-                () = std::future::poll_fn(|cx| stop_gate.poll(cx, |cx| stopping.as_mut().poll(cx))) => match self.end.reason() {
-                    EndReason::Revoked => {
+                let expired = async {
+                    match expiry.as_mut() {
+                        Some(at) => at.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let held = async {
+                    match hold.as_mut() {
+                        Some(until) if holding => until.as_mut().await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = std::future::poll_fn(|cx| stop_gate.poll(cx, |cx| stopping.as_mut().poll(cx))) => match self.end.reason() {
+                        EndReason::Revoked => {
+                            let reply = error_json(
+                                "token_revoked",
+                                "the token's subject was disconnected by the operator; reconnect only with a fresh token",
+                                None,
+                            );
+                            if let Err(ending) = Box::pin(self.reply(&reply)).await {
+                                break ending;
+                            }
+                            break Ending::Close(
+                                CloseCode::Library(CLOSE_TOKEN_REVOKED),
+                                "token revoked".into(),
+                            );
+                        }
+                        // Reconnect elsewhere.
+                        reason => break Ending::Close(CloseCode::Away, reason.as_str().into()),
+                    },
+                    _ = expired => {
                         let reply = error_json(
-                            "token_revoked",
-                            "the token's subject was disconnected by the operator; reconnect only with a fresh token",
+                            "token_expired",
+                            "the token expired; reconnect with a fresh one, or send {\"type\":\"auth\"} before it expires",
                             None,
                         );
-                        if let Err(ending) = self.reply(&reply).await {
+                        if let Err(ending) = Box::pin(self.reply(&reply)).await {
                             break ending;
                         }
                         break Ending::Close(
-                            CloseCode::Library(CLOSE_TOKEN_REVOKED),
-                            "token revoked".into(),
+                            CloseCode::Library(CLOSE_TOKEN_EXPIRED),
+                            "token expired".into(),
                         );
                     }
-                    // Reconnect elsewhere.
-                    reason => break Ending::Close(CloseCode::Away, reason.as_str().into()),
-                },
-                _ = expired => {
-                    let reply = error_json(
-                        "token_expired",
-                        "the token expired; reconnect with a fresh one, or send {\"type\":\"auth\"} before it expires",
-                        None,
-                    );
-                    if let Err(ending) = self.reply(&reply).await {
-                        break ending;
-                    }
-                    break Ending::Close(
-                        CloseCode::Library(CLOSE_TOKEN_EXPIRED),
-                        "token expired".into(),
-                    );
-                }
-                () = held => {
-                    holding = false;
-                    if let Err(ending) = Box::pin(self.write_round(None)).await {
-                        break ending;
-                    }
-                }
-                first = std::future::poll_fn(|cx| self.deliveries.poll(cx, |cx| self.subscriptions.poll_next(cx))),
-                    if !self.subscriptions.is_empty() && streak < MAX_STREAK && !holding =>
-                {
-                    streak += 1;
-                    if write_delay.is_zero() {
-                        if let Err(ending) = Box::pin(self.write_round(Some(first))).await {
+                    () = held => {
+                        holding = false;
+                        if let Err(ending) = Box::pin(self.write_round(None)).await {
                             break ending;
                         }
-                    } else {
-                        if let Err(ending) = self.encode_event(first) {
-                            let deadline = Instant::now() + self.app.config().ws.pong_timeout;
-                            let _ = self.write_out(deadline).await;
-                            break ending;
-                        }
-                        let until = Instant::now() + write_delay;
-                        match hold.as_mut() {
-                            Some(sleep) => sleep.as_mut().reset(until),
-                            None => hold = Some(Box::pin(tokio::time::sleep_until(until))),
-                        }
-                        holding = true;
                     }
-                }
-                frame = std::future::poll_fn(|cx| self.read_gate.poll(cx, |cx| self.socket.poll_next_unpin(cx))) => {
-                    streak = 0;
-                    // Any frame shows the client is alive.
-                    keepalive = Keepalive::Idle;
-                    timer.as_mut().reset(Instant::now() + ping_interval);
-                    timer_gate.open();
-                    if let Err(ending) = Box::pin(self.on_frame(frame)).await {
-                        break ending;
-                    }
-                }
-                () = std::future::poll_fn(|cx| timer_gate.poll(cx, |cx| timer.as_mut().poll(cx))) => {
-                    streak = 0;
-                    match keepalive {
-                        Keepalive::Idle => {
-                            if let Err(ending) = Box::pin(self.ping()).await {
+                    first = std::future::poll_fn(|cx| self.deliveries.poll(cx, |cx| self.subscriptions.poll_next(cx))),
+                        if !self.subscriptions.is_empty() && streak < MAX_STREAK && !holding =>
+                    {
+                        streak += 1;
+                        if write_delay.is_zero() {
+                            if let Err(ending) = Box::pin(self.write_round(Some(first))).await {
                                 break ending;
                             }
-                            keepalive = Keepalive::AwaitingPong;
-                            timer.as_mut().reset(Instant::now() + pong_timeout);
-                            timer_gate.open();
-                        }
-                        Keepalive::AwaitingPong => {
-                            break Ending::Close(
-                                CloseCode::Library(CLOSE_PONG_TIMEOUT),
-                                format!("no pong within {pong_timeout:?} (ws.pong_timeout)"),
-                            );
+                        } else {
+                            if let Err(ending) = self.encode_event(first) {
+                                let deadline = Instant::now() + self.app.config().ws.pong_timeout;
+                                let _ = Box::pin(self.write_out(deadline)).await;
+                                break ending;
+                            }
+                            let until = Instant::now() + write_delay;
+                            match hold.as_mut() {
+                                Some(sleep) => sleep.as_mut().reset(until),
+                                None => hold = Some(Box::pin(tokio::time::sleep_until(until))),
+                            }
+                            holding = true;
                         }
                     }
+                    frame = std::future::poll_fn(|cx| self.read_gate.poll(cx, |cx| self.socket.poll_next_unpin(cx))) => {
+                        streak = 0;
+                        // Any frame shows the client is alive.
+                        keepalive = Keepalive::Idle;
+                        timer.as_mut().reset(Instant::now() + ping_interval);
+                        timer_gate.open();
+                        if let Err(ending) = Box::pin(self.on_frame(frame)).await {
+                            break ending;
+                        }
+                    }
+                    () = std::future::poll_fn(|cx| timer_gate.poll(cx, |cx| timer.as_mut().poll(cx))) => {
+                        streak = 0;
+                        match keepalive {
+                            Keepalive::Idle => {
+                                if let Err(ending) = Box::pin(self.ping()).await {
+                                    break ending;
+                                }
+                                keepalive = Keepalive::AwaitingPong;
+                                timer.as_mut().reset(Instant::now() + pong_timeout);
+                                timer_gate.open();
+                            }
+                            Keepalive::AwaitingPong => {
+                                break Ending::Close(
+                                    CloseCode::Library(CLOSE_PONG_TIMEOUT),
+                                    format!("no pong within {pong_timeout:?} (ws.pong_timeout)"),
+                                );
+                            }
+                        }
+                    }
+                    _ = std::future::ready(()), if streak >= MAX_STREAK => streak = 0,
                 }
-                _ = std::future::ready(()), if streak >= MAX_STREAK => streak = 0,
-            }
-        };
-        Box::pin(self.finish(ending)).await;
+            };
+            Box::pin(self.finish(ending)).await;
+        }
     }
 
     /// Writes `first` (or, after a write delay, what is already encoded)

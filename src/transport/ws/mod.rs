@@ -49,6 +49,7 @@ mod inflate;
 mod protocol;
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -130,9 +131,10 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     let upgrade = hyper::upgrade::on(req);
     let app = app.clone();
     let tasks = app.tasks.clone();
-    // The task itself holds only what waiting for the upgrade needs; the
-    // connection, built once upgraded, lives in one box: an idle connection
-    // costs less.
+    // The task itself holds only what waiting for the upgrade needs.
+    // Setting the connection up is a box freed before it runs, and the
+    // running connection is another: an idle connection keeps only its
+    // own state (P1: an async fn's state is as large as its largest await).
     tasks.spawn(async move {
         let upgraded = match upgrade.await {
             Ok(upgraded) => upgraded,
@@ -141,10 +143,11 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
                 return;
             }
         };
-        Box::pin(serve(
+        let running = Box::pin(connect(
             app, upgraded, deflate, reader, client, initial, access,
         ))
         .await;
+        running.await;
         // The place under `limits.max_connections` is freed only now.
         drop(slot);
     });
@@ -155,10 +158,11 @@ pub async fn handle<B>(app: &Arc<App>, req: &mut Request<B>) -> Result<Response<
     ))
 }
 
-/// Runs an upgraded connection of `reader`, from `client`, with its
-/// subscriptions from the URL, compressed when it negotiated `deflate`;
-/// `access` is its access-log line, written when it closes.
-async fn serve(
+/// An upgraded connection of `reader`, from `client`, with its
+/// subscriptions from the URL, compressed when it negotiated `deflate`
+/// (`access` is its access-log line, written when it closes): the
+/// connection's run, in a box of its own size.
+async fn connect(
     app: Arc<App>,
     upgraded: Upgraded,
     deflate: bool,
@@ -166,7 +170,7 @@ async fn serve(
     client: IpAddr,
     initial: Vec<(Arc<str>, Subscription)>,
     access: Option<Box<AccessEntry>>,
-) {
+) -> Pin<Box<impl Future<Output = ()> + Send>> {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -185,5 +189,5 @@ async fn serve(
             },
         );
     }
-    connection.run().await;
+    Box::pin(connection.run())
 }
