@@ -309,3 +309,50 @@ async fn a_topic_deleted_and_created_again_is_a_reset_then_its_new_records() {
     );
     herald.stop().await;
 }
+
+/// A route that names a header takes the channel from each record's own
+/// header, and a record without it reaches no channel (counted unrouted);
+/// the headers are read from Kafka only for such a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_in_the_route_maps_each_record_by_its_own_header() {
+    let topic = unique_topic("tenants");
+    create_topic(&topic, 1).await;
+    let herald = start(
+        config(&[(&topic, "tenant.{header.tenant}")]),
+        &[(&topic, 1)],
+    )
+    .await;
+    let mut acme = Sse::connect(herald.local_addr(), "channel=tenant.acme", None).await;
+    let mut other = Sse::connect(herald.local_addr(), "channel=tenant.other", None).await;
+    let producer = Producer::new();
+    producer
+        .send_n_with_headers(&topic, 0, &[("region", "eu"), ("tenant", "acme")])
+        .await;
+    producer
+        .send_n_with_headers(&topic, 1, &[("tenant", "other")])
+        .await;
+    producer
+        .send_n_with_headers(&topic, 2, &[("region", "eu")])
+        .await;
+    producer
+        .send_n_with_headers(&topic, 3, &[("tenant", "acme")])
+        .await;
+    producer
+        .send_n_with_headers(&topic, 4, &[("tenant", "other")])
+        .await;
+    assert_eq!(ns(&acme.messages(2).await), [0, 3]);
+    assert_eq!(ns(&other.messages(2).await), [1, 4]);
+    let unrouted = format!("herald_unrouted_records_total{{topic=\"{topic}\"}}");
+    wait_until_metric(herald.local_addr(), &unrouted, 1.0).await;
+    // Nothing else came to either channel: the next message of each is
+    // the next record produced for it.
+    producer
+        .send_n_with_headers(&topic, 5, &[("tenant", "acme")])
+        .await;
+    producer
+        .send_n_with_headers(&topic, 6, &[("tenant", "other")])
+        .await;
+    assert_eq!(ns(&acme.messages(1).await), [5]);
+    assert_eq!(ns(&other.messages(1).await), [6]);
+    herald.stop().await;
+}

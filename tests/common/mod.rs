@@ -186,6 +186,25 @@ impl Producer {
         (delivery.partition, delivery.offset)
     }
 
+    /// Produces `{"n": n}` with the record headers `headers` (name, value).
+    pub async fn send_n_with_headers(&self, topic: &str, n: u64, headers: &[(&str, &str)]) {
+        let payload = format!("{{\"n\":{n}}}");
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .payload(payload.as_bytes())
+            .headers(owned);
+        self.inner
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+
     /// Produces a JSON record `{"n": n}` with the given key.
     pub async fn send_n(&self, topic: &str, key: &str, n: u64) -> (i32, i64) {
         let payload = format!("{{\"n\":{n}}}");
