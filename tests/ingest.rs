@@ -325,33 +325,27 @@ async fn a_header_in_the_route_maps_each_record_by_its_own_header() {
     let mut acme = Sse::connect(herald.local_addr(), "channel=tenant.acme", None).await;
     let mut other = Sse::connect(herald.local_addr(), "channel=tenant.other", None).await;
     let producer = Producer::new();
-    producer
-        .send_n_with_headers(&topic, 0, &[("region", "eu"), ("tenant", "acme")])
-        .await;
-    producer
-        .send_n_with_headers(&topic, 1, &[("tenant", "other")])
-        .await;
-    producer
-        .send_n_with_headers(&topic, 2, &[("region", "eu")])
-        .await;
-    producer
-        .send_n_with_headers(&topic, 3, &[("tenant", "acme")])
-        .await;
-    producer
-        .send_n_with_headers(&topic, 4, &[("tenant", "other")])
-        .await;
+    let records: [(u64, &[(&str, &str)]); 5] = [
+        (0, &[("region", "eu"), ("tenant", "acme")]),
+        (1, &[("tenant", "other")]),
+        (2, &[("region", "eu")]),
+        (3, &[("tenant", "acme")]),
+        (4, &[("tenant", "other")]),
+    ];
+    for (n, headers) in records {
+        producer.send_n_with_headers(&topic, n, headers).await;
+    }
     assert_eq!(ns(&acme.messages(2).await), [0, 3]);
     assert_eq!(ns(&other.messages(2).await), [1, 4]);
     let unrouted = format!("herald_unrouted_records_total{{topic=\"{topic}\"}}");
     wait_until_metric(herald.local_addr(), &unrouted, 1.0).await;
     // Nothing else came to either channel: the next message of each is
     // the next record produced for it.
-    producer
-        .send_n_with_headers(&topic, 5, &[("tenant", "acme")])
-        .await;
-    producer
-        .send_n_with_headers(&topic, 6, &[("tenant", "other")])
-        .await;
+    for (n, tenant) in [(5, "acme"), (6, "other")] {
+        producer
+            .send_n_with_headers(&topic, n, &[("tenant", tenant)])
+            .await;
+    }
     assert_eq!(ns(&acme.messages(1).await), [5]);
     assert_eq!(ns(&other.messages(1).await), [6]);
     herald.stop().await;
