@@ -219,35 +219,23 @@ impl Connection {
                     biased;
                     () = std::future::poll_fn(|cx| stop_gate.poll(cx, |cx| stopping.as_mut().poll(cx))) => match self.end.reason() {
                         EndReason::Revoked => {
-                            let reply = error_json(
+                            break Box::pin(self.end_for_token(
                                 "token_revoked",
                                 "the token's subject was disconnected by the operator; reconnect only with a fresh token",
-                                None,
-                            );
-                            if let Err(ending) = Box::pin(self.reply(&reply)).await {
-                                break ending;
-                            }
-                            break Ending::Close(
-                                CloseCode::Library(CLOSE_TOKEN_REVOKED),
-                                "token revoked".into(),
-                            );
+                                CLOSE_TOKEN_REVOKED,
+                            ))
+                            .await;
                         }
                         // Reconnect elsewhere.
                         reason => break Ending::Close(CloseCode::Away, reason.as_str().into()),
                     },
                     _ = expired => {
-                        let reply = error_json(
+                        break Box::pin(self.end_for_token(
                             "token_expired",
                             "the token expired; reconnect with a fresh one, or send {\"type\":\"auth\"} before it expires",
-                            None,
-                        );
-                        if let Err(ending) = Box::pin(self.reply(&reply)).await {
-                            break ending;
-                        }
-                        break Ending::Close(
-                            CloseCode::Library(CLOSE_TOKEN_EXPIRED),
-                            "token expired".into(),
-                        );
+                            CLOSE_TOKEN_EXPIRED,
+                        ))
+                        .await;
                     }
                     () = held => {
                         holding = false;
@@ -572,6 +560,16 @@ impl Connection {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Ends the connection for its token: the `error` message `code`
+    /// with `message`, then a close with `close` (reason: the code's
+    /// words, `token expired`); a failed write drops the socket instead.
+    async fn end_for_token(&mut self, code: &str, message: &str, close: u16) -> Ending {
+        if let Err(ending) = self.reply(&error_json(code, message, None)).await {
+            return ending;
+        }
+        Ending::Close(CloseCode::Library(close), code.replace('_', " "))
     }
 
     /// Sends one text frame (a reply to the client) now.
