@@ -195,7 +195,12 @@ async fn every_documented_series_is_there_from_the_first_scrape_after_ready() {
     for reason in ["count", "bytes", "age", "budget", "reset"] {
         zero(format!("herald_hub_evictions_total{{reason=\"{reason}\"}}"));
     }
-    for kind in ["AllBrokersDown", "BrokerTransportFailure", "metadata"] {
+    for kind in [
+        "AllBrokersDown",
+        "BrokerTransportFailure",
+        "metadata",
+        "brokers_forgotten",
+    ] {
         zero(format!("herald_kafka_errors_total{{kind=\"{kind}\"}}"));
     }
     zero("herald_replay_records_total".into());

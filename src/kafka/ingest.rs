@@ -18,6 +18,11 @@
 //! their low watermark, tells the hub what was lost (every subscriber gets a
 //! gap), counts it in `herald_ingest_resets_total` and goes on at the low
 //! watermark.
+//!
+//! **Never a silent stall.** When librdkafka has dropped every broker it
+//! knew (see [`BrokerWatch`]), the ingest creates its consumer again from
+//! `kafka.brokers`, assigned at the positions it had reached: nothing is
+//! skipped or read twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,10 +33,10 @@ use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::ErrorEvents;
+use super::{BrokerWatch, ErrorEvents};
 use crate::config::{KafkaConfig, StartAt};
 use crate::hub::positions::Positions;
 use crate::hub::{Hub, PartitionRange};
@@ -54,9 +59,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 struct IngestContext {
     watermarks: Arc<Watermarks>,
     errors: ErrorEvents,
+    brokers: BrokerWatch,
 }
 
 impl IngestContext {
+    fn new(watermarks: Arc<Watermarks>, metrics: Arc<Metrics>) -> IngestContext {
+        IngestContext {
+            watermarks,
+            errors: ErrorEvents::new(metrics),
+            brokers: BrokerWatch::new(),
+        }
+    }
+
     fn report(&self, kind: &str, message: &str) {
         self.errors.report(kind, message);
     }
@@ -64,6 +78,7 @@ impl IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, stats: Statistics) {
+        self.brokers.observe(&stats);
         self.watermarks
             .update(stats.topics.into_iter().flat_map(|(topic, t)| {
                 t.partitions
@@ -91,10 +106,7 @@ pub fn spawn(
     watermarks: Arc<Watermarks>,
     shutdown: CancellationToken,
 ) -> KafkaResult<JoinHandle<()>> {
-    let context = IngestContext {
-        watermarks,
-        errors: ErrorEvents::new(metrics.clone()),
-    };
+    let context = IngestContext::new(watermarks, metrics.clone());
     let mut cc = super::consumer_config(
         config,
         "ingest",
@@ -116,6 +128,7 @@ pub fn spawn(
     let consumer: BaseConsumer<IngestContext> = cc.create_with_context(context)?;
     let mut ingest = Ingest {
         consumer,
+        client_config: cc,
         needs_headers: hub.router().needs_headers(),
         hub,
         metrics,
@@ -142,6 +155,8 @@ pub fn spawn(
 
 struct Ingest {
     consumer: BaseConsumer<IngestContext>,
+    /// What the consumer was created from, to create it again.
+    client_config: ClientConfig,
     hub: Hub,
     metrics: Arc<Metrics>,
     needs_headers: bool,
@@ -179,6 +194,9 @@ impl Ingest {
         let mut next_refresh = Instant::now();
         let mut last_refresh = Instant::now();
         while !shutdown.is_cancelled() {
+            if !self.consumer.context().brokers.knows_a_broker() {
+                self.recreate_consumer();
+            }
             let now = Instant::now();
             // A subscription's cursor names a partition not known here:
             // re-read now, at most every MIN_ASKED_REFRESH however many ask.
@@ -292,6 +310,50 @@ impl Ingest {
         }
         self.hub
             .publish(Arc::new(record), &self.channels, &self.current);
+    }
+
+    /// librdkafka dropped every broker it knew (see [`BrokerWatch`]): a new
+    /// consumer, from the same config, goes on where this one stopped.
+    /// The records the old one had fetched and not handed out are dropped
+    /// with it; the new one reads them again from `positions`, the next
+    /// offset of every assigned partition.
+    fn recreate_consumer(&mut self) {
+        let context = IngestContext::new(
+            self.consumer.context().watermarks.clone(),
+            self.metrics.clone(),
+        );
+        let created = self
+            .client_config
+            .create_with_context::<_, BaseConsumer<IngestContext>>(context)
+            .and_then(|consumer| {
+                let mut at = TopicPartitionList::new();
+                for (topic, partition) in &self.assigned {
+                    if let Some(offset) = self.positions.get(topic, *partition) {
+                        at.add_partition_offset(topic, *partition, Offset::Offset(offset))?;
+                    }
+                }
+                consumer.incremental_assign(&at)?;
+                Ok(consumer)
+            });
+        match created {
+            Ok(consumer) => {
+                self.consumer.context().report(
+                    "brokers_forgotten",
+                    "librdkafka dropped every broker it knew (a broker in controlled shutdown \
+                     answered a metadata request with no broker): the consumer was created \
+                     again from kafka.brokers and goes on at the offsets it had reached",
+                );
+                self.consumer = consumer;
+            }
+            // Tried again on the next turn of the loop.
+            Err(e) => self.consumer.context().report(
+                "brokers_forgotten",
+                &format!(
+                    "librdkafka dropped every broker it knew, and the consumer cannot be \
+                     created again: {e}"
+                ),
+            ),
+        }
     }
 
     fn publish_positions(&mut self) {

@@ -10,6 +10,7 @@ pub mod topics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
@@ -30,15 +32,17 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// series exist from the first scrape so that an alert on their rate has
 /// a baseline: the brokers unreachable (`AllBrokersDown`), one connection
 /// lost (`BrokerTransportFailure`), a failed metadata refresh
-/// (`metadata`), a request timed out (`MessageTimedOut`, `RequestTimedOut`).
-/// Any other librdkafka error code appears under its own name when it
+/// (`metadata`), a request timed out (`MessageTimedOut`, `RequestTimedOut`),
+/// a client that had to be created again because librdkafka dropped every
+/// broker it knew (`brokers_forgotten`, see [`BrokerWatch`]). Any other librdkafka error code appears under its own name when it
 /// first happens.
-const EXPECTED_KINDS: [&str; 5] = [
+const EXPECTED_KINDS: [&str; 6] = [
     "AllBrokersDown",
     "BrokerTransportFailure",
     "metadata",
     "MessageTimedOut",
     "RequestTimedOut",
+    "brokers_forgotten",
 ];
 
 /// Kafka client errors as events: each one counted in
@@ -80,6 +84,41 @@ impl ErrorEvents {
             .rdkafka_error_code()
             .map_or_else(|| "client".to_owned(), |c| format!("{c:?}"));
         self.report(&kind, &format!("{error}: {reason}"));
+    }
+}
+
+/// Whether a long-lived client still knows a broker to connect to, as of
+/// its last librdkafka statistics (every `kafka.stats_interval`).
+///
+/// A broker in controlled shutdown can answer a metadata request with its
+/// topics and no broker (its own registration already fenced). librdkafka
+/// 2.12 then decommissions every broker it knows, bootstrap ones included,
+/// and comes back only if its own re-bootstrap wins a race with that
+/// decommissioning; when it loses, the client asks no broker again, ever
+/// (its time-based re-bootstrap starts only when a request is sent). The
+/// ingest and the publish producer watch for that state and then create
+/// their client again from `kafka.brokers` (docs/operations.md, "Kafka
+/// outages"; replayed by tests/outage.rs).
+pub(crate) struct BrokerWatch(AtomicBool);
+
+impl BrokerWatch {
+    pub(crate) fn new() -> BrokerWatch {
+        BrokerWatch(AtomicBool::new(true))
+    }
+
+    /// From the statistics callback. The group coordinator ("logical") and
+    /// the internal broker are handles, not brokers: they cannot bring the
+    /// client back.
+    pub(crate) fn observe(&self, stats: &Statistics) {
+        let knows = stats
+            .brokers
+            .values()
+            .any(|b| matches!(b.source.as_str(), "configured" | "learned"));
+        self.0.store(knows, Ordering::Relaxed);
+    }
+
+    pub(crate) fn knows_a_broker(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka_proxy;
 pub mod push_service;
 
 use std::collections::HashMap;
