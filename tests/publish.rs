@@ -693,6 +693,96 @@ async fn kafka_not_acknowledging_in_time_is_503_kafka_unavailable() {
     herald.stop().await;
 }
 
+/// The publish producer after librdkafka dropped every broker it knew (the
+/// answer a broker in controlled shutdown can give, replayed by a proxy;
+/// tests/outage.rs has the ingest's side): Herald creates a new producer,
+/// and publishing goes on. A publish caught in the moment it takes is
+/// refused `503` ("may or may not have been written"), never answered `200`
+/// for a record Kafka does not hold; every `200` reaches subscribers
+/// exactly once, a refused record at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_goes_on_after_a_metadata_answer_that_lists_no_broker() {
+    let proxy = common::kafka_proxy::KafkaProxy::start(&bootstrap()).await;
+    let topic = unique_topic("pub-nobroker");
+    create_topic(&topic, 2).await;
+    let mut cfg = config(&[(&topic, "nb")]);
+    cfg.kafka.brokers = proxy.bootstrap();
+    let options = &mut cfg.kafka.options;
+    // librdkafka's own re-bootstrap races with the decommissioning and
+    // sometimes wins; off, so that only Herald's recovery can.
+    options.insert("metadata.recovery.strategy".into(), "none".into());
+    // The producer asks for its topics' metadata this often (librdkafka's
+    // default: every 5 minutes).
+    options.insert("topic.metadata.refresh.interval.ms".into(), "200".into());
+    enable_publish(&mut cfg);
+    cfg.publish.as_mut().unwrap().timeout = Duration::from_secs(1);
+    let herald = start(cfg, &[(&topic, 2)]).await;
+    let addr = herald.local_addr();
+    let mut sse = Sse::connect(addr, "channel=nb", None).await;
+    let mut ok = publish_ns(addr, "nb", &topic, 0..5).await;
+
+    proxy
+        .answer_next_metadata_with_no_broker("herald-publish")
+        .await;
+    let mut refused = Vec::new();
+    let mut n = 5;
+    while ok.len() < 10 {
+        let body = json!({"channel": "nb", "data": {"n": n}, "key": format!("k{}", n % 4)});
+        let answer = publish_raw(addr, body.to_string()).await;
+        if answer.status == 200 {
+            let at = (
+                answer.body["partition"].as_i64().unwrap() as i32,
+                answer.body["offset"].as_i64().unwrap(),
+            );
+            ok.insert(n, at);
+        } else {
+            assert_eq!(
+                (answer.status, answer.code()),
+                (503, "kafka_unavailable"),
+                "{}",
+                answer.body
+            );
+            refused.push(n);
+            assert!(refused.len() <= 2, "refused {refused:?}: {}", answer.body);
+        }
+        n += 1;
+    }
+    // The last record published is the last one received: what came
+    // before it is everything that will.
+    let mut events = Vec::new();
+    while ns(&events).last() != Some(&(n - 1)) {
+        events.push(sse.next_message().await);
+    }
+    assert_partition_order(&events);
+    let got = ns(&events);
+    let mut unique = got.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "nothing twice: {got:?}");
+    for n in ok.keys() {
+        assert!(
+            got.contains(n),
+            "{n} was published (200) and not received: {got:?}"
+        );
+    }
+    for n in &got {
+        assert!(
+            ok.contains_key(n) || refused.contains(n),
+            "{n} was never published: {got:?}"
+        );
+    }
+    assert_eq!(
+        metric(
+            addr,
+            "herald_kafka_errors_total{kind=\"brokers_forgotten\"}"
+        )
+        .await,
+        1.0,
+        "one new producer"
+    );
+    herald.stop().await;
+}
+
 /// `herald dev`: the curl line its banner prints, run as pasted, publishes
 /// a record a subscriber receives. (The documented examples are run by
 /// tests/docs.rs.)

@@ -16,8 +16,9 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 
-use super::{ErrorEvents, producer_config};
+use super::{BrokerWatch, ErrorEvents, producer_config};
 use crate::config::{KafkaConfig, PublishConfig};
 use crate::metrics::Metrics;
 use crate::router::ProduceTarget;
@@ -25,10 +26,15 @@ use crate::router::ProduceTarget;
 /// librdkafka callbacks of the publish producer: client errors become
 /// events (`herald_kafka_errors_total{kind}`, rate-limited log lines).
 struct PublishContext {
-    errors: ErrorEvents,
+    errors: Arc<ErrorEvents>,
+    brokers: Arc<BrokerWatch>,
 }
 
 impl ClientContext for PublishContext {
+    fn stats(&self, stats: Statistics) {
+        self.brokers.observe(&stats);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.client_error(error, reason);
     }
@@ -97,13 +103,23 @@ impl ProduceError {
 
 type PublishProducer = FutureProducer<PublishContext>;
 
+/// A producer and its [`BrokerWatch`] (rdkafka keeps a future producer's
+/// context to itself).
+#[derive(Clone)]
+struct Client {
+    producer: PublishProducer,
+    brokers: Arc<BrokerWatch>,
+}
+
 /// The node's publish producer.
 pub struct Publisher {
     /// Replaced by a fresh producer after a fatal error (an idempotent
     /// producer that lost track of its sequence numbers refuses every
-    /// later record); cloning it out is one reference count.
-    producer: Mutex<PublishProducer>,
+    /// later record) and when librdkafka dropped every broker it knew
+    /// ([`BrokerWatch`]); cloning it out is one reference count.
+    client: Mutex<Client>,
     config: ClientConfig,
+    errors: Arc<ErrorEvents>,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
@@ -132,24 +148,31 @@ impl Publisher {
                 ("partitioner", "murmur2_random".into()),
                 // A publish is one record that someone waits for.
                 ("linger.ms", "1".into()),
+                // Feeds the BrokerWatch.
+                (
+                    "statistics.interval.ms",
+                    kafka.stats_interval.as_millis().to_string(),
+                ),
             ],
         );
-        let producer = Self::create(&config, &metrics)?;
+        let errors = Arc::new(ErrorEvents::new(metrics.clone()));
+        let client = Self::create(&config, &errors)?;
         Ok(Publisher {
-            producer: Mutex::new(producer),
+            client: Mutex::new(client),
             config,
+            errors,
             metrics,
             timeout: publish.timeout,
         })
     }
 
-    fn create(
-        config: &ClientConfig,
-        metrics: &Arc<Metrics>,
-    ) -> Result<PublishProducer, KafkaError> {
-        config.create_with_context(PublishContext {
-            errors: ErrorEvents::new(metrics.clone()),
-        })
+    fn create(config: &ClientConfig, errors: &Arc<ErrorEvents>) -> Result<Client, KafkaError> {
+        let brokers = Arc::new(BrokerWatch::new());
+        let producer = config.create_with_context(PublishContext {
+            errors: errors.clone(),
+            brokers: brokers.clone(),
+        })?;
+        Ok(Client { producer, brokers })
     }
 
     /// Produces `payload` where `target` says and waits for Kafka's
@@ -159,7 +182,17 @@ impl Publisher {
         target: &ProduceTarget,
         payload: &[u8],
     ) -> Result<Produced, ProduceError> {
-        let producer = self.producer.lock().clone();
+        let mut client = self.client.lock().clone();
+        if !client.brokers.knows_a_broker() {
+            self.renew(
+                &client,
+                "brokers_forgotten",
+                "librdkafka dropped every broker it knew (a broker in controlled shutdown \
+                 answered a metadata request with no broker)",
+            );
+            client = self.client.lock().clone();
+        }
+        let producer = &client.producer;
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(&target.topic).payload(payload);
         if let Some(key) = &target.key {
@@ -199,26 +232,29 @@ impl Publisher {
                 .published
                 .with_label_values(&[&target.topic])
                 .inc(),
-            Err(_) => self.renew_after_fatal_error(&producer),
+            Err(_) => {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    let why = format!("the producer failed fatally ({code:?}: {reason})");
+                    self.renew(&client, "fatal", &why);
+                }
+            }
         }
         result
     }
 
-    /// A producer in a fatal state refuses every later record: replace it
-    /// (once, whichever publish notices first).
-    fn renew_after_fatal_error(&self, failed: &PublishProducer) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
-        };
-        let mut current = self.producer.lock();
-        if !std::ptr::eq(current.client(), failed.client()) {
+    /// Replaces a producer that can take no more records (once, whichever
+    /// publish notices first). Records still on their way in the old one
+    /// end as their own publish says.
+    fn renew(&self, failed: &Client, kind: &str, why: &str) {
+        let mut current = self.client.lock();
+        if !Arc::ptr_eq(&current.brokers, &failed.brokers) {
             return; // already replaced
         }
-        tracing::error!(
-            ?code,
-            "publish producer failed fatally ({reason}); creating a new one"
+        self.errors.report(
+            kind,
+            &format!("publish producer: {why}; creating a new one"),
         );
-        match Self::create(&self.config, &self.metrics) {
+        match Self::create(&self.config, &self.errors) {
             Ok(fresh) => *current = fresh,
             Err(e) => tracing::error!("cannot create a new publish producer: {e}"),
         }
@@ -226,8 +262,8 @@ impl Publisher {
 
     /// Waits (at most `timeout`) for records still on their way to Kafka.
     pub fn flush(&self, timeout: Duration) {
-        let producer = self.producer.lock().clone();
-        if let Err(e) = producer.flush(timeout) {
+        let client = self.client.lock().clone();
+        if let Err(e) = client.producer.flush(timeout) {
             tracing::warn!("publish producer: records still unsent at shutdown: {e}");
         }
     }
