@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::kafka_proxy::KafkaProxy;
+use common::kafka_proxy::{BROKERS_FORGOTTEN, KafkaProxy};
 use common::*;
 
 struct Broker {
@@ -120,12 +120,7 @@ async fn a_metadata_answer_that_lists_no_broker_does_not_stop_the_ingest() {
     let proxy = KafkaProxy::start(&bootstrap()).await;
     let topic = unique_topic("nobroker");
     create_topic(&topic, 3).await;
-    let mut cfg = config(&[(&topic, "nb")]);
-    cfg.kafka.brokers = proxy.bootstrap();
-    cfg.kafka
-        .options
-        .insert("metadata.recovery.strategy".into(), "none".into());
-    let herald = start(cfg, &[(&topic, 3)]).await;
+    let herald = start(proxy.config(&[(&topic, "nb")]), &[(&topic, 3)]).await;
     let addr = herald.local_addr();
     let mut sse = Sse::connect(addr, "channel=nb", None).await;
     let producer = Producer::new();
@@ -149,11 +144,7 @@ async fn a_metadata_answer_that_lists_no_broker_does_not_stop_the_ingest() {
         "nothing lost, nothing twice"
     );
     assert_eq!(
-        metric(
-            addr,
-            "herald_kafka_errors_total{kind=\"brokers_forgotten\"}"
-        )
-        .await,
+        metric(addr, BROKERS_FORGOTTEN).await,
         1.0,
         "the consumer was created again once"
     );

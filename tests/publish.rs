@@ -9,6 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::kafka_proxy::{BROKERS_FORGOTTEN, KafkaProxy};
 use common::*;
 use herald::config::{Config, PublishConfig};
 use herald::router::RouteSpec;
@@ -702,18 +703,15 @@ async fn kafka_not_acknowledging_in_time_is_503_kafka_unavailable() {
 /// exactly once, a refused record at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_goes_on_after_a_metadata_answer_that_lists_no_broker() {
-    let proxy = common::kafka_proxy::KafkaProxy::start(&bootstrap()).await;
+    let proxy = KafkaProxy::start(&bootstrap()).await;
     let topic = unique_topic("pub-nobroker");
     create_topic(&topic, 2).await;
-    let mut cfg = config(&[(&topic, "nb")]);
-    cfg.kafka.brokers = proxy.bootstrap();
-    let options = &mut cfg.kafka.options;
-    // librdkafka's own re-bootstrap races with the decommissioning and
-    // sometimes wins; off, so that only Herald's recovery can.
-    options.insert("metadata.recovery.strategy".into(), "none".into());
+    let mut cfg = proxy.config(&[(&topic, "nb")]);
     // The producer asks for its topics' metadata this often (librdkafka's
     // default: every 5 minutes).
-    options.insert("topic.metadata.refresh.interval.ms".into(), "200".into());
+    cfg.kafka
+        .options
+        .insert("topic.metadata.refresh.interval.ms".into(), "200".into());
     enable_publish(&mut cfg);
     cfg.publish.as_mut().unwrap().timeout = Duration::from_secs(1);
     let herald = start(cfg, &[(&topic, 2)]).await;
@@ -772,11 +770,7 @@ async fn publishing_goes_on_after_a_metadata_answer_that_lists_no_broker() {
         );
     }
     assert_eq!(
-        metric(
-            addr,
-            "herald_kafka_errors_total{kind=\"brokers_forgotten\"}"
-        )
-        .await,
+        metric(addr, BROKERS_FORGOTTEN).await,
         1.0,
         "one new producer"
     );

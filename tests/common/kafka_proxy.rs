@@ -22,6 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// Counts the Kafka clients Herald created again after librdkafka dropped
+/// every broker it knew.
+pub const BROKERS_FORGOTTEN: &str = "herald_kafka_errors_total{kind=\"brokers_forgotten\"}";
+
 const METADATA: i16 = 3;
 const FIND_COORDINATOR: i16 = 10;
 
@@ -62,9 +66,17 @@ impl KafkaProxy {
         KafkaProxy { addr, shared }
     }
 
-    /// The bootstrap address to give clients.
-    pub fn bootstrap(&self) -> String {
-        self.addr.to_string()
+    /// The test config ([`super::config`]) with every Kafka client of
+    /// Herald going through the proxy, and librdkafka's own re-bootstrap
+    /// off: it races with the decommissioning and sometimes wins, and only
+    /// Herald's recovery may decide the outcome.
+    pub fn config(&self, routes: &[(&str, &str)]) -> herald::config::Config {
+        let mut cfg = super::config(routes);
+        cfg.kafka.brokers = self.addr.to_string();
+        cfg.kafka
+            .options
+            .insert("metadata.recovery.strategy".into(), "none".into());
+        cfg
     }
 
     /// Makes the next Metadata response to the client named `client_id`
