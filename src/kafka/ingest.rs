@@ -338,19 +338,22 @@ impl Ingest {
         match created {
             Ok(consumer) => {
                 self.consumer.context().report(
-                    "brokers_forgotten",
-                    "librdkafka dropped every broker it knew (a broker in controlled shutdown \
-                     answered a metadata request with no broker): the consumer was created \
-                     again from kafka.brokers and goes on at the offsets it had reached",
+                    BrokerWatch::KIND,
+                    &format!(
+                        "{}: the consumer was created again from kafka.brokers and goes on \
+                         at the offsets it had reached",
+                        BrokerWatch::CAUSE
+                    ),
                 );
                 self.consumer = consumer;
             }
-            // Tried again on the next turn of the loop.
+            // Tried again on the next turn of the loop; counted apart, so
+            // that the kind above counts consumers created again.
             Err(e) => self.consumer.context().report(
-                "brokers_forgotten",
+                "client",
                 &format!(
-                    "librdkafka dropped every broker it knew, and the consumer cannot be \
-                     created again: {e}"
+                    "{}, and the consumer cannot be created again: {e}",
+                    BrokerWatch::CAUSE
                 ),
             ),
         }

@@ -33,16 +33,16 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// a baseline: the brokers unreachable (`AllBrokersDown`), one connection
 /// lost (`BrokerTransportFailure`), a failed metadata refresh
 /// (`metadata`), a request timed out (`MessageTimedOut`, `RequestTimedOut`),
-/// a client that had to be created again because librdkafka dropped every
-/// broker it knew (`brokers_forgotten`, see [`BrokerWatch`]). Any other librdkafka error code appears under its own name when it
-/// first happens.
+/// a client created again because librdkafka dropped every broker it knew
+/// (`brokers_forgotten`, see [`BrokerWatch`]). Any other librdkafka error
+/// code appears under its own name when it first happens.
 const EXPECTED_KINDS: [&str; 6] = [
     "AllBrokersDown",
     "BrokerTransportFailure",
     "metadata",
     "MessageTimedOut",
     "RequestTimedOut",
-    "brokers_forgotten",
+    BrokerWatch::KIND,
 ];
 
 /// Kafka client errors as events: each one counted in
@@ -102,6 +102,13 @@ impl ErrorEvents {
 pub(crate) struct BrokerWatch(AtomicBool);
 
 impl BrokerWatch {
+    /// The `herald_kafka_errors_total` kind of a client created again.
+    pub(crate) const KIND: &str = "brokers_forgotten";
+    /// What happened, for the log line that goes with it.
+    pub(crate) const CAUSE: &str = "librdkafka dropped every broker it knew (a broker in \
+                                    controlled shutdown answered a metadata request with no \
+                                    broker)";
+
     pub(crate) fn new() -> BrokerWatch {
         BrokerWatch(AtomicBool::new(true))
     }

@@ -184,12 +184,7 @@ impl Publisher {
     ) -> Result<Produced, ProduceError> {
         let mut client = self.client.lock().clone();
         if !client.brokers.knows_a_broker() {
-            self.renew(
-                &client,
-                "brokers_forgotten",
-                "librdkafka dropped every broker it knew (a broker in controlled shutdown \
-                 answered a metadata request with no broker)",
-            );
+            self.renew(&client, BrokerWatch::KIND, BrokerWatch::CAUSE);
             client = self.client.lock().clone();
         }
         let producer = &client.producer;
@@ -247,7 +242,7 @@ impl Publisher {
     /// end as their own publish says.
     fn renew(&self, failed: &Client, kind: &str, why: &str) {
         let mut current = self.client.lock();
-        if !Arc::ptr_eq(&current.brokers, &failed.brokers) {
+        if !std::ptr::eq(current.producer.client(), failed.producer.client()) {
             return; // already replaced
         }
         self.errors.report(
