@@ -30,7 +30,6 @@ const METADATA: i16 = 3;
 const FIND_COORDINATOR: i16 = 10;
 
 pub struct KafkaProxy {
-    addr: SocketAddr,
     shared: Arc<Shared>,
 }
 
@@ -63,7 +62,7 @@ impl KafkaProxy {
                 });
             }
         });
-        KafkaProxy { addr, shared }
+        KafkaProxy { shared }
     }
 
     /// The test config ([`super::config`]) with every Kafka client of
@@ -72,7 +71,7 @@ impl KafkaProxy {
     /// Herald's recovery may decide the outcome.
     pub fn config(&self, routes: &[(&str, &str)]) -> herald::config::Config {
         let mut cfg = super::config(routes);
-        cfg.kafka.brokers = self.addr.to_string();
+        cfg.kafka.brokers = self.shared.addr.to_string();
         cfg.kafka
             .options
             .insert("metadata.recovery.strategy".into(), "none".into());
@@ -106,14 +105,10 @@ impl Shared {
                     if api_key == METADATA || api_key == FIND_COORDINATOR {
                         let version = i16::from_be_bytes([frame[2], frame[3]]);
                         let correlation = i32::from_be_bytes(frame[4..8].try_into().unwrap());
-                        let blank = api_key == METADATA && {
-                            let mut next = shared.blank_next.lock();
-                            let named = next.as_deref() == Some(client_id(&frame));
-                            if named {
-                                *next = None;
-                            }
-                            named
-                        };
+                        let blank = api_key == METADATA
+                            && (shared.blank_next.lock())
+                                .take_if(|named| named == client_id(&frame))
+                                .is_some();
                         pending
                             .lock()
                             .insert(correlation, (api_key, version, blank));
@@ -128,12 +123,11 @@ impl Shared {
         let responses = async move {
             while let Some(mut frame) = read_frame(&mut server_rx).await {
                 let correlation = i32::from_be_bytes(frame[0..4].try_into().unwrap());
-                let mut blank = false;
                 let answering = pending.lock().remove(&correlation);
+                let blank = matches!(answering, Some((METADATA, _, true)));
                 match answering {
-                    Some((METADATA, version, blank_this)) => {
+                    Some((METADATA, version, _)) => {
                         assert!(version >= 9, "the proxy reads Metadata v9+, not v{version}");
-                        blank = blank_this;
                         frame = rewrite_metadata(&frame, self.addr, blank);
                     }
                     Some((_, version, _)) => {
