@@ -544,14 +544,17 @@ async fn run_commands_with(
 
 /// Every `curl … -d '{"channel",…,"data"}' …/publish` of a run block: the
 /// record it says Kafka wrote (`{"topic","partition","offset"}`) reaches
-/// `sse`, a subscriber of the channels, with the channel and data
-/// published (the dev ticker's records in between are passed over).
+/// `sse`, a subscriber of the channels, once, with the channel and data
+/// published. The dev ticker's records in between are passed over; the
+/// published records may arrive in any order, since Kafka orders records
+/// within a partition only and these go to different topics.
 async fn check_published_arrive(
     block: &Block,
     results: &[(String, Vec<String>, String)],
     sse: &mut Sse,
 ) {
-    let mut published = 0;
+    // Where each was written: (its command, the body it published).
+    let mut awaited: BTreeMap<(String, i64, i64), (String, Value)> = BTreeMap::new();
     for (command, _, printed) in results {
         if !command.contains("/publish") {
             continue;
@@ -564,22 +567,53 @@ async fn check_published_arrive(
             .unwrap_or_else(|| panic!("{at}: no -d '…' body"));
         let body = parse_json(body, &at);
         let written = parse_json(printed.lines().find(|l| l.starts_with('{')).unwrap(), &at);
-        let message = loop {
-            let m = sse.next_message().await.json();
-            if (&m["topic"], &m["partition"], &m["offset"])
-                == (&written["topic"], &written["partition"], &written["offset"])
-            {
-                break m;
-            }
-        };
-        assert_eq!(
-            (&message["channel"], &message["data"]),
-            (&body["channel"], &body["data"]),
-            "{at}: what the subscriber got"
+        let position =
+            position_of(&written).unwrap_or_else(|| panic!("{at}: printed no position: {written}"));
+        assert!(
+            awaited.insert(position, (at, body)).is_none(),
+            "{}: two publishes written at {written}",
+            block.at()
         );
-        published += 1;
     }
-    assert!(published > 0, "{}: publishes nothing", block.at());
+    assert!(!awaited.is_empty(), "{}: publishes nothing", block.at());
+    // The ticker's records keep coming: one deadline for them all, not
+    // one per event, or a record never delivered would hang the test.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut arrived = BTreeSet::new();
+    while !awaited.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{}: no subscriber of their channels got the records Kafka wrote at {:?} \
+             within {TIMEOUT:?}",
+            block.at(),
+            awaited.keys().collect::<Vec<_>>()
+        );
+        let message = sse.next_message().await.json();
+        let Some(position) = position_of(&message) else {
+            panic!("{}: a message with no position: {message}", block.at());
+        };
+        assert!(
+            arrived.insert(position.clone()),
+            "{}: {position:?} arrived twice",
+            block.at()
+        );
+        if let Some((at, body)) = awaited.remove(&position) {
+            assert_eq!(
+                (&message["channel"], &message["data"]),
+                (&body["channel"], &body["data"]),
+                "{at}: what the subscriber got"
+            );
+        }
+    }
+}
+
+/// A message's or a publish answer's `(topic, partition, offset)`.
+fn position_of(v: &Value) -> Option<(String, i64, i64)> {
+    Some((
+        v["topic"].as_str()?.to_owned(),
+        v["partition"].as_i64()?,
+        v["offset"].as_i64()?,
+    ))
 }
 
 fn check_run(dev: &Dev, block: &Block, results: &[(String, Vec<String>, String)]) {
@@ -700,12 +734,18 @@ async fn check_websocat(dev: &Dev, block: &Block) {
                 ws.send(Message::text(sent)).await.unwrap();
             } else if let Some(doc) = line.strip_prefix("< ") {
                 let doc = parse_json(doc, &at);
+                // The ticker's records keep coming on `news`: a deadline
+                // for the reply, not per frame.
+                let deadline = Instant::now() + TIMEOUT;
                 let got = loop {
                     let got = next_json(&mut ws, &at).await;
-                    // The ticker's records keep coming on `news`.
                     if got["type"] != "message" || doc["type"] == "message" {
                         break got;
                     }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{at}: {line}: no such frame within {TIMEOUT:?}, only messages"
+                    );
                 };
                 same_shape(&doc, &got, "", true).unwrap_or_else(|e| panic!("{at}: {line}: {e}"));
             }
