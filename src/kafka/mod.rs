@@ -129,6 +129,12 @@ impl BrokerWatch {
     }
 }
 
+impl Default for BrokerWatch {
+    fn default() -> BrokerWatch {
+        BrokerWatch::new()
+    }
+}
+
 /// The context of Herald's helper consumers (replay, the Web Push
 /// registry), which ask for the end of each partition: that end is not an
 /// error, though librdkafka also reports it to the client's error callback,

@@ -23,14 +23,15 @@ use crate::config::{KafkaConfig, PublishConfig};
 use crate::metrics::Metrics;
 use crate::router::ProduceTarget;
 
-/// librdkafka callbacks of the publish producer: client errors become
-/// events (`herald_kafka_errors_total{kind}`, rate-limited log lines).
-struct PublishContext {
+/// librdkafka callbacks of a [`RenewingProducer`]: client errors become
+/// events (`herald_kafka_errors_total{kind}`, rate-limited log lines), and
+/// statistics feed its [`BrokerWatch`].
+pub(crate) struct WatchedContext {
     errors: Arc<ErrorEvents>,
     brokers: Arc<BrokerWatch>,
 }
 
-impl ClientContext for PublishContext {
+impl ClientContext for WatchedContext {
     fn stats(&self, stats: Statistics) {
         self.brokers.observe(&stats);
     }
@@ -101,25 +102,110 @@ impl ProduceError {
     }
 }
 
-type PublishProducer = FutureProducer<PublishContext>;
-
 /// A producer and its [`BrokerWatch`] (rdkafka keeps a future producer's
 /// context to itself).
 #[derive(Clone)]
-struct Client {
-    producer: PublishProducer,
+pub(crate) struct Client {
+    pub(crate) producer: FutureProducer<WatchedContext>,
     brokers: Arc<BrokerWatch>,
+}
+
+/// A long-lived producer that is created again, from the same config, when
+/// it can take no more records: after a fatal error (an idempotent
+/// producer that lost track of its sequence numbers refuses every later
+/// record), and when librdkafka dropped every broker it knew
+/// ([`BrokerWatch`]). The publish producer and the Web Push registry's.
+pub(crate) struct RenewingProducer {
+    /// Cloning it out is one reference count.
+    client: Mutex<Client>,
+    config: ClientConfig,
+    errors: Arc<ErrorEvents>,
+    /// What it is, for log lines ("publish producer").
+    name: &'static str,
+}
+
+impl RenewingProducer {
+    /// Creates the producer from `config` (its statistics, which feed the
+    /// watch, every `kafka.stats_interval` unless `[kafka.options]` says
+    /// otherwise). It connects in the background.
+    pub(crate) fn new(
+        kafka: &KafkaConfig,
+        mut config: ClientConfig,
+        errors: Arc<ErrorEvents>,
+        name: &'static str,
+    ) -> Result<RenewingProducer, KafkaError> {
+        if !kafka.options.contains_key("statistics.interval.ms") {
+            config.set(
+                "statistics.interval.ms",
+                kafka.stats_interval.as_millis().to_string(),
+            );
+        }
+        let client = Self::create(&config, &errors)?;
+        Ok(RenewingProducer {
+            client: Mutex::new(client),
+            config,
+            errors,
+            name,
+        })
+    }
+
+    fn create(config: &ClientConfig, errors: &Arc<ErrorEvents>) -> Result<Client, KafkaError> {
+        let brokers = Arc::new(BrokerWatch::new());
+        let producer = config.create_with_context(WatchedContext {
+            errors: errors.clone(),
+            brokers: brokers.clone(),
+        })?;
+        Ok(Client { producer, brokers })
+    }
+
+    /// The producer to send with: a new one first when the current one
+    /// knows no broker any more.
+    pub(crate) fn current(&self) -> Client {
+        let client = self.client.lock().clone();
+        if client.brokers.knows_a_broker() {
+            return client;
+        }
+        self.renew(&client, BrokerWatch::KIND, BrokerWatch::CAUSE);
+        self.client.lock().clone()
+    }
+
+    /// After a send through `used` failed: a producer that failed fatally
+    /// is replaced.
+    pub(crate) fn failed(&self, used: &Client) {
+        if let Some((code, reason)) = used.producer.client().fatal_error() {
+            let why = format!("the producer failed fatally ({code:?}: {reason})");
+            self.renew(used, "fatal", &why);
+        }
+    }
+
+    /// Replaces a producer that can take no more records (once, whichever
+    /// send notices first). Records still on their way in the old one end
+    /// as their own send says.
+    fn renew(&self, failed: &Client, kind: &str, why: &str) {
+        let mut current = self.client.lock();
+        if !std::ptr::eq(current.producer.client(), failed.producer.client()) {
+            return; // already replaced
+        }
+        self.errors
+            .report(kind, &format!("{}: {why}; creating a new one", self.name));
+        match Self::create(&self.config, &self.errors) {
+            Ok(fresh) => *current = fresh,
+            Err(e) => tracing::error!("cannot create a new {}: {e}", self.name),
+        }
+    }
+
+    /// Waits (at most `timeout`) for records still on their way to Kafka.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        let client = self.client.lock().clone();
+        if let Err(e) = client.producer.flush(timeout) {
+            tracing::warn!("{}: records still unsent at shutdown: {e}", self.name);
+        }
+    }
 }
 
 /// The node's publish producer.
 pub struct Publisher {
-    /// Replaced by a fresh producer after a fatal error (an idempotent
-    /// producer that lost track of its sequence numbers refuses every
-    /// later record) and when librdkafka dropped every broker it knew
-    /// ([`BrokerWatch`]); cloning it out is one reference count.
-    client: Mutex<Client>,
-    config: ClientConfig,
-    errors: Arc<ErrorEvents>,
+    producer: RenewingProducer,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
@@ -148,31 +234,14 @@ impl Publisher {
                 ("partitioner", "murmur2_random".into()),
                 // A publish is one record that someone waits for.
                 ("linger.ms", "1".into()),
-                // Feeds the BrokerWatch.
-                (
-                    "statistics.interval.ms",
-                    kafka.stats_interval.as_millis().to_string(),
-                ),
             ],
         );
         let errors = Arc::new(ErrorEvents::new(metrics.clone()));
-        let client = Self::create(&config, &errors)?;
         Ok(Publisher {
-            client: Mutex::new(client),
-            config,
-            errors,
+            producer: RenewingProducer::new(kafka, config, errors, "publish producer")?,
             metrics,
             timeout: publish.timeout,
         })
-    }
-
-    fn create(config: &ClientConfig, errors: &Arc<ErrorEvents>) -> Result<Client, KafkaError> {
-        let brokers = Arc::new(BrokerWatch::new());
-        let producer = config.create_with_context(PublishContext {
-            errors: errors.clone(),
-            brokers: brokers.clone(),
-        })?;
-        Ok(Client { producer, brokers })
     }
 
     /// Produces `payload` where `target` says and waits for Kafka's
@@ -182,11 +251,7 @@ impl Publisher {
         target: &ProduceTarget,
         payload: &[u8],
     ) -> Result<Produced, ProduceError> {
-        let mut client = self.client.lock().clone();
-        if !client.brokers.knows_a_broker() {
-            self.renew(&client, BrokerWatch::KIND, BrokerWatch::CAUSE);
-            client = self.client.lock().clone();
-        }
+        let client = self.producer.current();
         let producer = &client.producer;
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(&target.topic).payload(payload);
@@ -227,39 +292,13 @@ impl Publisher {
                 .published
                 .with_label_values(&[&target.topic])
                 .inc(),
-            Err(_) => {
-                if let Some((code, reason)) = producer.client().fatal_error() {
-                    let why = format!("the producer failed fatally ({code:?}: {reason})");
-                    self.renew(&client, "fatal", &why);
-                }
-            }
+            Err(_) => self.producer.failed(&client),
         }
         result
     }
 
-    /// Replaces a producer that can take no more records (once, whichever
-    /// publish notices first). Records still on their way in the old one
-    /// end as their own publish says.
-    fn renew(&self, failed: &Client, kind: &str, why: &str) {
-        let mut current = self.client.lock();
-        if !std::ptr::eq(current.producer.client(), failed.producer.client()) {
-            return; // already replaced
-        }
-        self.errors.report(
-            kind,
-            &format!("publish producer: {why}; creating a new one"),
-        );
-        match Self::create(&self.config, &self.errors) {
-            Ok(fresh) => *current = fresh,
-            Err(e) => tracing::error!("cannot create a new publish producer: {e}"),
-        }
-    }
-
     /// Waits (at most `timeout`) for records still on their way to Kafka.
     pub fn flush(&self, timeout: Duration) {
-        let client = self.client.lock().clone();
-        if let Err(e) = client.producer.flush(timeout) {
-            tracing::warn!("publish producer: records still unsent at shutdown: {e}");
-        }
+        self.producer.flush(timeout);
     }
 }

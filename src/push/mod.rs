@@ -55,7 +55,7 @@ impl Push {
         Ok(Push {
             config: config.clone(),
             store: Arc::new(Store::new(metrics.push_subscriptions.clone())),
-            registry: Registry::new(kafka, config)?,
+            registry: Registry::new(kafka, config, metrics.clone())?,
             keys,
             vapid,
             metrics,

@@ -9,22 +9,25 @@
 //! follows it, so a registration on one node reaches the others, and a
 //! node killed and restarted has every subscription back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::FutureRecord;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Store, StoredSubscription, SubscriptionId};
 use crate::config::{KafkaConfig, PushConfig};
+use crate::kafka::producer::RenewingProducer;
 use crate::kafka::topics::{Ensured, cleanup_policy, ensure_compacted};
-use crate::kafka::{EndIsNotAnError, consumer_config, producer_config};
+use crate::kafka::{BrokerWatch, EndIsNotAnError, ErrorEvents, consumer_config, producer_config};
+use crate::metrics::Metrics;
 
 /// How long a registration waits for Kafka's acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,14 +44,21 @@ pub struct WriteError(KafkaError);
 
 /// Writes to and follows the subscriptions topic.
 pub struct Registry {
-    producer: FutureProducer,
+    /// Created again when librdkafka dropped every broker it knew (see
+    /// [`crate::kafka::BrokerWatch`]) or after a fatal error.
+    producer: RenewingProducer,
+    errors: Arc<ErrorEvents>,
     topic: String,
     loaded: watch::Receiver<bool>,
     loaded_tx: watch::Sender<bool>,
 }
 
 impl Registry {
-    pub fn new(kafka: &KafkaConfig, push: &PushConfig) -> Result<Registry, KafkaError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        push: &PushConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Registry, KafkaError> {
         let mut cc = producer_config(
             kafka,
             "push-registry",
@@ -60,10 +70,12 @@ impl Registry {
         // A registration's order per key is its partition's order; the
         // Java client's partitioner keeps that whichever tool writes.
         cc.set("partitioner", "murmur2_random");
-        let producer = cc.create()?;
+        let errors = Arc::new(ErrorEvents::new(metrics));
+        let producer = RenewingProducer::new(kafka, cc, errors.clone(), "push registry producer")?;
         let (loaded_tx, loaded) = watch::channel(false);
         Ok(Registry {
             producer,
+            errors,
             topic: push.subscriptions_topic.clone(),
             loaded,
             loaded_tx,
@@ -92,11 +104,12 @@ impl Registry {
         if let Some(value) = value {
             record = record.payload(value);
         }
-        self.producer
-            .send(record, WRITE_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| WriteError(e))
+        let client = self.producer.current();
+        let sent = client.producer.send(record, WRITE_TIMEOUT).await;
+        sent.map(|_| ()).map_err(|(e, _)| {
+            self.producer.failed(&client);
+            WriteError(e)
+        })
     }
 
     /// Whether the table holds everything the topic held when this node
@@ -120,24 +133,32 @@ impl Registry {
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer<EndIsNotAnError> = consumer_config(
+        let config = consumer_config(
             kafka,
             "push-registry",
             &[
+                ("client.id", format!("{}-push-follower", kafka.client_id)),
                 // The end of each partition is how "loaded" is known.
                 ("enable.partition.eof", "true".into()),
                 ("fetch.wait.max.ms", "100".into()),
+                // Feeds the BrokerWatch.
+                (
+                    "statistics.interval.ms",
+                    kafka.stats_interval.as_millis().to_string(),
+                ),
             ],
-        )
-        .create_with_context(EndIsNotAnError)?;
+        );
         let follower = Follower {
-            consumer,
+            consumer: config.create_with_context(FollowerContext::default())?,
+            config,
+            errors: self.errors.clone(),
             topic: push.subscriptions_topic.clone(),
             allowed: push.allowed_endpoint_hosts.clone(),
             allow_http: push.allow_http_endpoints,
             store,
             loaded: self.loaded_tx.clone(),
             refresh_every: kafka.metadata_refresh,
+            next: HashMap::new(),
         };
         let kafka = kafka.clone();
         let push = push.clone();
@@ -206,23 +227,51 @@ async fn ensure_topic(kafka: &KafkaConfig, push: &PushConfig, shutdown: &Cancell
     }
 }
 
+/// The follower's librdkafka callbacks: the end of a partition is how
+/// "loaded" is known, not an error ([`EndIsNotAnError`]); statistics feed
+/// its [`BrokerWatch`].
+#[derive(Default)]
+struct FollowerContext {
+    brokers: BrokerWatch,
+}
+
+impl ClientContext for FollowerContext {
+    fn stats(&self, stats: Statistics) {
+        self.brokers.observe(&stats);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        EndIsNotAnError.error(error, reason);
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
+
 struct Follower {
-    consumer: BaseConsumer<EndIsNotAnError>,
+    consumer: BaseConsumer<FollowerContext>,
+    /// What the consumer was created from, to create it again.
+    config: ClientConfig,
+    errors: Arc<ErrorEvents>,
     topic: String,
     allowed: Vec<String>,
     allow_http: bool,
     store: Arc<Store>,
     loaded: watch::Sender<bool>,
     refresh_every: Duration,
+    /// The offset after the last record read, per partition.
+    next: HashMap<i32, i64>,
 }
 
 impl Follower {
-    fn run(self, shutdown: CancellationToken) {
+    fn run(mut self, shutdown: CancellationToken) {
         let mut assigned: HashSet<i32> = HashSet::new();
         // Partitions not yet read to their end since start.
         let mut loading: HashSet<i32> = HashSet::new();
         let mut next_refresh = std::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if !self.consumer.context().brokers.knows_a_broker() {
+                self.recreate_consumer(&assigned);
+            }
             if std::time::Instant::now() >= next_refresh {
                 next_refresh = std::time::Instant::now() + self.refresh_every;
                 match self.assign_new(&mut assigned) {
@@ -238,6 +287,7 @@ impl Follower {
             match self.consumer.poll(POLL_TIMEOUT) {
                 None => {}
                 Some(Ok(msg)) => {
+                    self.next.insert(msg.partition(), msg.offset() + 1);
                     let key = msg.key().map(String::from_utf8_lossy);
                     let Some(key) = key else {
                         tracing::warn!(
@@ -270,6 +320,49 @@ impl Follower {
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::debug!("push subscriptions follower: {e}"),
             }
+        }
+    }
+
+    /// librdkafka dropped every broker it knew ([`BrokerWatch`]): a new
+    /// consumer, from the same config, goes on where this one stopped (a
+    /// partition not read from yet, from its beginning). A partition still
+    /// loading reports its end to the new one.
+    fn recreate_consumer(&mut self, assigned: &HashSet<i32>) {
+        let created = self
+            .config
+            .create_with_context::<_, BaseConsumer<FollowerContext>>(FollowerContext::default())
+            .and_then(|consumer| {
+                let mut at = TopicPartitionList::new();
+                for p in assigned {
+                    let offset = self
+                        .next
+                        .get(p)
+                        .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+                    at.add_partition_offset(&self.topic, *p, offset)?;
+                }
+                consumer.incremental_assign(&at)?;
+                Ok(consumer)
+            });
+        match created {
+            Ok(consumer) => {
+                self.errors.report(
+                    BrokerWatch::KIND,
+                    &format!(
+                        "{}: the push subscriptions follower was created again from \
+                         kafka.brokers and goes on at the offsets it had reached",
+                        BrokerWatch::CAUSE
+                    ),
+                );
+                self.consumer = consumer;
+            }
+            // Tried again on the next turn of the loop.
+            Err(e) => self.errors.report(
+                "client",
+                &format!(
+                    "{}, and the push subscriptions follower cannot be created again: {e}",
+                    BrokerWatch::CAUSE
+                ),
+            ),
         }
     }
 

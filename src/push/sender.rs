@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -30,7 +30,8 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ use super::payload;
 use super::store::{Subscription, SubscriptionId};
 use crate::config::KafkaConfig;
 use crate::hub::Hub;
-use crate::kafka::{ErrorEvents, consumer_config, to_record};
+use crate::kafka::{BrokerWatch, ErrorEvents, consumer_config, to_record};
 
 /// Committed offsets are sent this often (and at a rebalance and at stop).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -63,24 +64,31 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
-    let context = GroupContext {
-        tracker: tracker.clone(),
-        errors: ErrorEvents::new(push.metrics.clone()),
-        known_at_start: Mutex::new(None),
-        assigned: push.metrics.push_assigned_partitions.clone(),
-    };
-    let consumer: StreamConsumer<GroupContext> = consumer_config(
+    let errors = Arc::new(ErrorEvents::new(push.metrics.clone()));
+    let config = consumer_config(
         kafka,
         "push",
         &[
+            ("client.id", format!("{}-push", kafka.client_id)),
             ("group.id", push.config.group_id.clone()),
             // Only when committing a start failed (GroupContext).
             ("auto.offset.reset", "latest".into()),
             ("enable.auto.commit", "false".into()),
             ("fetch.wait.max.ms", "50".into()),
+            // Feeds the BrokerWatch.
+            (
+                "statistics.interval.ms",
+                kafka.stats_interval.as_millis().to_string(),
+            ),
         ],
-    )
-    .create_with_context(context)?;
+    );
+    let context = GroupContext::new(
+        tracker.clone(),
+        errors.clone(),
+        None,
+        push.metrics.push_assigned_partitions.clone(),
+    );
+    let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
     let client = reqwest::Client::builder()
         .timeout(push.config.request_timeout)
         .connect_timeout(push.config.request_timeout)
@@ -96,7 +104,9 @@ pub fn start(
         pending: Arc::new(Semaphore::new(push.config.max_pending)),
         push,
         hub,
-        consumer: Arc::new(consumer),
+        consumer: Mutex::new(Arc::new(consumer)),
+        config,
+        errors,
         tracker,
         client,
         services: Mutex::new(HashMap::new()),
@@ -110,7 +120,12 @@ pub fn start(
 struct Sender {
     push: Arc<Push>,
     hub: Hub,
-    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Created again when librdkafka dropped every broker it knew
+    /// ([`BrokerWatch`]); cloning it out is one reference count.
+    consumer: Mutex<Arc<StreamConsumer<GroupContext>>>,
+    /// What the consumer was created from, to create it again.
+    config: ClientConfig,
+    errors: Arc<ErrorEvents>,
     tracker: Arc<Mutex<Tracker>>,
     client: reqwest::Client,
     services: Mutex<HashMap<String, Arc<Service>>>,
@@ -136,11 +151,15 @@ impl Sender {
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
         let mut channels = Vec::new();
         loop {
-            tokio::select! {
+            let consumer = self.consumer();
+            let refresh_due = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = refresh.tick() => self.resubscribe(&mut subscribed).await,
-                _ = commit.tick() => self.commit(CommitMode::Async),
-                received = self.consumer.recv(), if !subscribed.is_empty() => {
+                _ = refresh.tick() => true,
+                _ = commit.tick() => {
+                    self.commit(CommitMode::Async);
+                    false
+                }
+                received = consumer.recv(), if !subscribed.is_empty() => {
                     let msg = match received {
                         Ok(msg) => msg,
                         Err(e) => {
@@ -157,7 +176,16 @@ impl Sender {
                     channels.clear();
                     self.hub.router().route(&record, &mut channels);
                     self.dispatch(record, &channels, &shutdown).await;
+                    false
                 }
+            };
+            if refresh_due {
+                if !consumer.context().brokers.knows_a_broker() {
+                    // Closing the old one blocks: it must not end here.
+                    drop(consumer);
+                    self.recreate_consumer(&mut subscribed);
+                }
+                self.resubscribe(&mut subscribed).await;
             }
         }
         self.jobs.close();
@@ -172,12 +200,63 @@ impl Sender {
         self.commit(CommitMode::Sync);
     }
 
+    fn consumer(&self) -> Arc<StreamConsumer<GroupContext>> {
+        self.consumer.lock().clone()
+    }
+
+    /// librdkafka dropped every broker it knew ([`BrokerWatch`]): the
+    /// group's session with this consumer is over (it can send no
+    /// heartbeat), so a new one, from the same config, joins the group
+    /// again. It starts each partition it gets at the group's committed
+    /// offset, as a node taking partitions over from a dead one does:
+    /// pushes not finished are sent again (at-least-once), and those that
+    /// end after this do not move a commit. The old one is closed on a
+    /// blocking thread, its callbacks turned off first.
+    fn recreate_consumer(&self, subscribed: &mut Vec<String>) {
+        let old = self.consumer();
+        let known = old.context().known_at_start.lock().clone();
+        let context = GroupContext::new(
+            self.tracker.clone(),
+            self.errors.clone(),
+            known,
+            self.push.metrics.push_assigned_partitions.clone(),
+        );
+        match self.config.create_with_context(context) {
+            Ok(fresh) => {
+                old.context().retired.store(true, Ordering::SeqCst);
+                self.tracker.lock().forget_all();
+                self.push.metrics.push_assigned_partitions.set(0);
+                *self.consumer.lock() = Arc::new(fresh);
+                subscribed.clear();
+                self.errors.report(
+                    BrokerWatch::KIND,
+                    &format!(
+                        "{}: the push consumer was created again from kafka.brokers and \
+                         joins group {} again",
+                        BrokerWatch::CAUSE,
+                        self.push.config.group_id
+                    ),
+                );
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            // Tried again at the next refresh.
+            Err(e) => self.errors.report(
+                "client",
+                &format!(
+                    "{}, and the push consumer cannot be created again: {e}",
+                    BrokerWatch::CAUSE
+                ),
+            ),
+        }
+    }
+
     /// Subscribes the group to every topic a route reads (found in the
     /// metadata, so `topic_regex` routes match exactly as the ingest's do).
     async fn resubscribe(&self, subscribed: &mut Vec<String>) {
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer();
+        let asking = consumer.clone();
         let metadata =
-            tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, METADATA_TIMEOUT))
+            tokio::task::spawn_blocking(move || asking.fetch_metadata(None, METADATA_TIMEOUT))
                 .await;
         let metadata = match metadata {
             Ok(Ok(m)) => m,
@@ -204,9 +283,9 @@ impl Sender {
             return;
         }
         let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        match self.consumer.subscribe(&names) {
+        match consumer.subscribe(&names) {
             Ok(()) => {
-                self.consumer
+                consumer
                     .context()
                     .known_at_start
                     .lock()
@@ -223,7 +302,7 @@ impl Sender {
         if offsets.count() == 0 {
             return;
         }
-        if let Err(e) = self.consumer.commit(&offsets, mode) {
+        if let Err(e) = self.consumer().commit(&offsets, mode) {
             tracing::debug!("push consumer: commit: {e}");
         }
     }
@@ -718,6 +797,12 @@ impl Tracker {
         tpl
     }
 
+    /// Stops tracking every partition (their consumer is gone): pushes
+    /// that end after this count in no commit.
+    fn forget_all(&mut self) {
+        self.partitions.clear();
+    }
+
     /// The committable offsets of `revoked`, which stop being tracked.
     fn revoke(&mut self, revoked: &TopicPartitionList) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
@@ -744,13 +829,33 @@ impl Tracker {
 /// another node, and counting client errors.
 struct GroupContext {
     tracker: Arc<Mutex<Tracker>>,
-    errors: ErrorEvents,
+    errors: Arc<ErrorEvents>,
     /// The topics of this node's first subscription (set once).
     known_at_start: Mutex<Option<HashSet<String>>>,
     assigned: prometheus::IntGauge,
+    brokers: BrokerWatch,
+    /// Its consumer was replaced ([`Sender::recreate_consumer`]): the
+    /// partitions it still holds are no longer this node's to commit.
+    retired: AtomicBool,
 }
 
 impl GroupContext {
+    fn new(
+        tracker: Arc<Mutex<Tracker>>,
+        errors: Arc<ErrorEvents>,
+        known_at_start: Option<HashSet<String>>,
+        assigned: prometheus::IntGauge,
+    ) -> GroupContext {
+        GroupContext {
+            tracker,
+            errors,
+            known_at_start: Mutex::new(known_at_start),
+            assigned,
+            brokers: BrokerWatch::new(),
+            retired: AtomicBool::new(false),
+        }
+    }
+
     /// Commits a start for every assigned partition the group has no
     /// offset for, before the assignment takes effect: a topic this node
     /// knew when it started begins at its live end (a new deployment does
@@ -799,6 +904,10 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        self.brokers.observe(&stats);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.client_error(error, reason);
     }
@@ -806,6 +915,9 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         match rebalance {
             Rebalance::Revoke(revoked) => {
                 self.assigned.set(0);
@@ -822,6 +934,9 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         if let Rebalance::Assign(assigned) = rebalance {
             self.assigned.set(assigned.count() as i64);
             tracing::info!(
@@ -864,6 +979,30 @@ mod tests {
         assert_ne!(g, g2);
         t.finish(&topic, 0, 13, g);
         assert_eq!(offsets(t.committable()), vec![Offset::Offset(13)]);
+    }
+
+    #[test]
+    fn a_consumer_created_again_commits_nothing_of_the_old_ones_pushes() {
+        let mut t = Tracker::default();
+        let topic: Arc<str> = Arc::from("t");
+        let old = t.begin(&topic, 0, 5, true);
+        t.forget_all();
+        assert_eq!(t.committable().count(), 0, "nothing left to commit");
+        // The new consumer starts at the committed offset (5) again.
+        let new = t.begin(&topic, 0, 5, true);
+        assert_ne!(old, new);
+        t.finish(&topic, 0, 5, old);
+        let committed: Vec<Offset> = t
+            .committable()
+            .elements()
+            .iter()
+            .map(|e| e.offset())
+            .collect();
+        assert_eq!(
+            committed,
+            vec![Offset::Offset(5)],
+            "the old push's end moves nothing"
+        );
     }
 
     #[test]
