@@ -130,7 +130,7 @@ async fn a_metadata_answer_that_lists_no_broker_does_not_stop_the_ingest() {
     let mut events = sse.messages(20).await;
 
     // The ingest's client.id is kafka.client_id.
-    proxy.answer_next_metadata_with_no_broker("herald").await;
+    proxy.answer_metadata_with_no_broker("herald").await;
     for n in 20..40 {
         producer.send_n(&topic, &format!("k{n}"), n).await;
     }

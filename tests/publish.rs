@@ -719,9 +719,7 @@ async fn publishing_goes_on_after_a_metadata_answer_that_lists_no_broker() {
     let mut sse = Sse::connect(addr, "channel=nb", None).await;
     let mut ok = publish_ns(addr, "nb", &topic, 0..5).await;
 
-    proxy
-        .answer_next_metadata_with_no_broker("herald-publish")
-        .await;
+    proxy.answer_metadata_with_no_broker("herald-publish").await;
     let mut refused = Vec::new();
     let mut n = 5;
     while ok.len() < 10 {

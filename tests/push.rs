@@ -15,7 +15,9 @@
 //!   pushed and not yet committed; both restarted, the subscriptions are
 //!   back from the compacted topic;
 //! - registrations refused: 401/403 by the token, `400
-//!   endpoint_not_allowed`, bad keys, limits, and none of them stored.
+//!   endpoint_not_allowed`, bad keys, limits, and none of them stored;
+//! - each of Web Push's Kafka clients, after a metadata answer that lists
+//!   no broker (through a proxy), is created again and goes on.
 
 mod common;
 
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::kafka_proxy::{BROKERS_FORGOTTEN, KafkaProxy};
 use common::push_service::{PushService, Received};
 use common::*;
 use herald::Herald;
@@ -48,6 +51,8 @@ struct Deployment {
     /// Extra `[push]` keys, and sections after it.
     extra: String,
     request_timeout: &'static str,
+    /// `kafka.brokers` (the test broker by default).
+    brokers: String,
 }
 
 impl Deployment {
@@ -74,6 +79,7 @@ impl Deployment {
             public_key,
             extra: String::new(),
             request_timeout: "10s",
+            brokers: bootstrap(),
         }
     }
 
@@ -87,7 +93,7 @@ impl Deployment {
              request_timeout = \"{timeout}\"\nretry_backoff = \"200ms\"\nmax_attempts = 30\nretry_deadline = \"60s\"\n\
              {extra}\n\
              [[route]]\ntopic = \"{topic}\"\nchannel = \"feed.{{key}}\"\n",
-            brokers = bootstrap(),
+            brokers = self.brokers,
             key = self.key_file.display(),
             subs = self.subscriptions_topic,
             group = self.group,
@@ -867,5 +873,112 @@ async fn a_busy_healthy_push_service_gets_every_push() {
     );
     assert_eq!(metric(addr, &dropped).await, 0.0);
     assert_no_failures(&service).await;
+    herald.stop().await;
+}
+
+/// Web Push after librdkafka dropped every broker it knew (the answer a
+/// broker in controlled shutdown can give, replayed by a proxy, with
+/// librdkafka's re-bootstrap off so that its race cannot decide the
+/// outcome; tests/outage.rs has the ingest's side). Each of Web Push's
+/// three clients is created again and goes on: the sender's group
+/// consumer joins the group again and pushes, the follower of the
+/// subscriptions topic hears a registration made on another node, and the
+/// registry's producer takes the next registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_push_goes_on_after_a_metadata_answer_that_lists_no_broker() {
+    let proxy = KafkaProxy::start(&bootstrap()).await;
+    let mut deployment = Deployment::new("push-nobroker", 1).await;
+    deployment.brokers = proxy.brokers();
+    // The registry's producer asks for its topic's metadata this often
+    // (librdkafka's default: every 5 minutes); the group drops a member
+    // that sends no heartbeat after 6 s (the broker's minimum).
+    deployment.extra = "[kafka.options]\n\
+                        \"metadata.recovery.strategy\" = \"none\"\n\
+                        \"topic.metadata.refresh.interval.ms\" = \"200\"\n\
+                        \"session.timeout.ms\" = \"6000\"\n\
+                        \"heartbeat.interval.ms\" = \"500\"\n"
+        .into();
+    let herald = deployment.start().await;
+    let addr = herald.local_addr();
+    // Another node, straight to the broker, with the same subscriptions
+    // topic and a group and routed topic of its own: it pushes nothing
+    // of this test's records.
+    let elsewhere = Deployment {
+        topic: unique_topic("push-nobroker-other"),
+        partitions: 1,
+        subscriptions_topic: deployment.subscriptions_topic.clone(),
+        group: unique_topic("push-nobroker-other-group"),
+        key_file: deployment.key_file.clone(),
+        public_key: deployment.public_key.clone(),
+        extra: String::new(),
+        request_timeout: "10s",
+        brokers: bootstrap(),
+    };
+    create_topic(&elsewhere.topic, 1).await;
+    let other = elsewhere.start().await;
+
+    let service = PushService::start(1, &deployment.public_key);
+    let (first, sub_first) = service.subscribe(0).await;
+    let (second, sub_second) = service.subscribe(0).await;
+    let (third, sub_third) = service.subscribe(0).await;
+    register_ok(addr, &sub_first, &["feed.x"]).await;
+    wait_push_ready(addr, 1, 1).await;
+
+    // The sender's consumer and the follower; their client.ids are
+    // kafka.client_id with -push and -push-follower.
+    proxy.answer_metadata_with_no_broker("herald-push").await;
+    proxy
+        .answer_metadata_with_no_broker("herald-push-follower")
+        .await;
+    wait_until_metric(addr, BROKERS_FORGOTTEN, 2.0).await;
+
+    // The registry's producer: a registration caught before its new
+    // producer exists is refused 503 (and stored nowhere), never lost
+    // after a 201.
+    proxy
+        .answer_metadata_with_no_broker("herald-push-registry")
+        .await;
+    let mut refused = 0;
+    loop {
+        let (status, body) = register(addr, &sub_second, &["feed.x"], None).await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("kafka_unavailable")),
+            "{body}"
+        );
+        refused += 1;
+        assert!(refused <= 1, "refused twice: {body}");
+    }
+    wait_until_metric(addr, BROKERS_FORGOTTEN, 3.0).await;
+    // Registered on the other node: reaches this one through the follower.
+    register_ok(other.local_addr(), &sub_third, &["feed.x"]).await;
+    // The new group consumer has the partition (once the group dropped
+    // the old one), and the table all three subscriptions.
+    wait_push_ready(addr, 1, 3).await;
+
+    let producer = Producer::new();
+    for n in 0..10 {
+        producer.send_n(&deployment.topic, "x", n).await;
+    }
+    for id in [&first, &second, &third] {
+        let got = service.wait_received(id, 10, ARRIVAL).await;
+        assert_eq!(
+            got.iter()
+                .map(|r| r.plaintext["data"]["n"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>(),
+            "{id}: each record once, in order"
+        );
+    }
+    assert_eq!(
+        metric(addr, BROKERS_FORGOTTEN).await,
+        3.0,
+        "three clients created again, once each"
+    );
+    assert_no_failures(&service).await;
+    other.stop().await;
     herald.stop().await;
 }

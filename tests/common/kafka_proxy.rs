@@ -1,11 +1,12 @@
 //! A TCP proxy in front of the real broker that reads just enough of the
 //! Kafka protocol to stand in for it: every Metadata response names the
 //! proxy instead of the broker (so every connection a client makes goes
-//! through it), and on request the next Metadata response to one client
-//! (by `client.id`) lists no broker at all, the answer a KRaft broker gives in the moment its controlled
-//! shutdown has fenced it (seen in the herald-bench F1 runs and by hand
-//! with librdkafka's `debug=metadata`). Everything else is forwarded byte
-//! for byte.
+//! through it), and on request the Metadata responses to one client (by
+//! `client.id`, on the connections it has open) list no broker at all,
+//! the answer a KRaft broker gives in the moment its controlled shutdown
+//! has fenced it (seen in the herald-bench F1 runs and by hand with
+//! librdkafka's `debug=metadata`). Everything else is forwarded byte for
+//! byte.
 //!
 //! FindCoordinator answers name a broker too (librdkafka moves that broker
 //! to the address they give), so they are rewritten as well. Only the
@@ -16,6 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,8 +37,12 @@ pub struct KafkaProxy {
 
 struct Shared {
     addr: SocketAddr,
-    /// The `client.id` whose next Metadata response lists no broker.
-    blank_next: Mutex<Option<String>>,
+    /// Connections accepted so far; each one's number is its place.
+    connections: AtomicU64,
+    /// `(client.id, n)`: every Metadata response to that client lists no
+    /// broker: on any connection until the first such answer was sent
+    /// (`None`), then on the `n` connections accepted until then.
+    blanking: Mutex<Vec<(String, Option<u64>)>>,
     blanked: Notify,
 }
 
@@ -48,21 +54,28 @@ impl KafkaProxy {
         let broker: SocketAddr = broker.parse().expect("broker address as ip:port");
         let shared = Arc::new(Shared {
             addr,
-            blank_next: Mutex::new(None),
+            connections: AtomicU64::new(0),
+            blanking: Mutex::new(Vec::new()),
             blanked: Notify::new(),
         });
         let accepting = shared.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let shared = accepting.clone();
+                let number = shared.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(broker).await {
-                        shared.relay(client, server).await;
+                        shared.relay(number, client, server).await;
                     }
                 });
             }
         });
         KafkaProxy { shared }
+    }
+
+    /// Where a client reaches the broker through the proxy.
+    pub fn brokers(&self) -> String {
+        self.shared.addr.to_string()
     }
 
     /// The test config ([`super::config`]) with every Kafka client of
@@ -78,11 +91,15 @@ impl KafkaProxy {
         cfg
     }
 
-    /// Makes the next Metadata response to the client named `client_id`
-    /// list no broker, and waits until that client has received it.
-    pub async fn answer_next_metadata_with_no_broker(&self, client_id: &str) {
+    /// From now on, every Metadata response to the client named
+    /// `client_id` on the connections it has open when the first one is
+    /// sent lists no broker (one normal answer on another of its
+    /// connections would teach it the broker again); waits until it has
+    /// received one. A client created again connects anew, and its
+    /// answers are left alone.
+    pub async fn answer_metadata_with_no_broker(&self, client_id: &str) {
         let blanked = self.shared.blanked.notified();
-        *self.shared.blank_next.lock() = Some(client_id.to_owned());
+        (self.shared.blanking.lock()).push((client_id.to_owned(), None));
         tokio::time::timeout(super::TIMEOUT, blanked)
             .await
             .unwrap_or_else(|_| panic!("{client_id} asks for metadata through the proxy"));
@@ -90,12 +107,12 @@ impl KafkaProxy {
 }
 
 impl Shared {
-    async fn relay(self: Arc<Self>, client: TcpStream, server: TcpStream) {
+    async fn relay(self: Arc<Self>, number: u64, client: TcpStream, server: TcpStream) {
         let (mut client_rx, mut client_tx) = client.into_split();
         let (mut server_rx, mut server_tx) = server.into_split();
-        // Correlation id → (API, version, whether to list no broker) of the
-        // requests in flight whose answers are rewritten.
-        let pending = Arc::new(Mutex::new(HashMap::<i32, (i16, i16, bool)>::new()));
+        // Correlation id → (API, version, the client if it gets no broker)
+        // of the requests in flight whose answers are rewritten.
+        let pending = Arc::new(Mutex::new(HashMap::<i32, (i16, i16, Option<String>)>::new()));
         let requests = {
             let pending = pending.clone();
             let shared = self.clone();
@@ -106,9 +123,10 @@ impl Shared {
                         let version = i16::from_be_bytes([frame[2], frame[3]]);
                         let correlation = i32::from_be_bytes(frame[4..8].try_into().unwrap());
                         let blank = api_key == METADATA
-                            && (shared.blank_next.lock())
-                                .take_if(|named| named == client_id(&frame))
-                                .is_some();
+                            && (shared.blanking.lock()).iter().any(|(named, before)| {
+                                named == client_id(&frame) && before.is_none_or(|n| number < n)
+                            });
+                        let blank = blank.then(|| client_id(&frame).to_owned());
                         pending
                             .lock()
                             .insert(correlation, (api_key, version, blank));
@@ -124,11 +142,26 @@ impl Shared {
             while let Some(mut frame) = read_frame(&mut server_rx).await {
                 let correlation = i32::from_be_bytes(frame[0..4].try_into().unwrap());
                 let answering = pending.lock().remove(&correlation);
-                let blank = matches!(answering, Some((METADATA, _, true)));
+                let mut blank = false;
                 match answering {
-                    Some((METADATA, version, _)) => {
+                    Some((METADATA, version, blanked)) => {
                         assert!(version >= 9, "the proxy reads Metadata v9+, not v{version}");
-                        frame = rewrite_metadata(&frame, self.addr, blank);
+                        let has_topics;
+                        (frame, has_topics) =
+                            rewrite_metadata(&frame, self.addr, blanked.is_some());
+                        // Only an answer with topics makes librdkafka drop
+                        // its brokers.
+                        blank = blanked.is_some() && has_topics;
+                        if let Some(client) = blanked.filter(|_| has_topics) {
+                            // Its connections from now on are a new
+                            // client's.
+                            let accepted = self.connections.load(Ordering::SeqCst);
+                            for (named, before) in self.blanking.lock().iter_mut() {
+                                if *named == client {
+                                    before.get_or_insert(accepted);
+                                }
+                            }
+                        }
                     }
                     Some((_, version, _)) => {
                         assert!(
@@ -173,8 +206,10 @@ async fn write_frame(tx: &mut (impl AsyncWriteExt + Unpin), frame: &[u8]) -> std
 }
 
 /// A flexible Metadata response (header v1) with its broker array replaced:
-/// every broker at `proxy`, or none when `blank`.
-fn rewrite_metadata(frame: &[u8], proxy: SocketAddr, blank: bool) -> Vec<u8> {
+/// every broker at `proxy`, or none when `blank`; and whether it lists
+/// topics (librdkafka retries an answer with neither brokers nor topics,
+/// and acts on one with topics only).
+fn rewrite_metadata(frame: &[u8], proxy: SocketAddr, blank: bool) -> (Vec<u8>, bool) {
     let mut r = Reader { buf: frame, at: 0 };
     r.take(4); // correlation id
     r.skip_tagged_fields(); // response header v1
@@ -195,6 +230,12 @@ fn rewrite_metadata(frame: &[u8], proxy: SocketAddr, blank: bool) -> Vec<u8> {
         brokers.push((node_id, frame[tags_at..r.at].to_vec()));
     }
     let rest = &frame[r.at..];
+    let cluster_id = r.uvarint();
+    if cluster_id > 0 {
+        r.take(cluster_id as usize - 1);
+    }
+    r.take(4); // controller_id
+    let has_topics = r.uvarint() > 1;
     let mut out = frame[..head].to_vec();
     if blank {
         brokers.clear();
@@ -210,7 +251,7 @@ fn rewrite_metadata(frame: &[u8], proxy: SocketAddr, blank: bool) -> Vec<u8> {
         out.extend_from_slice(&tags);
     }
     out.extend_from_slice(rest);
-    out
+    (out, has_topics)
 }
 
 /// A FindCoordinator v1/v2 response (header v0) with the coordinator at
