@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -47,7 +48,7 @@ pub struct Registry {
     /// Created again when librdkafka dropped every broker it knew (see
     /// [`crate::kafka::BrokerWatch`]) or after a fatal error.
     producer: RenewingProducer,
-    errors: Arc<ErrorEvents>,
+    metrics: Arc<Metrics>,
     topic: String,
     loaded: watch::Receiver<bool>,
     loaded_tx: watch::Sender<bool>,
@@ -70,12 +71,12 @@ impl Registry {
         // A registration's order per key is its partition's order; the
         // Java client's partitioner keeps that whichever tool writes.
         cc.set("partitioner", "murmur2_random");
-        let errors = Arc::new(ErrorEvents::new(metrics));
-        let producer = RenewingProducer::new(kafka, cc, errors.clone(), "push registry producer")?;
+        let errors = Arc::new(ErrorEvents::new(metrics.clone()));
+        let producer = RenewingProducer::new(kafka, cc, errors, "push registry producer")?;
         let (loaded_tx, loaded) = watch::channel(false);
         Ok(Registry {
             producer,
-            errors,
+            metrics,
             topic: push.subscriptions_topic.clone(),
             loaded,
             loaded_tx,
@@ -125,7 +126,9 @@ impl Registry {
     }
 
     /// Creates the topic if missing, then follows it into `store` on a
-    /// thread of its own until `shutdown`.
+    /// thread of its own until `shutdown`. The thread starts at once and
+    /// serves the consumer's events (statistics, errors) while the topic
+    /// is being made: unserved, they would pile up.
     pub fn follow(
         &self,
         kafka: &KafkaConfig,
@@ -141,6 +144,11 @@ impl Registry {
                 // The end of each partition is how "loaded" is known.
                 ("enable.partition.eof", "true".into()),
                 ("fetch.wait.max.ms", "100".into()),
+                // A consumer created again resumes at the offsets the old
+                // one reached; if the topic lost them (deleted and made
+                // again), reading it all again is harmless: it is
+                // compacted, and the last record per key wins.
+                ("auto.offset.reset", "earliest".into()),
                 // Feeds the BrokerWatch.
                 (
                     "statistics.interval.ms",
@@ -151,7 +159,9 @@ impl Registry {
         let follower = Follower {
             consumer: config.create_with_context(FollowerContext::default())?,
             config,
-            errors: self.errors.clone(),
+            // Its own: a WARN line for each client even when both are
+            // created again within the log interval.
+            errors: ErrorEvents::new(self.metrics.clone()),
             topic: push.subscriptions_topic.clone(),
             allowed: push.allowed_endpoint_hosts.clone(),
             allow_http: push.allow_http_endpoints,
@@ -160,19 +170,22 @@ impl Registry {
             refresh_every: kafka.metadata_refresh,
             next: HashMap::new(),
         };
+        let topic_ready = Arc::new(AtomicBool::new(false));
+        let ready = topic_ready.clone();
+        let stop = shutdown.clone();
+        std::thread::Builder::new()
+            .name("herald-push-registry".into())
+            .spawn(move || follower.run(&ready, stop))
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!(
+                    "cannot start the push subscriptions follower: {e}"
+                ))
+            })?;
         let kafka = kafka.clone();
         let push = push.clone();
         tokio::spawn(async move {
             ensure_topic(&kafka, &push, &shutdown).await;
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let spawned = std::thread::Builder::new()
-                .name("herald-push-registry".into())
-                .spawn(move || follower.run(shutdown));
-            if let Err(e) = spawned {
-                tracing::error!("cannot start the push subscriptions follower: {e}");
-            }
+            topic_ready.store(true, Ordering::Release);
         });
         Ok(())
     }
@@ -251,7 +264,7 @@ struct Follower {
     consumer: BaseConsumer<FollowerContext>,
     /// What the consumer was created from, to create it again.
     config: ClientConfig,
-    errors: Arc<ErrorEvents>,
+    errors: ErrorEvents,
     topic: String,
     allowed: Vec<String>,
     allow_http: bool,
@@ -263,7 +276,13 @@ struct Follower {
 }
 
 impl Follower {
-    fn run(mut self, shutdown: CancellationToken) {
+    fn run(mut self, topic_ready: &AtomicBool, shutdown: CancellationToken) {
+        while !topic_ready.load(Ordering::Acquire) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let _ = self.consumer.poll(POLL_TIMEOUT);
+        }
         let mut assigned: HashSet<i32> = HashSet::new();
         // Partitions not yet read to their end since start.
         let mut loading: HashSet<i32> = HashSet::new();
@@ -280,7 +299,8 @@ impl Follower {
                     Err(e) => tracing::warn!(topic = self.topic, "push subscriptions topic: {e}"),
                 }
                 if assigned.is_empty() {
-                    std::thread::sleep(POLL_TIMEOUT);
+                    // Nothing to read yet; still serve the events.
+                    let _ = self.consumer.poll(POLL_TIMEOUT);
                     continue;
                 }
             }

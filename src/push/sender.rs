@@ -140,9 +140,22 @@ struct Sender {
 
 impl Sender {
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.push.registry.wait_loaded() => {}
-            _ = shutdown.cancelled() => return,
+        // librdkafka's events (statistics for the BrokerWatch, errors) are
+        // served only inside recv(), so it is awaited from the start, even
+        // while no message can come: unserved, they would pile up.
+        {
+            let consumer = self.consumer();
+            loop {
+                tokio::select! {
+                    _ = self.push.registry.wait_loaded() => break,
+                    _ = shutdown.cancelled() => return,
+                    received = consumer.recv() => {
+                        if let Err(e) = received {
+                            tracing::debug!("push consumer: {e}");
+                        }
+                    }
+                }
+            }
         }
         let mut subscribed: Vec<String> = Vec::new();
         let mut refresh = tokio::time::interval(self.refresh_every);
@@ -159,7 +172,8 @@ impl Sender {
                     self.commit(CommitMode::Async);
                     false
                 }
-                received = consumer.recv(), if !subscribed.is_empty() => {
+                // Also before any subscription: it serves the events.
+                received = consumer.recv() => {
                     let msg = match received {
                         Ok(msg) => msg,
                         Err(e) => {
@@ -211,7 +225,9 @@ impl Sender {
     /// offset, as a node taking partitions over from a dead one does:
     /// pushes not finished are sent again (at-least-once), and those that
     /// end after this do not move a commit. The old one is closed on a
-    /// blocking thread, its callbacks turned off first.
+    /// thread of its own (with no broker its close can take long, and a
+    /// process that stops does not wait for it), its callbacks turned off
+    /// first.
     fn recreate_consumer(&self, subscribed: &mut Vec<String>) {
         let old = self.consumer();
         let known = old.context().known_at_start.lock().clone();
@@ -237,7 +253,12 @@ impl Sender {
                         self.push.config.group_id
                     ),
                 );
-                tokio::task::spawn_blocking(move || drop(old));
+                let closing = std::thread::Builder::new()
+                    .name("herald-push-close".into())
+                    .spawn(move || drop(old));
+                if let Err(e) = closing {
+                    tracing::warn!("push consumer: no thread to close the old consumer on: {e}");
+                }
             }
             // Tried again at the next refresh.
             Err(e) => self.errors.report(
