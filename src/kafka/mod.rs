@@ -95,10 +95,12 @@ impl ErrorEvents {
 /// 2.12 then decommissions every broker it knows, bootstrap ones included,
 /// and comes back only if its own re-bootstrap wins a race with that
 /// decommissioning; when it loses, the client asks no broker again, ever
-/// (its time-based re-bootstrap starts only when a request is sent). The
-/// ingest and the publish producer watch for that state and then create
-/// their client again from `kafka.brokers` (docs/operations.md, "Kafka
-/// outages"; replayed by tests/outage.rs).
+/// (its time-based re-bootstrap starts only when a request is sent).
+/// Herald's long-lived clients (the ingest, the publish producer and Web
+/// Push's sender, follower and registry producer) watch for that state
+/// and then create their client again from `kafka.brokers`
+/// (docs/operations.md, "Kafka outages"; replayed by tests/outage.rs,
+/// tests/publish.rs and tests/push.rs).
 pub(crate) struct BrokerWatch(AtomicBool);
 
 impl BrokerWatch {
@@ -135,8 +137,9 @@ impl Default for BrokerWatch {
     }
 }
 
-/// The context of Herald's helper consumers (replay, the Web Push
-/// registry), which ask for the end of each partition: that end is not an
+/// The context of Herald's helper consumers (replay; the follower of the
+/// Web Push subscriptions topic defers to it), which ask for the end of
+/// each partition: that end is not an
 /// error, though librdkafka also reports it to the client's error callback,
 /// whose default would log it at ERROR level. Any other client error is
 /// logged at WARN (it also reaches the consumer's poll, where its owner

@@ -106,8 +106,33 @@ impl ProduceError {
 /// context to itself).
 #[derive(Clone)]
 pub(crate) struct Client {
-    pub(crate) producer: FutureProducer<WatchedContext>,
+    pub(crate) producer: Arc<ClosedApart>,
     brokers: Arc<BrokerWatch>,
+}
+
+/// A producer that its last owner, wherever that is, does not wait for:
+/// dropping one flushes (up to 500 ms) and joins its polling thread, which
+/// must not happen on an async worker (the last owner of a replaced
+/// producer is the send that found it failed).
+pub(crate) struct ClosedApart(Option<FutureProducer<WatchedContext>>);
+
+impl std::ops::Deref for ClosedApart {
+    type Target = FutureProducer<WatchedContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for ClosedApart {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            // Should no thread start, it is closed here after all.
+            let _ = std::thread::Builder::new()
+                .name("herald-kafka-close".into())
+                .spawn(move || drop(producer));
+        }
+    }
 }
 
 /// A long-lived producer that is created again, from the same config, when
@@ -155,7 +180,10 @@ impl RenewingProducer {
             errors: errors.clone(),
             brokers: brokers.clone(),
         })?;
-        Ok(Client { producer, brokers })
+        Ok(Client {
+            producer: Arc::new(ClosedApart(Some(producer))),
+            brokers,
+        })
     }
 
     /// The producer to send with: a new one first when the current one
