@@ -98,11 +98,23 @@ impl KafkaProxy {
     /// received one. A client created again connects anew, and its
     /// answers are left alone.
     pub async fn answer_metadata_with_no_broker(&self, client_id: &str) {
-        let blanked = self.shared.blanked.notified();
-        (self.shared.blanking.lock()).push((client_id.to_owned(), None));
-        tokio::time::timeout(super::TIMEOUT, blanked)
-            .await
-            .unwrap_or_else(|_| panic!("{client_id} asks for metadata through the proxy"));
+        let entry = {
+            let mut blanking = self.shared.blanking.lock();
+            blanking.push((client_id.to_owned(), None));
+            blanking.len() - 1
+        };
+        let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+        loop {
+            // Created before looking: a blank sent after the look wakes it.
+            let blanked = self.shared.blanked.notified();
+            // Another client's blank wakes it too.
+            if self.shared.blanking.lock()[entry].1.is_some() {
+                return;
+            }
+            tokio::time::timeout_at(deadline, blanked)
+                .await
+                .unwrap_or_else(|_| panic!("{client_id} asks for metadata through the proxy"));
+        }
     }
 }
 
