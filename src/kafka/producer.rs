@@ -214,11 +214,19 @@ impl RenewingProducer {
         if !std::ptr::eq(current.producer.client(), failed.producer.client()) {
             return; // already replaced
         }
-        self.errors
-            .report(kind, &format!("{}: {why}; creating a new one", self.name));
+        // Counted under `kind` once a new one exists, as the consumers
+        // count theirs; a failed attempt (tried again at the next send)
+        // under "client".
         match Self::create(&self.config, &self.errors) {
-            Ok(fresh) => *current = fresh,
-            Err(e) => tracing::error!("cannot create a new {}: {e}", self.name),
+            Ok(fresh) => {
+                *current = fresh;
+                self.errors
+                    .report(kind, &format!("{}: {why}; created a new one", self.name));
+            }
+            Err(e) => self.errors.report(
+                "client",
+                &format!("{}: {why}, and a new one cannot be created: {e}", self.name),
+            ),
         }
     }
 
