@@ -335,27 +335,14 @@ impl Ingest {
                 consumer.incremental_assign(&at)?;
                 Ok(consumer)
             });
+        let goes_on = "goes on at the offsets it had reached";
         match created {
             Ok(consumer) => {
-                self.consumer.context().report(
-                    BrokerWatch::KIND,
-                    &format!(
-                        "{}: the consumer was created again from kafka.brokers and goes on \
-                         at the offsets it had reached",
-                        BrokerWatch::CAUSE
-                    ),
-                );
+                (self.consumer.context().errors).recreated("consumer", goes_on, Ok(()));
                 self.consumer = consumer;
             }
-            // Tried again on the next turn of the loop; counted apart, so
-            // that the kind above counts consumers created again.
-            Err(e) => self.consumer.context().report(
-                "client",
-                &format!(
-                    "{}, and the consumer cannot be created again: {e}",
-                    BrokerWatch::CAUSE
-                ),
-            ),
+            // Tried again on the next turn of the loop.
+            Err(e) => (self.consumer.context().errors).recreated("consumer", goes_on, Err(&e)),
         }
     }
 

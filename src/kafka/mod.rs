@@ -78,6 +78,30 @@ impl ErrorEvents {
         }
     }
 
+    /// A consumer created again because librdkafka dropped every broker it
+    /// knew ([`BrokerWatch`]): counted under its kind once the new one
+    /// exists (`goes_on` says how it carries on), under `client` when it
+    /// could not be created (its owner tries again later), so that the
+    /// kind counts clients created again.
+    pub(crate) fn recreated(&self, client: &str, goes_on: &str, created: Result<(), &KafkaError>) {
+        match created {
+            Ok(()) => self.report(
+                BrokerWatch::KIND,
+                &format!(
+                    "{}: the {client} was created again from kafka.brokers and {goes_on}",
+                    BrokerWatch::CAUSE
+                ),
+            ),
+            Err(e) => self.report(
+                "client",
+                &format!(
+                    "{}, and the {client} cannot be created again: {e}",
+                    BrokerWatch::CAUSE
+                ),
+            ),
+        }
+    }
+
     /// librdkafka's error callback: the kind is the error code's name.
     pub(crate) fn client_error(&self, error: KafkaError, reason: &str) {
         let kind = error

@@ -363,26 +363,17 @@ impl Follower {
                 consumer.incremental_assign(&at)?;
                 Ok(consumer)
             });
+        let (client, goes_on) = (
+            "push subscriptions follower",
+            "goes on at the offsets it had reached",
+        );
         match created {
             Ok(consumer) => {
-                self.errors.report(
-                    BrokerWatch::KIND,
-                    &format!(
-                        "{}: the push subscriptions follower was created again from \
-                         kafka.brokers and goes on at the offsets it had reached",
-                        BrokerWatch::CAUSE
-                    ),
-                );
+                self.errors.recreated(client, goes_on, Ok(()));
                 self.consumer = consumer;
             }
             // Tried again on the next turn of the loop.
-            Err(e) => self.errors.report(
-                "client",
-                &format!(
-                    "{}, and the push subscriptions follower cannot be created again: {e}",
-                    BrokerWatch::CAUSE
-                ),
-            ),
+            Err(e) => self.errors.recreated(client, goes_on, Err(&e)),
         }
     }
 

@@ -237,6 +237,7 @@ impl Sender {
             known,
             self.push.metrics.push_assigned_partitions.clone(),
         );
+        let goes_on = format!("joins group {} again", self.push.config.group_id);
         match self.config.create_with_context(context) {
             Ok(fresh) => {
                 old.context().retired.store(true, Ordering::SeqCst);
@@ -244,15 +245,7 @@ impl Sender {
                 self.push.metrics.push_assigned_partitions.set(0);
                 *self.consumer.lock() = Arc::new(fresh);
                 subscribed.clear();
-                self.errors.report(
-                    BrokerWatch::KIND,
-                    &format!(
-                        "{}: the push consumer was created again from kafka.brokers and \
-                         joins group {} again",
-                        BrokerWatch::CAUSE,
-                        self.push.config.group_id
-                    ),
-                );
+                self.errors.recreated("push consumer", &goes_on, Ok(()));
                 let closing = std::thread::Builder::new()
                     .name("herald-push-close".into())
                     .spawn(move || drop(old));
@@ -261,13 +254,7 @@ impl Sender {
                 }
             }
             // Tried again at the next refresh.
-            Err(e) => self.errors.report(
-                "client",
-                &format!(
-                    "{}, and the push consumer cannot be created again: {e}",
-                    BrokerWatch::CAUSE
-                ),
-            ),
+            Err(e) => self.errors.recreated("push consumer", &goes_on, Err(&e)),
         }
     }
 
