@@ -459,6 +459,16 @@ pub struct HttpConfig {
     /// kernel memory a stalled client can pin and makes it count as slow
     /// sooner.
     pub send_buffer_bytes: Option<usize>,
+    /// TCP_NOTSENT_LOWAT for client sockets, in bytes (0: the kernel's
+    /// default, no bound): how much written data may wait in a socket's
+    /// send buffer before it has been sent. Without it the kernel queues up
+    /// to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default, some 14,000
+    /// messages) for a client whose connection delivers slower than records
+    /// arrive, every write succeeds, and the client falls seconds behind
+    /// without Herald knowing. Bounded, a lagging client's writes wait, its
+    /// queue fills and it is cut off as slow, to resume from its cursor.
+    /// Data in flight (sent, not yet acknowledged) is not bounded by it.
+    pub notsent_lowat_bytes: usize,
     /// A connection whose socket takes no data for this long while Herald has
     /// data to send is closed: a client that stopped reading (or vanished
     /// without closing) cannot hold its connection and buffers forever.
@@ -969,6 +979,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             demo_page: true,
             send_buffer_bytes: None,
+            notsent_lowat_bytes: 128 * 1024,
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             head_timeout: Duration::from_secs(10),
@@ -1782,6 +1793,7 @@ mod tests {
         ("http", "allowed_origins", None),
         ("http", "demo_page", None),
         ("http", "send_buffer_bytes", None),
+        ("http", "notsent_lowat_bytes", Some((0, i32::MAX as i128))),
         ("http", "write_timeout", None),
         ("http", "shutdown_grace", None),
         ("http", "head_timeout", None),

@@ -48,10 +48,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
         let accepted = Instant::now();
         config = app.config();
         limits.follow(&config);
-        let _ = stream.set_nodelay(true);
-        if let Some(bytes) = config.http.send_buffer_bytes {
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
-        }
+        tune_client_socket(&stream, &config.http);
         // A trusted proxy's own address is shared by all its clients: it
         // is not counted per address until a PROXY header names the client.
         let counted = (!trusted.trusts(peer.ip())).then_some(peer.ip());
@@ -97,6 +94,24 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
 /// `http.max_head_bytes` or `http.max_headers` is hyper's own `431` (with
 /// no body).
 /// The next accepted connection, or `None` once shutdown has started. A
+/// The socket options of an accepted client connection: no Nagle delay,
+/// and the kernel's send queue bounded (`http.send_buffer_bytes`,
+/// `http.notsent_lowat_bytes`). Shared with the TLS listener.
+pub(super) fn tune_client_socket(stream: &TcpStream, http: &HttpConfig) {
+    let _ = stream.set_nodelay(true);
+    let socket = socket2::SockRef::from(stream);
+    if let Some(bytes) = http.send_buffer_bytes {
+        let _ = socket.set_send_buffer_size(bytes);
+    }
+    if http.notsent_lowat_bytes > 0 {
+        // Bounded by the config check to what the option takes.
+        let lowat = u32::try_from(http.notsent_lowat_bytes).unwrap_or(u32::MAX);
+        if let Err(e) = socket.set_tcp_notsent_lowat(lowat) {
+            tracing::debug!("TCP_NOTSENT_LOWAT not set: {e}");
+        }
+    }
+}
+
 /// failed accept (usually EMFILE) is logged and retried after a pause
 /// instead of spinning. Shared with the admin listener.
 pub(super) async fn next_connection(
@@ -435,3 +450,39 @@ macro_rules! drive {
     }};
 }
 pub(super) use drive;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accepted socket, tuned with `http`; its `TCP_NOTSENT_LOWAT`.
+    async fn lowat_after_tuning(http: &HttpConfig) -> u32 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (stream, _) = accepted.unwrap();
+        let untuned = socket2::SockRef::from(&stream).tcp_notsent_lowat().unwrap();
+        tune_client_socket(&stream, http);
+        let tuned = socket2::SockRef::from(&stream).tcp_notsent_lowat().unwrap();
+        if http.notsent_lowat_bytes == 0 {
+            assert_eq!(tuned, untuned, "0 leaves the kernel's default");
+        }
+        tuned
+    }
+
+    #[tokio::test]
+    async fn a_client_socket_holds_at_most_the_configured_unsent_bytes() {
+        let http = HttpConfig::default();
+        assert_eq!(lowat_after_tuning(&http).await, 128 * 1024, "the default");
+        let http = HttpConfig {
+            notsent_lowat_bytes: 16 * 1024,
+            ..HttpConfig::default()
+        };
+        assert_eq!(lowat_after_tuning(&http).await, 16 * 1024);
+        let http = HttpConfig {
+            notsent_lowat_bytes: 0,
+            ..HttpConfig::default()
+        };
+        lowat_after_tuning(&http).await;
+    }
+}

@@ -44,10 +44,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
         };
         let config = app.config();
         limits.follow(&config);
-        let _ = stream.set_nodelay(true);
-        if let Some(bytes) = config.http.send_buffer_bytes {
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
-        }
+        super::listener::tune_client_socket(&stream, &config.http);
         let Ok(pending) = limits.await_head(Some(peer.ip())) else {
             tracing::debug!(%peer, "TLS connection over the pending limits; closed");
             continue;
