@@ -1331,6 +1331,13 @@ impl Config {
                 ));
             }
         }
+        if self.http.notsent_lowat_bytes > i32::MAX as usize {
+            return Err(invalid(
+                "http.notsent_lowat_bytes",
+                self.http.notsent_lowat_bytes,
+                "must be at most 2147483647 (the largest TCP_NOTSENT_LOWAT); 0 leaves the kernel's default",
+            ));
+        }
         if self.limits.max_message_size < 16 * 1024 {
             return Err(invalid(
                 "limits.max_message_size",
@@ -1523,6 +1530,10 @@ mod tests {
             ("[poll]\ndefault_limit = 5000\n", "poll.default_limit"),
             ("[http]\nhead_timeout = \"0s\"\n", "http.head_timeout"),
             ("[http]\nmax_query_bytes = 40000\n", "http.max_query_bytes"),
+            (
+                "[http]\nnotsent_lowat_bytes = 2147483648\n",
+                "http.notsent_lowat_bytes",
+            ),
             ("[http]\nmax_head_bytes = 100\n", "http.max_head_bytes"),
             ("[http]\nmax_headers = 100000000\n", "http.max_headers"),
             ("[http]\nmax_headers = 0\n", "http.max_headers"),

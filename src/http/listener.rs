@@ -86,14 +86,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, limits: Arc<ConnectionL
     }
 }
 
-/// hyper's settings for every connection. The first request head has been
-/// read already; these bound the requests after it on a kept-alive
-/// connection: `header_read_timeout` runs from the end of a response until
-/// the next head is complete (so it is the keep-alive timeout, and a
-/// client that trickles its next head gets no longer), and a head over
-/// `http.max_head_bytes` or `http.max_headers` is hyper's own `431` (with
-/// no body).
-/// The next accepted connection, or `None` once shutdown has started. A
 /// The socket options of an accepted client connection: no Nagle delay,
 /// and the kernel's send queue bounded (`http.send_buffer_bytes`,
 /// `http.notsent_lowat_bytes`). Shared with the TLS listener.
@@ -104,7 +96,7 @@ pub(super) fn tune_client_socket(stream: &TcpStream, http: &HttpConfig) {
         let _ = socket.set_send_buffer_size(bytes);
     }
     if http.notsent_lowat_bytes > 0 {
-        // Bounded by the config check to what the option takes.
+        // At most i32::MAX, the largest the option takes (config check).
         let lowat = u32::try_from(http.notsent_lowat_bytes).unwrap_or(u32::MAX);
         if let Err(e) = socket.set_tcp_notsent_lowat(lowat) {
             tracing::debug!("TCP_NOTSENT_LOWAT not set: {e}");
@@ -112,6 +104,7 @@ pub(super) fn tune_client_socket(stream: &TcpStream, http: &HttpConfig) {
     }
 }
 
+/// The next accepted connection, or `None` once shutdown has started. A
 /// failed accept (usually EMFILE) is logged and retried after a pause
 /// instead of spinning. Shared with the admin listener.
 pub(super) async fn next_connection(
@@ -134,6 +127,13 @@ pub(super) async fn next_connection(
     }
 }
 
+/// hyper's settings for every connection. The first request head has been
+/// read already; these bound the requests after it on a kept-alive
+/// connection: `header_read_timeout` runs from the end of a response until
+/// the next head is complete (so it is the keep-alive timeout, and a
+/// client that trickles its next head gets no longer), and a head over
+/// `http.max_head_bytes` or `http.max_headers` is hyper's own `431` (with
+/// no body).
 pub(super) fn hyper_builder(config: &HttpConfig) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
